@@ -1,0 +1,3 @@
+from sncli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command-line shell: parse, build settings, call a job, render, exit."""

@@ -1,0 +1,78 @@
+"""What every command shares: global options, loading settings, and the exit path."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, TypeVar
+
+import typer
+
+from sncli.cli.render import error_line
+from sncli.errors import ExitCode, SncliError
+
+if TYPE_CHECKING:
+    from sncli.config import Settings
+
+T = TypeVar("T")
+log = logging.getLogger("sncli")
+
+
+@dataclass
+class AppState:
+    config_path: Path | None = None
+    log_format: str | None = None
+    json_output: bool = False
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        """Load and validate the config once; a bad config exits 2 with one line."""
+        if self._settings is None:
+            from sncli import logs
+            from sncli.config import load_settings, resolve_config_path
+
+            path = resolve_config_path(self.config_path)
+            self._settings = guard(lambda: load_settings(path))
+            logs.register_secrets(self._settings.secret_values())
+        return self._settings
+
+
+# Every command that reads the config also accepts --config after its name, so both
+# `sncli --config c.yaml source poll` and `sncli source poll --config c.yaml` work.
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Config file (overrides the global --config).")
+
+
+def state_of(ctx: typer.Context, config: Path | None = None) -> AppState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, AppState):  # a command invoked without the root callback (tests)
+        obj = AppState()
+        ctx.find_root().obj = obj
+    if config is not None:
+        obj.config_path = config
+        obj._settings = None
+    return obj
+
+
+def exit_with(code: int | ExitCode) -> NoReturn:
+    raise typer.Exit(int(code))
+
+
+def guard(job: Callable[[], T]) -> T:
+    """Run ``job``; an SncliError becomes one readable line and its exit code, never a traceback."""
+    try:
+        return job()
+    except SncliError as exc:
+        error_line(str(exc))
+        exit_with(exc.exit_code)
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        exit_with(ExitCode.FAILED)
+
+
+def not_built(what: str) -> NoReturn:
+    error_line(f"{what} is not built yet")
+    exit_with(ExitCode.USAGE)
