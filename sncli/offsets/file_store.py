@@ -1,0 +1,173 @@
+"""Offsets in one local JSON file that survives any crash.
+
+Every save is a read-modify-write of its own key only, done under an ``flock`` on
+``<path>.lock`` (so another process's keys written in between are kept) and a
+thread lock (so a process's table threads take turns). The new document goes
+to a temporary file in the same directory, is fsynced, renamed over the old
+one, and the directory is fsynced: a reader sees the old or the new document,
+never half of one. A file that does not parse is reported and never
+overwritten; an operator decides what it should contain.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from sncli.errors import OffsetsError
+from sncli.offsets.model import StoredOffset
+from sncli.offsets.store import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
+
+LOCK_WAIT_SECONDS = 30.0  # the write lock is held for milliseconds; waiting longer means a stuck process
+NEW_FILE_MODE = 0o644
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a module function so tests can inject a failure)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some filesystems cannot fsync a directory
+            raise
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._thread_lock = threading.Lock()
+        self._seen = SeenValues()
+
+    @property
+    def location(self) -> str:
+        return f"file {self.path}"
+
+    # ------------------------------------------------------------------ reads
+
+    def load(self, key: str) -> StoredOffset | None:
+        with self._thread_lock:
+            entry = self._read().get(key)
+            self._seen.remember(key, entry)
+        return None if entry is None else StoredOffset.from_json(key, entry)
+
+    def load_all(self) -> dict[str, StoredOffset]:
+        with self._thread_lock:
+            entries = self._read()
+            self._seen.remember_all(entries)
+        return to_offsets(entries)
+
+    # ------------------------------------------------------------------ writes
+
+    def save(self, offset: StoredOffset) -> None:
+        key = offset.key
+        with self._thread_lock, self._write_lock():
+            entries = self._read()
+            entry = offset.to_json()
+            if entries.get(key) == entry:  # already stored (nothing to write)
+                self._seen.remember(key, entry)
+                return
+            if not self._seen.unchanged(key, entries.get(key)):
+                raise moved_error(key, self.location)
+            entries[key] = entry
+            self._write(entries, then=lambda: self._seen.remember(key, entry))
+
+    def delete(self, key: str) -> None:
+        with self._thread_lock, self._write_lock():
+            entries = self._read()
+            current = entries.get(key)
+            if not self._seen.unchanged(key, current):
+                raise moved_error(key, self.location)
+            if current is None:
+                return
+            del entries[key]
+            self._write(entries, then=lambda: self._seen.remember(key, None))
+
+    # ------------------------------------------------------------------ I/O
+
+    def _read(self) -> Entries:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise OffsetsError(f"cannot read offsets file {self.path}: {exc.strerror or exc}") from None
+        return parse_document(data, f"file {self.path}")
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Exclusive ``flock`` on ``<path>.lock`` across processes for one read-modify-write."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, NEW_FILE_MODE)
+        except OSError as exc:
+            raise OffsetsError(f"cannot open offsets lock file {self.lock_path}: {exc.strerror or exc}") from None
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OffsetsError(
+                            f"offsets lock file {self.lock_path} stayed locked for {LOCK_WAIT_SECONDS:.0f}s; "
+                            f"is a process stuck while writing offsets?"
+                        ) from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _write(self, entries: Entries, *, then: Callable[[], None]) -> None:
+        """Replace the file atomically; on any failure the previous file is left exactly as it was."""
+        data = render_document(entries)
+        directory = self.path.parent
+        try:
+            mode = self.path.stat().st_mode & 0o777
+        except OSError:
+            mode = NEW_FILE_MODE
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+            try:
+                os.fchmod(fd, mode)
+                _write_fully(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            tmp = None
+        except OSError as exc:
+            raise OffsetsError(
+                f"cannot write offsets file {self.path}: {exc.strerror or exc}; the previous offsets are intact"
+            ) from None
+        finally:
+            if tmp is not None:
+                with suppress(OSError):
+                    os.unlink(tmp)
+        then()  # the new document is what readers see now, durable or not
+        try:
+            _fsync_directory(directory)
+        except OSError as exc:
+            raise OffsetsError(
+                f"offsets file {self.path} was replaced but its directory could not be synced "
+                f"({exc.strerror or exc}); a power loss now could bring back the previous offsets"
+            ) from None
+
