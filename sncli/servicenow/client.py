@@ -1,0 +1,509 @@
+"""HTTP client for the ServiceNow Table API: auth, retries, rate limit, metrics.
+
+One client is shared by all threads of a run. It owns a ``requests.Session``
+whose connection pool is sized to the worker count (so N workers keep N
+keep-alive connections instead of reconnecting), a token bucket, and the
+authenticator. Every attempt:
+
+1. waits for a rate-limit token;
+2. asks the authenticator for a header (which may refresh the OAuth token);
+3. sends the pre-serialized body (the same bytes on every retry);
+4. is observed in ``bridge_sn_api_latency_seconds{endpoint,method}``;
+5. is judged by :mod:`sncli.servicenow.policy` (retry, ambiguous, fail).
+
+Retries wait with full-jitter exponential backoff; a 429 waits for its
+``Retry-After`` in full. Both are bounded by ``retry.max_attempts`` and
+``retry.max_elapsed_seconds``; a wait that would overrun the elapsed budget is
+not started: the call fails at once with :class:`RetriesExhaustedError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlencode
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
+from urllib3.exceptions import ProxyError as Urllib3ProxyError
+
+from sncli.config import BasicAuth, ServiceNowSettings
+from sncli.metrics import RunMetrics
+from sncli.servicenow.auth import OAUTH_ENDPOINT, Authenticator, BasicAuthenticator, OAuthAuthenticator
+from sncli.servicenow.backoff import BackoffPolicy, parse_http_date, parse_retry_after
+from sncli.servicenow.errors import (
+    AmbiguousWriteError,
+    AuthError,
+    BadRequestError,
+    MalformedResponseError,
+    NotFoundError,
+    RetriesExhaustedError,
+    TransportError,
+    error_from_response,
+    parse_error_body,
+)
+from sncli.servicenow.policy import Decision, Failure, decide_failure, decide_status
+from sncli.servicenow.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DisplayValue = Literal["false", "true", "all"]
+
+_TABLE = re.compile(r"^[a-z0-9_]+$")
+_SYS_ID = re.compile(r"^[0-9a-f]{32}$")
+_JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+_FORM_HEADERS = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One Table API answer: its records untouched (as parsed by orjson) plus what the headers say."""
+
+    records: list[dict[str, Any]]
+    total: int | None  # X-Total-Count; None when sysparm_no_count=true
+    server_time: datetime | None  # the answer's Date header, UTC
+    links: dict[str, str] = field(default_factory=dict)  # Link header: rel -> URL
+
+
+class _Malformed(Exception):
+    """The body of a 2xx answer is not what the Table API promises."""
+
+
+class ServiceNowClient:
+    """Table API client; thread-safe, one per run. Use as a context manager or call ``close()``."""
+
+    def __init__(
+        self,
+        settings: ServiceNowSettings,
+        *,
+        metrics: RunMetrics | None = None,
+        pool_size: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.base_url = settings.instance_url.rstrip("/")
+        self._metrics = metrics
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self._backoff = BackoffPolicy.from_ms(settings.retry.initial_backoff_ms, settings.retry.max_backoff_ms)
+        self._timeout = (settings.timeout_seconds, settings.timeout_seconds)
+        self._bucket = (
+            TokenBucket(settings.rate_limit.requests_per_second, settings.rate_limit.burst, clock=clock, sleep=sleep)
+            if settings.rate_limit is not None
+            else None
+        )
+        self._session = self._make_session(max(1, pool_size))
+        tls = settings.tls
+        self._verify: bool | str = str(tls.ca_bundle) if tls.verify and tls.ca_bundle else tls.verify
+        self._cert: str | tuple[str, str] | None = None
+        if tls.client_cert is not None:
+            self._cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_key else str(tls.client_cert)
+        self._proxies = {"http": settings.proxy, "https": settings.proxy} if settings.proxy else {}
+        self.auth: Authenticator
+        if isinstance(settings.auth, BasicAuth):
+            self.auth = BasicAuthenticator(settings.auth)
+        else:
+            self.auth = OAuthAuthenticator(settings.auth, self.base_url, self._token_transport, clock=clock)
+
+    @staticmethod
+    def _make_session(pool_size: int) -> requests.Session:
+        session = requests.Session()
+        # Deterministic: no ~/.netrc (it would replace our Authorization header), no
+        # *_PROXY / REQUESTS_CA_BUNDLE from the environment; the config says it all.
+        session.trust_env = False
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update({"User-Agent": "sncli"})
+        return session
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> ServiceNowClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ServiceNowClient({self.base_url!r})"
+
+    # ---------------------------------------------------------------- Table API
+
+    def list_page(
+        self,
+        table: str,
+        *,
+        query: str,
+        fields: list[str] | tuple[str, ...] | None = None,
+        limit: int,
+        display_value: DisplayValue = "false",
+        exclude_reference_link: bool = True,
+        no_count: bool = True,
+        offset: int | None = None,
+    ) -> Page:
+        """One page of ``GET /api/now/table/<table>``; records come back exactly as ServiceNow sent them."""
+        params: dict[str, str] = {
+            "sysparm_query": query,
+            "sysparm_limit": str(int(limit)),
+            "sysparm_display_value": _display_value(display_value),
+            "sysparm_exclude_reference_link": _flag(exclude_reference_link),
+            "sysparm_no_count": _flag(no_count),
+        }
+        if fields:
+            params["sysparm_fields"] = ",".join(fields)
+        if offset is not None:
+            params["sysparm_offset"] = str(int(offset))
+        return self._call("GET", _table_path(table), endpoint=_endpoint(table), params=params, parse=_parse_page)
+
+    def get(
+        self,
+        table: str,
+        sys_id: str,
+        *,
+        fields: list[str] | tuple[str, ...] | None = None,
+        display_value: DisplayValue = "false",
+        exclude_reference_link: bool = True,
+    ) -> dict[str, Any] | None:
+        """One record by sys_id, or None when ServiceNow says 404."""
+        params = {
+            "sysparm_display_value": _display_value(display_value),
+            "sysparm_exclude_reference_link": _flag(exclude_reference_link),
+        }
+        if fields:
+            params["sysparm_fields"] = ",".join(fields)
+        try:
+            return self._call(
+                "GET", _record_path(table, sys_id), endpoint=_endpoint(table), params=params, parse=_parse_record
+            )
+        except NotFoundError:
+            return None
+
+    def insert(self, table: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST`` a new record; never retried once it may have reached ServiceNow (see policy.py)."""
+        return self._call(
+            "POST", _table_path(table), endpoint=_endpoint(table), params=_write_params(),
+            body=_dump(body), parse=_parse_record,
+        )
+
+    def update(self, table: str, sys_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``PATCH`` the given fields of one record (idempotent, so retried)."""
+        return self._call(
+            "PATCH", _record_path(table, sys_id), endpoint=_endpoint(table), params=_write_params(),
+            body=_dump(body), parse=_parse_record,
+        )
+
+    def delete(self, table: str, sys_id: str, *, missing_ok: bool = False) -> None:
+        """``DELETE`` one record; with ``missing_ok`` a 404 (already gone, e.g. by an earlier try) is success."""
+        try:
+            self._call("DELETE", _record_path(table, sys_id), endpoint=_endpoint(table), parse=_ignore_body)
+        except NotFoundError:
+            if not missing_ok:
+                raise
+
+    def server_time(self, table: str = "sys_user") -> datetime:
+        """ServiceNow's clock (the ``Date`` header), the upper bound a poll cycle is measured against.
+
+        Any answer carries the header, so an ACL 403 on ``table`` still tells the time.
+        """
+        params = {"sysparm_limit": "1", "sysparm_fields": "sys_id", "sysparm_no_count": "true"}
+        when = self._call(
+            "GET", _table_path(table), endpoint=_endpoint(table), params=params, parse=_parse_date,
+            answer_statuses=frozenset({403, 404}),
+        )
+        if when is None:
+            raise MalformedResponseError(None, "the answer has no usable Date header", method="GET",
+                                         endpoint=_endpoint(table))
+        return when
+
+    # ---------------------------------------------------------------- the request loop
+
+    def _token_transport(self, url: str, form: dict[str, str]) -> tuple[int, bytes]:
+        # A token request is a POST, but repeating it is harmless (at worst a spare token),
+        # so it is retried like a read. 4xx answers go back to the authenticator to judge.
+        def parse(resp: requests.Response) -> tuple[int, bytes]:
+            return resp.status_code, resp.content
+
+        return self._call(
+            "POST", url, endpoint=OAUTH_ENDPOINT, form=urlencode(form).encode("ascii"), parse=parse,
+            authenticate=False, idempotent=True, answer_statuses=frozenset(range(400, 500)) - {429},
+        )
+
+    def _call(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        endpoint: str,
+        parse: Callable[[requests.Response], T],
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        form: bytes | None = None,
+        authenticate: bool = True,
+        idempotent: bool | None = None,
+        answer_statuses: frozenset[int] = frozenset(),
+    ) -> T:
+        url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.base_url + path_or_url
+        policy_method = method if idempotent is None else ("GET" if idempotent else "POST")
+        data = body if form is None else form
+        headers = dict(_JSON_HEADERS if form is None else _FORM_HEADERS)
+        started = self._clock()
+        attempts = 0
+        reauthenticated = False
+        while True:
+            attempts += 1
+            if self._bucket is not None:
+                self._bucket.acquire()
+            used_auth = self.auth.authorization() if authenticate else None
+            if used_auth is not None:
+                headers["Authorization"] = used_auth
+            t0 = time.perf_counter()
+            try:
+                resp = self._session.request(
+                    method, url, params=params, data=data, headers=headers, timeout=self._timeout,
+                    verify=self._verify, cert=self._cert, proxies=self._proxies, allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                self._observe(endpoint, method, t0)
+                failure = classify_exception(exc)
+                decision = decide_failure(policy_method, failure)
+                cause = f"{failure.value} error: {describe_exception(exc)}"
+                if decision is Decision.RETRY:
+                    self._wait_before_retry(method, endpoint, attempts, started, None, cause, None)
+                    continue
+                if decision is Decision.AMBIGUOUS:
+                    raise AmbiguousWriteError(
+                        None, f"no answer after the request was sent ({cause}); it may have been applied",
+                        method=method, endpoint=endpoint, attempts=attempts,
+                    ) from exc
+                raise TransportError(None, cause, method=method, endpoint=endpoint, attempts=attempts) from exc
+            self._observe(endpoint, method, t0)
+
+            status = resp.status_code
+            if 200 <= status < 300 or status in answer_statuses:
+                try:
+                    return parse(resp)
+                except _Malformed as exc:
+                    decision = decide_failure(policy_method, Failure.MALFORMED)
+                    cause = f"HTTP {status} with a malformed body: {exc}"
+                    if decision is Decision.RETRY:
+                        self._wait_before_retry(method, endpoint, attempts, started, status, cause, None)
+                        continue
+                    raise MalformedResponseError(
+                        status, f"malformed body in a {status} answer: {exc}", method=method, endpoint=endpoint,
+                        attempts=attempts,
+                    ) from None
+
+            if status == 401 and authenticate:
+                assert used_auth is not None
+                if not reauthenticated and self.auth.refresh_after_401(used_auth):
+                    reauthenticated = True
+                    attempts -= 1  # the re-authenticated retry is not a backoff attempt
+                    continue
+                said = "; ".join(part for part in parse_error_body(resp.content) if part)
+                raise AuthError(
+                    status, "unauthorized" + (" even with a new token" if reauthenticated else ""), said or None,
+                    method=method, endpoint=endpoint, attempts=attempts,
+                )
+
+            decision = decide_status(policy_method, status)
+            if decision is Decision.RETRY:
+                retry_after = None
+                header = resp.headers.get("Retry-After")
+                if header is not None:
+                    retry_after = parse_retry_after(header, now=parse_http_date(resp.headers.get("Date")))
+                cause = f"HTTP {status}" + (f" (Retry-After: {header.strip()})" if header else "")
+                self._wait_before_retry(method, endpoint, attempts, started, status, cause, retry_after)
+                continue
+            if decision is Decision.AMBIGUOUS:
+                raise AmbiguousWriteError(
+                    status, f"HTTP {status} from a gateway; the write may have been applied",
+                    method=method, endpoint=endpoint, attempts=attempts,
+                )
+            raise error_from_response(status, resp.content, method=method, endpoint=endpoint, attempts=attempts,
+                                      reason=resp.reason or None)
+        # (the loop only ends by return or raise)
+
+    def _wait_before_retry(
+        self,
+        method: str,
+        endpoint: str,
+        attempts: int,
+        started: float,
+        status: int | None,
+        cause: str,
+        retry_after: float | None,
+    ) -> None:
+        """Sleep before the next attempt, or raise RetriesExhaustedError when the budget is spent."""
+        retry = self.settings.retry
+        if attempts >= retry.max_attempts:
+            raise RetriesExhaustedError(
+                status, f"gave up after {attempts} attempts; last: {cause}", method=method, endpoint=endpoint,
+                attempts=attempts,
+            )
+        with self._rng_lock:
+            backoff = self._backoff.delay(attempts, self._rng)
+        # Retry-After is the server's minimum: never shortened, never jittered below.
+        delay = backoff if retry_after is None else max(retry_after, backoff if status != 429 else 0.0)
+        elapsed = self._clock() - started
+        if elapsed + delay > retry.max_elapsed_seconds:
+            raise RetriesExhaustedError(
+                status,
+                f"gave up after {attempts} attempts: waiting {delay:.1f} s more would exceed "
+                f"max_elapsed_seconds={retry.max_elapsed_seconds:g}; last: {cause}",
+                method=method, endpoint=endpoint, attempts=attempts,
+            )
+        log.warning("%s %s: %s; retry %d/%d in %.2f s", method, endpoint, cause, attempts + 1,
+                    retry.max_attempts, delay)
+        if delay > 0:
+            self._sleep(delay)
+
+    def _observe(self, endpoint: str, method: str, t0: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_api_call(endpoint, method, time.perf_counter() - t0)
+
+
+# -------------------------------------------------------------------- helpers (pure)
+
+
+def classify_exception(exc: requests.RequestException) -> Failure:
+    """Where in the exchange a requests exception happened, which decides if a POST may be retried."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return Failure.TLS
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return Failure.CONNECT
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        return Failure.TRUNCATED
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return Failure.SENT
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        inner = exc.args[0] if exc.args else None
+        if isinstance(inner, MaxRetryError):
+            reason = inner.reason
+            if isinstance(reason, Urllib3ProxyError):
+                reason = reason.original_error
+            # NewConnectionError (refused, DNS) is a ConnectTimeoutError subclass in urllib3.
+            if isinstance(reason, ConnectTimeoutError):
+                return Failure.CONNECT
+        return Failure.SENT
+    return Failure.OTHER
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short, credential-free account of a transport exception (class of the innermost cause)."""
+    inner: BaseException = exc
+    seen = 0
+    while seen < 5:
+        seen += 1
+        nxt: BaseException | None = None
+        if isinstance(inner, MaxRetryError) and inner.reason is not None:
+            nxt = inner.reason
+        elif inner.args and isinstance(inner.args[0], BaseException):
+            nxt = inner.args[0]
+        elif len(inner.args) > 1 and isinstance(inner.args[1], BaseException):
+            nxt = inner.args[1]
+        if nxt is None:
+            break
+        inner = nxt
+    text = str(inner)
+    if len(text) > 160:
+        text = text[:159] + "…"
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+
+
+def _endpoint(table: str) -> str:
+    return f"table/{_check_table(table)}"
+
+
+def _check_table(table: str) -> str:
+    if not _TABLE.match(table):
+        raise BadRequestError(None, f"invalid table name {table!r}")
+    return table
+
+
+def _table_path(table: str) -> str:
+    return f"/api/now/table/{_check_table(table)}"
+
+
+def _record_path(table: str, sys_id: str) -> str:
+    # A sys_id comes from data (Kafka messages); it must not be able to address another path.
+    if not isinstance(sys_id, str) or not _SYS_ID.match(sys_id):
+        raise BadRequestError(None, f"invalid sys_id {str(sys_id)[:40]!r} (expected 32 lowercase hex digits)",
+                              endpoint=_endpoint(table))
+    return f"{_table_path(table)}/{sys_id}"
+
+
+def _write_params() -> dict[str, str]:
+    return {"sysparm_exclude_reference_link": "true"}
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _display_value(value: str) -> str:
+    if value not in ("false", "true", "all"):
+        raise ValueError(f"display_value must be 'false', 'true' or 'all', got {value!r}")
+    return value
+
+
+def _dump(body: dict[str, Any]) -> bytes:
+    # Serialized once: every retry sends these exact bytes.
+    return orjson.dumps(body)
+
+
+def _loads(content: bytes) -> Any:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise _Malformed(f"not JSON ({exc.msg} at byte {exc.pos})") from None
+
+
+def _parse_page(resp: requests.Response) -> Page:
+    data = _loads(resp.content)
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, list):
+        raise _Malformed("no 'result' list")
+    total_header = resp.headers.get("X-Total-Count")
+    total: int | None = None
+    if total_header is not None:
+        try:
+            total = int(total_header)
+        except ValueError:
+            total = None
+    links = {rel: str(link.get("url", "")) for rel, link in resp.links.items()} if "Link" in resp.headers else {}
+    return Page(records=result, total=total, server_time=parse_http_date(resp.headers.get("Date")), links=links)
+
+
+def _parse_record(resp: requests.Response) -> dict[str, Any]:
+    data = _loads(resp.content)
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, dict):
+        raise _Malformed("no 'result' object")
+    return result
+
+
+def _ignore_body(resp: requests.Response) -> None:
+    return None
+
+
+def _parse_date(resp: requests.Response) -> datetime | None:
+    return parse_http_date(resp.headers.get("Date"))
+
