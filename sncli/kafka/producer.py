@@ -1,0 +1,199 @@
+"""Page-at-a-time producing with an all-or-nothing acknowledgement check.
+
+The source stores its cursor only after every record of a page is acknowledged
+(DESIGN.md §4). :class:`PageProducer` makes that check one call: ``send`` each
+record of the page (asynchronous, batched by librdkafka), then ``flush``, which
+returns the number acknowledged or raises :class:`ProduceError` if even one
+record was not. A broker that is down makes ``flush`` fail after the delivery
+timeout (``message.timeout.ms``) instead of hanging.
+
+Threading: librdkafka calls the delivery callbacks on the thread that runs
+``flush``/``poll``, and the batch counters are not locked, so use one
+PageProducer per thread (each table of a poll cycle owns one). A producer is
+cheap enough for that: one connection per broker.
+
+The hot path (``send``) does one ``produce`` call and two attribute updates;
+delivery reports are counted in a callback bound once in the config, not passed
+per record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sncli.config import KafkaSettings
+from sncli.kafka import conf as _conf
+from sncli.kafka.errors import ProduceError
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+#: Added to the delivery timeout for flush's default wait: the last record of a
+#: page may be queued a moment after the first and still be waiting its turn.
+FLUSH_MARGIN_SECONDS = 5.0
+_BACKPRESSURE_POLL_SECONDS = 0.05
+
+
+class PageProducer:
+    """An idempotent, acks=all producer that reports per batch (from one flush to the next)."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        delivery_timeout_ms: int | None = None,
+        **overrides: Any,
+    ) -> None:
+        from confluent_kafka import Producer
+
+        if delivery_timeout_ms is not None:
+            overrides["message.timeout.ms"] = delivery_timeout_ms
+        config = _conf.producer_config(kafka, **overrides)
+        self._timeout_s = _conf.delivery_timeout_ms(config) / 1000.0
+        self._bootstrap = kafka.bootstrap_servers
+        config["on_delivery"] = self._on_delivery
+        config["error_cb"] = self._on_error
+        self._producer = Producer(config)
+        # Typed loosely: confluent's stub wants a list of str|bytes|None headers, ours are narrower.
+        self._produce: Any = self._producer.produce
+        self._sent = 0
+        self._acked = 0
+        self._failed = 0
+        self._first_error: str | None = None
+        self._last_broker_error: str | None = None
+        self._topic: str | None = None
+        self._broken: str | None = None
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self._acked += 1
+            return
+        self._failed += 1
+        if self._first_error is None:
+            self._first_error = f"{msg.topic()}: {err.str()}"
+
+    def _on_error(self, err: Any) -> None:
+        self._last_broker_error = err.str()
+        if err.fatal():
+            self._broken = f"fatal producer error: {err.str()}"
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def delivery_timeout_seconds(self) -> float:
+        return self._timeout_s
+
+    @property
+    def pending(self) -> int:
+        """Records sent in the current batch whose delivery report has not arrived yet."""
+        return self._sent - self._acked - self._failed
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Queue one record; blocks only while librdkafka's queue is full (backpressure)."""
+        if self._broken is not None:
+            raise ProduceError(self._broken, topic=topic)
+        self._topic = topic
+        try:
+            self._produce(topic, value, key, timestamp=timestamp_ms or 0, headers=headers)
+        except BufferError:
+            self._send_when_room(topic, key, value, headers, timestamp_ms)
+        except Exception as exc:  # KafkaException: fatal state, unknown partition, bad config
+            raise ProduceError(f"producing to {topic} failed: {_kafka_message(exc)}", topic=topic) from None
+        self._sent += 1
+
+    def _send_when_room(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None, timestamp_ms: int | None
+    ) -> None:
+        # The queue drains as the broker acknowledges, or as records time out when it is
+        # down; either way room appears within the delivery timeout.
+        deadline = time.monotonic() + self._timeout_s + FLUSH_MARGIN_SECONDS
+        while True:
+            self._producer.poll(_BACKPRESSURE_POLL_SECONDS)
+            try:
+                self._produce(topic, value, key, timestamp=timestamp_ms or 0, headers=headers)
+                return
+            except BufferError:
+                if time.monotonic() > deadline:
+                    raise ProduceError(
+                        f"producing to {topic}: the local queue stayed full for {self._timeout_s:.0f}s"
+                        f"{self._broker_hint()}",
+                        topic=topic,
+                    ) from None
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports without waiting for the batch (optional, keeps the report queue short)."""
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait for every record sent since the last flush; return how many were acknowledged.
+
+        Raises ProduceError if any record failed, or if the wait timed out with
+        records outstanding. ``timeout`` defaults to the delivery timeout plus a
+        margin, so a broker that is down fails the flush in bounded time.
+        """
+        wait = self._timeout_s + FLUSH_MARGIN_SECONDS if timeout is None else timeout
+        remaining = self._producer.flush(wait)
+        sent, acked, failed, first = self._sent, self._acked, self._failed, self._first_error
+        topic = self._topic
+        self._sent = self._acked = self._failed = 0
+        self._first_error = None
+        if remaining > 0:
+            # Late delivery reports would be counted in the next batch: this producer
+            # can no longer tell batches apart, so it refuses further use.
+            self._broken = "producer abandoned after a flush timed out; create a new one"
+            raise ProduceError(
+                f"producing to {topic}: {remaining} of {sent} records still unacknowledged after {wait:.1f}s"
+                f"{self._broker_hint()}",
+                topic=topic,
+                failed=remaining + failed,
+                acked=acked,
+            )
+        if failed:
+            raise ProduceError(
+                f"producing to {topic}: {failed} of {sent} records not acknowledged; first error: {first}"
+                f"{self._broker_hint()}",
+                topic=topic,
+                failed=failed,
+                acked=acked,
+            )
+        if self._broken is not None:
+            raise ProduceError(self._broken, topic=topic, acked=acked)
+        return acked
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Give queued records ``timeout`` seconds to be delivered; return how many were left."""
+        remaining: int = self._producer.flush(timeout)
+        if remaining:
+            log.warning("closing a Kafka producer with %d unacknowledged records", remaining)
+        return remaining
+
+    def __enter__(self) -> PageProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _broker_hint(self) -> str:
+        if self._last_broker_error:
+            return f" (last broker error: {self._last_broker_error}; bootstrap {self._bootstrap})"
+        return f" (bootstrap {self._bootstrap})"
+
+
+def _kafka_message(exc: Exception) -> str:
+    """The text of a KafkaException (its KafkaError's str), or of any other exception."""
+    args = getattr(exc, "args", ())
+    if args and hasattr(args[0], "str"):
+        return str(args[0].str())
+    return str(exc) or type(exc).__name__
