@@ -1,0 +1,300 @@
+"""S3Store and the S3 run lease against a real S3 server (moto_server) with conditional writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sncli.config import Settings, parse_settings
+from sncli.errors import ExitCode, LockHeldError
+from sncli.offsets.lock import lease_key, run_lock
+from sncli.offsets.model import OffsetConflictError, OffsetsCorruptError, StoredOffset
+from sncli.offsets.s3_store import S3Store
+from sncli.offsets.store import open_store
+
+pytestmark = pytest.mark.integration
+
+FP = "e" * 64
+
+
+def sid(n: int) -> str:
+    return f"{n:032x}"
+
+
+def make(key: str, second: int = 0) -> StoredOffset:
+    return StoredOffset.new(key, f"2024-05-01 12:00:{second:02d}", sid(second + 1), FP)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # moto accepts any credentials; the real chain reads them from the environment.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, aws_env: None) -> Iterator[str]:
+    import boto3
+
+    name = f"sncli-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    yield name
+    for item in client.list_objects_v2(Bucket=name).get("Contents", []):
+        client.delete_object(Bucket=name, Key=item["Key"])
+    client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def client(s3_endpoint: str, aws_env: None) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+def settings_for(s3_endpoint: str, bucket: str, lease_seconds: int = 30) -> Settings:
+    return parse_settings({
+        "servicenow": {"instance_url": "https://x.example.com",
+                       "auth": {"type": "basic", "username": "u", "password": "p"}},
+        "offsets": {"store": "s3", "url": f"s3://{bucket}/sncli/offsets.json", "endpoint_url": s3_endpoint,
+                    "region": "us-east-1", "lease_seconds": lease_seconds},
+    })
+
+
+def store_for(s3_endpoint: str, bucket: str) -> S3Store:
+    store = open_store(settings_for(s3_endpoint, bucket))
+    assert isinstance(store, S3Store)
+    return store
+
+
+def read_doc(client: Any, bucket: str) -> tuple[dict[str, Any], str]:
+    response = client.get_object(Bucket=bucket, Key="sncli/offsets.json")
+    return json.loads(response["Body"].read()), response["ETag"]
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_first_save_creates_the_object_and_a_second_creator_cannot_clobber_it(
+    s3_endpoint: str, bucket: str, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="sncli.offsets")
+    ours, theirs = store_for(s3_endpoint, bucket), store_for(s3_endpoint, bucket)
+    assert ours.load("incident") is None
+    assert theirs.load("problem") is None  # both saw "no object"
+    ours.save(make("incident", 1))
+    # theirs still believes the object does not exist: its If-None-Match create gets 412,
+    # it re-reads, sees only another key changed, merges and writes.
+    theirs.save(make("problem", 2))
+    assert any("changed under us while saving problem" in r.getMessage() for r in caplog.records)
+    doc, _ = read_doc(client, bucket)
+    assert doc["version"] == 1
+    assert sorted(doc["offsets"]) == ["incident", "problem"]
+    loaded = store_for(s3_endpoint, bucket).load("incident")
+    assert loaded is not None and loaded.timestamp == "2024-05-01 12:00:01"
+
+
+def test_a_concurrent_writer_of_our_key_makes_our_save_fail_and_leaves_the_object_intact(
+    s3_endpoint: str, bucket: str, client: Any
+) -> None:
+    ours, theirs = store_for(s3_endpoint, bucket), store_for(s3_endpoint, bucket)
+    ours.load("incident")
+    ours.save(make("incident", 1))
+    theirs.load("incident")
+    theirs.save(make("incident", 40))
+    doc_before, etag_before = read_doc(client, bucket)
+    with pytest.raises(OffsetConflictError, match="another writer moved the offset for incident") as info:
+        ours.save(make("incident", 2))
+    assert info.value.exit_code == ExitCode.FAILED
+    doc_after, etag_after = read_doc(client, bucket)
+    assert (doc_after, etag_after) == (doc_before, etag_before)
+    assert doc_after["offsets"]["incident"]["timestamp"] == "2024-05-01 12:00:40"
+
+
+def test_a_412_caused_by_other_keys_is_merged_and_retried(
+    s3_endpoint: str, bucket: str, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="sncli.offsets")
+    ours, theirs = store_for(s3_endpoint, bucket), store_for(s3_endpoint, bucket)
+    ours.load_all()
+    theirs.load_all()
+    ours.save(make("incident", 1))
+    theirs.save(make("problem", 1))  # 412 (ours changed the object), merged
+    ours.save(make("incident", 2))  # 412 (theirs changed it), merged
+    theirs.save(make("problem", 2))
+    retried = [r.getMessage() for r in caplog.records if "changed under us" in r.getMessage()]
+    assert len(retried) == 3  # every save but the first met a 412 and merged
+    doc, _ = read_doc(client, bucket)
+    assert {k: v["timestamp"] for k, v in doc["offsets"].items()} == {
+        "incident": "2024-05-01 12:00:02", "problem": "2024-05-01 12:00:02"}
+
+
+def test_a_foreign_put_between_read_and_write_is_detected(s3_endpoint: str, bucket: str, client: Any) -> None:
+    ours = store_for(s3_endpoint, bucket)
+    ours.load("incident")
+    ours.save(make("incident", 1))
+    doc, etag = read_doc(client, bucket)
+    doc["offsets"]["incident"]["timestamp"] = "2030-01-01 00:00:00"
+    client.put_object(Bucket=bucket, Key="sncli/offsets.json", Body=json.dumps(doc).encode(), IfMatch=etag)
+    with pytest.raises(OffsetConflictError):
+        ours.save(make("incident", 2))
+    assert read_doc(client, bucket)[0]["offsets"]["incident"]["timestamp"] == "2030-01-01 00:00:00"
+
+
+def test_threads_of_one_process_and_another_process_store_all_keep_their_keys(
+    s3_endpoint: str, bucket: str, client: Any
+) -> None:
+    ours, other = store_for(s3_endpoint, bucket), store_for(s3_endpoint, bucket)
+    tables = [f"t{i}" for i in range(6)]
+    ours.load_all()
+    other.load("other")
+    errors: list[BaseException] = []
+
+    def run(store: S3Store, table: str) -> None:
+        try:
+            for second in range(5):
+                store.save(make(table, second))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(ours, t)) for t in tables]
+    threads.append(threading.Thread(target=run, args=(other, "other")))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    doc, _ = read_doc(client, bucket)
+    assert {k: v["timestamp"] for k, v in doc["offsets"].items()} == {
+        t: "2024-05-01 12:00:04" for t in [*tables, "other"]}
+
+
+def test_delete_is_conditional_too(s3_endpoint: str, bucket: str, client: Any) -> None:
+    ours, theirs = store_for(s3_endpoint, bucket), store_for(s3_endpoint, bucket)
+    ours.load_all()
+    ours.save(make("incident", 1))
+    ours.save(make("problem", 1))
+    theirs.load("incident")
+    theirs.save(make("incident", 9))
+    with pytest.raises(OffsetConflictError):
+        ours.delete("incident")
+    ours.delete("problem")
+    doc, _ = read_doc(client, bucket)
+    assert sorted(doc["offsets"]) == ["incident"]
+
+
+def test_a_corrupt_object_is_reported_and_not_overwritten(s3_endpoint: str, bucket: str, client: Any) -> None:
+    client.put_object(Bucket=bucket, Key="sncli/offsets.json", Body=b'{"version": 1, "offs')
+    store = store_for(s3_endpoint, bucket)
+    with pytest.raises(OffsetsCorruptError) as info:
+        store.load("incident")
+    assert info.value.exit_code == ExitCode.USAGE
+    with pytest.raises(OffsetsCorruptError):
+        store.save(make("incident", 1))
+    body = client.get_object(Bucket=bucket, Key="sncli/offsets.json")["Body"].read()
+    assert body == b'{"version": 1, "offs'
+
+
+def test_a_missing_bucket_is_a_clear_error(s3_endpoint: str, aws_env: None) -> None:
+    from sncli.errors import OffsetsError
+
+    store = store_for(s3_endpoint, "no-such-bucket-" + uuid.uuid4().hex[:8])
+    with pytest.raises(OffsetsError, match="NoSuchBucket"):
+        store.load_all()
+
+
+# --------------------------------------------------------------------------- lease
+
+
+def test_lease_is_exclusive_and_names_the_holder(s3_endpoint: str, bucket: str, client: Any) -> None:
+    settings = settings_for(s3_endpoint, bucket)
+    with run_lock(settings, "incident") as held:
+        body = json.loads(client.get_object(Bucket=bucket, Key=lease_key("sncli/offsets.json", "incident"))
+                          ["Body"].read())
+        assert body["owner"] == held.holder.owner
+        assert {"host", "pid", "acquired_at", "expires_at"} <= set(body)
+        with pytest.raises(LockHeldError) as info, run_lock(settings, "incident"):
+            pass
+        assert info.value.exit_code == ExitCode.LOCKED
+        assert "incident" in str(info.value) and f"pid {held.holder.pid}" in str(info.value)
+        with run_lock(settings, "problem"):  # another scope is independent
+            pass
+    # released on exit: the lease object is gone and the scope can be taken again
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="sncli/offsets.json.locks/").get("KeyCount", 0)
+    assert listed == 0
+    with run_lock(settings, "incident"):
+        pass
+
+
+def test_lease_is_renewed_while_held(s3_endpoint: str, bucket: str, client: Any) -> None:
+    settings = settings_for(s3_endpoint, bucket)
+    key = lease_key("sncli/offsets.json", "incident")
+    with run_lock(settings, "incident", lease_seconds=3) as held:
+        first = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        time.sleep(2.5)  # renewal every lease/3 = 1 s
+        second = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        assert second["expires_at"] > first["expires_at"]
+        assert second["owner"] == first["owner"]
+        assert not held.lost
+        held.ensure_held()
+
+
+def test_lease_is_taken_over_only_after_expiry(s3_endpoint: str, bucket: str, client: Any) -> None:
+    settings = settings_for(s3_endpoint, bucket, lease_seconds=30)
+    key = lease_key("sncli/offsets.json", "incident")
+    later = datetime.now(UTC) + timedelta(seconds=31)
+    with run_lock(settings, "incident") as first:
+        # Not yet expired for a clock 10 s ahead.
+        with pytest.raises(LockHeldError), run_lock(
+            settings, "incident", clock=lambda: datetime.now(UTC) + timedelta(seconds=10)
+        ):
+            pass
+        # Expired for a clock past the lease: taken over, the old holder's renewal then fails.
+        with run_lock(settings, "incident", clock=lambda: later) as second:
+            body = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            assert body["owner"] == second.holder.owner != first.holder.owner
+        # the second holder released it (conditional delete on its own ETag)
+    # the first holder's release must not delete someone else's lease; here it was already gone
+    with run_lock(settings, "incident"):
+        pass
+
+
+def test_renewal_after_takeover_marks_the_lock_lost(s3_endpoint: str, bucket: str, client: Any) -> None:
+    settings = settings_for(s3_endpoint, bucket)
+    key = lease_key("sncli/offsets.json", "incident")
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    with (
+        run_lock(settings, "incident", lease_seconds=3) as first,
+        run_lock(settings, "incident", clock=lambda: later, lease_seconds=300) as second,
+    ):
+        deadline = time.monotonic() + 5
+        while not first.lost and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first.lost
+        with pytest.raises(LockHeldError, match="lost its lease"):
+            first.ensure_held()
+        body = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        assert body["owner"] == second.holder.owner  # the loser did not overwrite it
+    # the loser's exit did not delete the winner's lease (it was deleted by the winner itself)
+
+
+def test_an_unreleased_lease_blocks_until_it_expires(s3_endpoint: str, bucket: str, client: Any) -> None:
+    settings = settings_for(s3_endpoint, bucket)
+    key = lease_key("sncli/offsets.json", "incident")
+    now = datetime.now(UTC)
+    crashed = {"owner": "dead", "host": "elsewhere", "pid": 4242, "acquired_at": now.isoformat(),
+               "expires_at": (now + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(crashed).encode())
+    with pytest.raises(LockHeldError, match="pid 4242 on elsewhere"), run_lock(settings, "incident"):
+        pass
+    with run_lock(settings, "incident", clock=lambda: now + timedelta(seconds=31)) as taken:
+        assert taken.holder.owner != "dead"
