@@ -31,7 +31,7 @@ Status = Literal["ok", "warn", "fail", "skip"]
 
 CLOCK_SKEW_WARN_SECONDS = 5.0
 UTC_ZONES = frozenset({"UTC", "GMT", "Etc/UTC", "Etc/GMT", "Universal", "Zulu"})
-_FIELD_AT_START = re.compile(r"^([A-Za-z0-9_]+)")
+_FIELD_AT_START = re.compile(r"^([a-z0-9_]+)")  # field names are lowercase, operators upper
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def query_fields(encoded_query: str) -> set[str]:
     """
     fields: set[str] = set()
     text = encoded_query.replace("^^", "\x00")  # an escaped caret is part of a value
-    for clause in re.split(r"\^NQ|\^OR|\^", text):
+    for clause in re.split(r"\^NQ|\^OR(?!DERBY)|\^", text):
         clause = clause.strip()
         if not clause or clause in ("EQ",):
             continue
