@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sncli.config import Settings, parse_settings
 from sncli.errors import ExitCode, LockHeldError
@@ -298,3 +303,38 @@ def test_an_unreleased_lease_blocks_until_it_expires(s3_endpoint: str, bucket: s
         pass
     with run_lock(settings, "incident", clock=lambda: now + timedelta(seconds=31)) as taken:
         assert taken.holder.owner != "dead"
+
+
+# --------------------------------------------------------------------------- CLI on the S3 store
+
+
+def test_offsets_cli_on_the_s3_store_respects_the_lease(
+    s3_endpoint: str, bucket: str, client: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "sncli.yaml"
+    config.write_text(yaml.safe_dump({
+        "servicenow": {"instance_url": "https://x.example.com",
+                       "auth": {"type": "basic", "username": "u", "password": "p"}},
+        "offsets": {"store": "s3", "url": f"s3://{bucket}/sncli/offsets.json", "endpoint_url": s3_endpoint,
+                    "region": "us-east-1"},
+        "source": {"tables": [{"name": "incident", "topic": "sn.incident"}]},
+    }))
+    env = {k: v for k, v in os.environ.items() if k != "SNCLI_CONFIG"}
+
+    def sncli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sncli", "--config", str(config), *args], env=env,
+                              text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+
+    set_args = ("offsets", "set", "--table", "incident", "--timestamp", "2024-05-01 12:00:00", "--yes")
+    result = sncli(*set_args)
+    assert result.returncode == 0, result.stderr
+    doc, _ = read_doc(client, bucket)
+    assert doc["offsets"]["incident"]["timestamp"] == "2024-05-01 12:00:00"
+    rows = json.loads(sncli("--json", "offsets", "show").stdout)
+    assert [(r["table"], r["fingerprint"]) for r in rows] == [("incident", "ok")]
+
+    with run_lock(settings_for(s3_endpoint, bucket), "incident"):
+        held = sncli(*set_args[:-2], "2024-06-01 00:00:00", "--yes")
+        assert held.returncode == 75, held.stderr
+        assert "incident" in held.stderr
+    assert read_doc(client, bucket)[0]["offsets"]["incident"]["timestamp"] == "2024-05-01 12:00:00"
