@@ -1,0 +1,316 @@
+"""Avro schemas for ServiceNow tables, and converting records to them (pure, no I/O).
+
+Choices, because ServiceNow returns every value as a string (``display_value=false``):
+
+* Every field is a union with ``null`` first and ``"default": null``. Adding a
+  field is therefore BACKWARD compatible, and a record without the field is valid.
+* Fields of clearly typed columns get a typed branch *and* a ``string`` fallback:
+  ``["null", T, "string"]``. A value that parses is written as T; one that does
+  not (a scripted field, a format we did not foresee) is written unchanged as a
+  string. Nothing crashes a page and nothing is lost; consumers see T or string.
+
+  =============================  ======================================================
+  sys_dictionary internal_type   Avro field type
+  =============================  ======================================================
+  integer, longint               ["null", "long", "string"]
+  boolean                        ["null", "boolean", "string"]   ("true"/"false")
+  decimal, float                 ["null", "double", "string"]
+  glide_date_time, due_date      ["null", "string"]  ("YYYY-MM-DD HH:MM:SS", UTC), or with
+                                 ``timestamps=True``: ["null", timestamp-millis long, "string"]
+  everything else (string,       ["null", "string"]
+  reference, choice, currency,   (currency/price stay strings: exact, and their
+  price, glide_date, journal..)  representation varies between instances)
+  =============================  ======================================================
+
+* The empty string, ServiceNow's "no value", becomes null in typed branches and
+  stays ``""`` in string fields (faithful to the source).
+* Non-string values (from ``display_value=all``: objects) are written as JSON text.
+* Field names: ServiceNow column names are normally valid Avro names already
+  (``[a-z0-9_]``); any other character becomes ``_``, a leading digit gets a
+  ``_`` prefix, and a name taken twice gets ``_2``, ``_3``... The original
+  column name is kept in the field's ``sn_name`` attribute whenever it differs,
+  so readers can map back (:func:`sn_names`).
+* ``sys_id`` is always a field, and the first one; the others are sorted by
+  name so the same dictionary always yields the same schema (same registry id).
+* :func:`merge_schemas` evolves a schema: it keeps every old field (type and
+  position unchanged) and appends new ones. A field is never dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+NAMESPACE = "servicenow"
+SN_NAME = "sn_name"
+
+_LONG_TYPES = frozenset({"integer", "longint"})
+_BOOLEAN_TYPES = frozenset({"boolean"})
+_DOUBLE_TYPES = frozenset({"decimal", "float"})
+_TIMESTAMP_TYPES = frozenset({"glide_date_time", "due_date"})
+
+_STRING: list[Any] = ["null", "string"]
+_LONG: list[Any] = ["null", "long", "string"]
+_BOOLEAN: list[Any] = ["null", "boolean", "string"]
+_DOUBLE: list[Any] = ["null", "double", "string"]
+_TIMESTAMP: list[Any] = ["null", {"type": "long", "logicalType": "timestamp-millis"}, "string"]
+
+_INVALID = re.compile(r"[^A-Za-z0-9_]")
+_INTEGER = re.compile(r"^[+-]?\d+$")
+_SN_DATETIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$")
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def avro_name(name: str) -> str:
+    """A valid Avro name for a ServiceNow column or table name (see module doc)."""
+    cleaned = _INVALID.sub("_", name)
+    if not cleaned or not (cleaned[0].isalpha() or cleaned[0] == "_") or not cleaned[0].isascii():
+        cleaned = "_" + cleaned
+    return cleaned
+
+
+def _field_type(internal_type: str, *, typed: bool, timestamps: bool) -> list[Any]:
+    if typed:
+        if internal_type in _LONG_TYPES:
+            return list(_LONG)
+        if internal_type in _BOOLEAN_TYPES:
+            return list(_BOOLEAN)
+        if internal_type in _DOUBLE_TYPES:
+            return list(_DOUBLE)
+        if timestamps and internal_type in _TIMESTAMP_TYPES:
+            return copy.deepcopy(_TIMESTAMP)
+    return list(_STRING)
+
+
+def _reference_value(value: Any) -> str:
+    """sys_dictionary columns may come back as reference objects ({"value": ..., "link": ...})."""
+    if isinstance(value, Mapping):
+        value = value.get("value", "")
+    return "" if value is None else str(value)
+
+
+def _build(table: str, columns: Iterable[tuple[str, list[Any]]]) -> dict[str, Any]:
+    by_name: dict[str, list[Any]] = {}
+    for sn_name, avro_type in columns:
+        by_name.setdefault(sn_name, avro_type)
+    by_name.setdefault("sys_id", list(_STRING))
+    order = ["sys_id", *sorted(n for n in by_name if n != "sys_id")]
+    schema: dict[str, Any] = {
+        "type": "record",
+        "name": avro_name(table),
+        "namespace": NAMESPACE,
+        "doc": f"ServiceNow table {table} (generated by sncli)",
+        "fields": [],
+    }
+    return _append_fields(schema, [(n, by_name[n]) for n in order])
+
+
+def _append_fields(schema: dict[str, Any], columns: Iterable[tuple[str, list[Any]]]) -> dict[str, Any]:
+    taken = {f["name"] for f in schema["fields"]}
+    for sn_name, avro_type in columns:
+        base = avro_name(sn_name)
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name)
+        field: dict[str, Any] = {"name": name, "type": avro_type, "default": None}
+        if name != sn_name:
+            field[SN_NAME] = sn_name
+        schema["fields"].append(field)
+    return schema
+
+
+def schema_from_dictionary(
+    table: str,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    typed: bool = True,
+    timestamps: bool = False,
+) -> dict[str, Any]:
+    """Schema from ``sys_dictionary`` rows ({name, element, internal_type, max_length}).
+
+    ``rows`` may span the table's hierarchy (incident + task); the first row of a
+    column wins. The collection row (empty ``element``) is skipped. Pass
+    ``typed=False`` when records are fetched with display values (formatted
+    numbers, localised dates): every field is then a string.
+    """
+    columns: list[tuple[str, list[Any]]] = []
+    for row in rows:
+        element = _reference_value(row.get("element"))
+        if not element:
+            continue
+        internal_type = _reference_value(row.get("internal_type")).strip().lower()
+        columns.append((element, _field_type(internal_type, typed=typed, timestamps=timestamps)))
+    return _build(table, columns)
+
+
+def schema_from_records(table: str, records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Fallback when sys_dictionary is not readable: all-string fields from the union of record keys."""
+    keys: set[str] = set()
+    for record in records:
+        keys.update(record)
+    return _build(table, [(k, list(_STRING)) for k in keys])
+
+
+def sn_names(schema: Mapping[str, Any]) -> dict[str, str]:
+    """Avro field name -> ServiceNow column name."""
+    return {f["name"]: f.get(SN_NAME, f["name"]) for f in schema["fields"]}
+
+
+def covered_columns(schema: Mapping[str, Any]) -> set[str]:
+    """The ServiceNow column names a schema has a field for."""
+    return set(sn_names(schema).values())
+
+
+def merge_schemas(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``old`` plus the columns of ``new`` it lacks (appended); old fields keep type and position.
+
+    Returns a copy equal to ``old`` when there is nothing to add, so callers can
+    compare with ``==`` to decide whether to register a new version.
+    """
+    merged = copy.deepcopy(dict(old))
+    have = covered_columns(merged)
+    added = [(f.get(SN_NAME, f["name"]), copy.deepcopy(f["type"])) for f in new["fields"]]
+    _append_fields(merged, [(sn, t) for sn, t in added if sn not in have])
+    return merged
+
+
+def with_columns(schema: Mapping[str, Any], columns: Iterable[str]) -> dict[str, Any]:
+    """``schema`` evolved to also cover ``columns`` (new ones as nullable strings)."""
+    have = covered_columns(schema)
+    extra = sorted({c for c in columns if c not in have})
+    merged = copy.deepcopy(dict(schema))
+    return _append_fields(merged, [(c, list(_STRING)) for c in extra])
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def _as_string(value: Any) -> Any:
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return _json_text(value)
+
+
+def _as_long(value: Any) -> Any:
+    if type(value) is str:
+        if value == "":
+            return None
+        if _INTEGER.match(value):
+            number = int(value)
+            if _LONG_MIN <= number <= _LONG_MAX:
+                return number
+        return value
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and _LONG_MIN <= value <= _LONG_MAX:
+        return value
+    return _as_string(value)
+
+
+def _as_boolean(value: Any) -> Any:
+    if type(value) is str:
+        if value == "true":
+            return True
+        if value == "false":
+            return False
+        return None if value == "" else value
+    if value is None or isinstance(value, bool):
+        return value
+    return _as_string(value)
+
+
+def _as_double(value: Any) -> Any:
+    if type(value) is str:
+        if value == "":
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return _as_string(value)
+
+
+def _as_timestamp_ms(value: Any) -> Any:
+    if type(value) is str:
+        if value == "":
+            return None
+        match = _SN_DATETIME.match(value)
+        if match:
+            try:
+                y, mo, d, h, mi, sec = (int(g) for g in match.groups())
+                moment = datetime(y, mo, d, h, mi, sec, tzinfo=UTC)
+            except ValueError:
+                return value
+            return int(moment.timestamp()) * 1000
+        return value
+    if value is None:
+        return None
+    return _as_string(value)
+
+
+def _converter_for(avro_type: Any) -> Callable[[Any], Any]:
+    branches = avro_type if isinstance(avro_type, list) else [avro_type]
+    for branch in branches:
+        if isinstance(branch, Mapping) and branch.get("logicalType") == "timestamp-millis":
+            return _as_timestamp_ms
+        if branch == "long" or branch == "int":
+            return _as_long
+        if branch == "boolean":
+            return _as_boolean
+        if branch == "double" or branch == "float":
+            return _as_double
+    return _as_string
+
+
+class RecordConverter:
+    """Converts ServiceNow records (string values) to dicts that fit one schema.
+
+    Built once per schema; the per-record work is one loop over the fields.
+    Columns the schema lacks are not written (evolve the schema first: see
+    :func:`with_columns`); fields the record lacks are null.
+    """
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.schema = schema
+        self._plan = [(f.get(SN_NAME, f["name"]), f["name"], _converter_for(f["type"])) for f in schema["fields"]]
+        self.columns = frozenset(sn for sn, _, _ in self._plan)
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        get = record.get
+        return {name: convert(get(sn)) for sn, name, convert in self._plan}
+
+    def missing_columns(self, record: Mapping[str, Any]) -> set[str]:
+        return set(record) - self.columns
+
+
+def to_avro_record(schema: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    """One-off conversion; use :class:`RecordConverter` for many records."""
+    return RecordConverter(schema)(record)
+
+
+def from_avro_value(value: Any) -> Any:
+    """An Avro-decoded value in a form ServiceNow accepts (timestamps back to its text format)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return value
