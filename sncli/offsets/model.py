@@ -60,6 +60,11 @@ class StoredOffset:
     fingerprint: str
     updated_at: str  # ISO 8601 UTC, when this was stored
 
+    def __post_init__(self) -> None:
+        table = table_of_key(self.key)  # ValueError for a key that is not a poll or backfill key
+        if table != self.table:
+            raise ValueError(f"offset {self.key!r} belongs to table {table!r}, not {self.table!r}")
+
     @classmethod
     def new(
         cls,

@@ -110,6 +110,8 @@ def test_failing_fsync_leaves_the_old_file_intact(tmp_path: Path, monkeypatch: p
         b'{"version": 1, "offsets": []}',
         b'{"version": 1, "offsets": {"incident": {"version": 1}}}',
         b'{"version": 7, "offsets": {}}',
+        b'{"version": 1, "offsets": {"../etc": {"version": 1, "table": "../etc", "timestamp": "2024-05-01 12:00:00",'
+        b' "sys_id": "", "fingerprint": "", "updated_at": ""}}}',
     ],
 )
 def test_corrupt_file_is_reported_with_exit_2_and_never_overwritten(tmp_path: Path, content: bytes) -> None:

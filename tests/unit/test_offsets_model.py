@@ -56,11 +56,19 @@ def test_json_round_trip_keeps_every_field() -> None:
         {"version": 1, "table": "t", "timestamp": "2024-05-01 12:00:00", "sys_id": 5, "fingerprint": "",
          "updated_at": ""},
         {"version": 1, "table": "t", "timestamp": "2024-05-01 12:00:00", "sys_id": ""},
+        {"version": 1, "table": "other", "timestamp": "2024-05-01 12:00:00", "sys_id": "", "fingerprint": "",
+         "updated_at": ""},
     ],
 )
 def test_from_json_rejects_malformed_entries(entry: object) -> None:
     with pytest.raises(ValueError):
         StoredOffset.from_json("t", entry)
+
+
+def test_a_key_that_is_no_offset_key_is_refused() -> None:
+    entry = offset().to_json()
+    with pytest.raises(ValueError, match="not an offset key"):
+        StoredOffset.from_json("Not A Key", {**entry, "table": "Not A Key"})
 
 
 def test_check_offset_accepts_the_same_fingerprint_and_version() -> None:
