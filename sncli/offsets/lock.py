@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sncli.errors import LockHeldError
+from sncli.errors import LockHeldError, OffsetsError
 from sncli.offsets.model import iso_utc
 
 if TYPE_CHECKING:
@@ -174,8 +174,11 @@ def lock_path(offsets_path: Path, scope: str) -> Path:
 
 @contextmanager
 def local_lock(path: Path, scope: str, *, clock: Clock = _utcnow) -> Iterator[RunLock]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+    except OSError as exc:
+        raise OffsetsError(f"cannot open run lock file {path}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -127,3 +127,16 @@ def test_scopes_with_slashes_get_distinct_safe_file_names(tmp_path: Path) -> Non
         run_lock(settings, "backfill/incident/r1"),
     ):
         pass
+
+
+
+def test_an_unusable_lock_directory_is_a_clear_error(tmp_path: Path) -> None:
+    from sncli.errors import OffsetsError
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with (
+        pytest.raises(OffsetsError, match="cannot open run lock file"),
+        run_lock(settings_for(not_a_dir / "offsets.json"), "incident"),
+    ):
+        pass
