@@ -316,7 +316,18 @@ class _Lease:
             if is_precondition_failure(exc) or is_missing(exc):
                 log.warning("not releasing %s: another run holds it now", self.where)
             else:
-                log.warning("could not release %s (%s); it expires by itself", self.where, error_code(exc))
+                self._release_unconditionally(etag, error_code(exc))
+
+    def _release_unconditionally(self, etag: str, why: str) -> None:
+        """For stores without conditional DELETE: delete only if the lease is still ours (a small race)."""
+        from sncli.offsets.s3_store import get_object
+
+        try:
+            found = get_object(self.client, self.bucket, self.key, f"cannot read {self.where}")
+            if found is not None and found[1] == etag:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        except Exception as exc:
+            log.warning("could not release %s (%s, then %s); it expires by itself", self.where, why, exc)
 
 
 @contextmanager

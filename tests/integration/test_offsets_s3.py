@@ -338,3 +338,30 @@ def test_offsets_cli_on_the_s3_store_respects_the_lease(
         assert held.returncode == 75, held.stderr
         assert "incident" in held.stderr
     assert read_doc(client, bucket)[0]["offsets"]["incident"]["timestamp"] == "2024-05-01 12:00:00"
+
+
+class _NoConditionalDelete:
+    """An S3 client whose server rejects DeleteObject with If-Match (as some S3-compatible stores do)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def delete_object(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        if "IfMatch" in kwargs:
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "no conditional delete"}},
+                              "DeleteObject")
+        return self._real.delete_object(**kwargs)
+
+
+def test_lease_is_released_where_conditional_delete_is_not_supported(
+    s3_endpoint: str, bucket: str, client: Any
+) -> None:
+    settings = settings_for(s3_endpoint, bucket)
+    with run_lock(settings, "incident", client=_NoConditionalDelete(client)):
+        pass
+    assert client.list_objects_v2(Bucket=bucket, Prefix="sncli/offsets.json.locks/").get("KeyCount", 0) == 0
