@@ -138,7 +138,8 @@ def delete_topics(kafka: KafkaSettings, names: list[str], *, timeout: float = DE
 
     if not names:
         return
-    futures = _admin(kafka).delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
+    admin = _admin(kafka)  # keep a reference: a collected client cancels its pending futures
+    futures = admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
     for name, future in futures.items():
         try:
             future.result(timeout=timeout)

@@ -7,6 +7,11 @@ returns the number acknowledged or raises :class:`ProduceError` if even one
 record was not. A broker that is down makes ``flush`` fail after the delivery
 timeout (``message.timeout.ms``) instead of hanging.
 
+After ``flush`` raised, the producer refuses further use (ProduceError on
+``send``): the caller stops advancing its cursor anyway, and a fresh producer
+is the only state that is right on every broker (Tansu fences an idempotent
+producer after it rejected one of its batches).
+
 Threading: librdkafka calls the delivery callbacks on the thread that runs
 ``flush``/``poll``, and the batch counters are not locked, so use one
 PageProducer per thread (each table of a poll cycle owns one). A producer is
@@ -161,6 +166,9 @@ class PageProducer:
                 acked=acked,
             )
         if failed:
+            # After a rejected batch an idempotent producer's sequence state is suspect
+            # (Tansu fences it on the next produce): a new run starts a new producer.
+            self._broken = "producer abandoned after unacknowledged records; create a new one"
             raise ProduceError(
                 f"producing to {topic}: {failed} of {sent} records not acknowledged; first error: {first}"
                 f"{self._broker_hint()}",
