@@ -55,7 +55,7 @@ def test_consecutive_pages_are_counted_separately(kafka_bootstrap: str, unique_t
     producer = PageProducer(kafka)
     for size in (5, 17, 1):
         for i in range(size):
-            producer.send(unique_topic, None, str(i).encode(), [], None)
+            producer.send(unique_topic, None, str(i).encode(), None, None)  # headers may be None
         assert producer.flush() == size
     assert producer.flush() == 0  # an empty batch
     assert len(read_all(kafka_bootstrap, unique_topic, expected=23)) == 23
