@@ -160,7 +160,7 @@ class PageProducer:
             self._broken = "producer abandoned after a flush timed out; create a new one"
             raise ProduceError(
                 f"producing to {topic}: {remaining} of {sent} records still unacknowledged after {wait:.1f}s"
-                f"{self._broker_hint()}",
+                f"{f'; first error: {first}' if first else ''}{self._broker_hint()}",
                 topic=topic,
                 failed=remaining + failed,
                 acked=acked,
@@ -181,7 +181,14 @@ class PageProducer:
         return acked
 
     def close(self, timeout: float = 5.0) -> int:
-        """Give queued records ``timeout`` seconds to be delivered; return how many were left."""
+        """Give queued records ``timeout`` seconds to be delivered; return how many were left.
+
+        A producer that already failed drops its queue at once instead: nothing it
+        still holds can count as delivered, and a dead broker should not delay exit.
+        """
+        if self._broken is not None:
+            self._producer.purge()
+            timeout = 0
         remaining: int = self._producer.flush(timeout)
         if remaining:
             log.warning("closing a Kafka producer with %d unacknowledged records", remaining)

@@ -152,3 +152,6 @@ def test_flush_timeout_shorter_than_delivery_reports_outstanding_records(
         producer.flush(timeout=0.5)
     with pytest.raises(ProduceError, match="create a new one"):
         producer.send("slow", None, b"v", [], None)
+    started = time.monotonic()
+    producer.close(timeout=10)  # a failed producer drops its queue instead of waiting
+    assert time.monotonic() - started < 2
