@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -197,7 +197,7 @@ class AvroValueSerializer:
             raise _avro_write_failure(exc, self.subject) from None
         return bytes(data)
 
-    def encode_page(self, records: list[Mapping[str, Any]]) -> list[bytes]:
+    def encode_page(self, records: Sequence[Mapping[str, Any]]) -> list[bytes]:
         """A page of records: one schema check for the page, then one encode per record."""
         self.cover(records)
         serialize, convert, ctx = self._serializer, self._convert, self._ctx
