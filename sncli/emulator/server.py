@@ -255,24 +255,23 @@ class _Handler(BaseHTTPRequestHandler):
             return status, error_body("User Not Authenticated", "Required to provide Auth information"), headers
         return status, error_body(_reason(status), "injected by the emulator's fault rules"), headers
 
-    def _send_with_after(self, fault: Fault | None, status: int, body: bytes, headers: Headers) -> int:
-        """Send an answer, applying post-request faults; returns the status seen by the client (0 = none)."""
+    def _send_with_after(self, fault: Fault | None, status: int, body: bytes, headers: Headers) -> None:
+        """Send an answer, applying post-request faults (hang, drop, garble, truncate)."""
         if fault is not None and fault.kind == "timeout_after_write":
             if fault.close:
                 self._drop_connection()
-                return 0
+                return
             time.sleep((fault.latency_ms or _DEFAULT_HANG_MS) / 1000)
         if fault is not None and fault.kind == "malformed":
             self._respond(200, _MALFORMED)
-            return 200
+            return
         if fault is not None and fault.kind == "truncated":
             self.close_connection = True
             announce = max(len(body), 64)
             self._respond(status, body[: announce // 2], headers, announce=announce)
             self._drop_connection()
-            return status
+            return
         self._respond(status, body, headers)
-        return status
 
     # ------------------------------------------------------------------ OAuth
 
@@ -299,11 +298,11 @@ class _Handler(BaseHTTPRequestHandler):
                 refresh_ttl=settings.refresh_token_ttl_seconds,
             )
             out, headers = orjson.dumps(payload), [("Cache-Control", "no-store")]
-        sent = 0
-        try:
-            sent = self._send_with_after(fault, status, out, headers)
-        finally:
-            self._journal(method, path, params, sent, None, "none", fault=fault_name, grant_type=grant_type)
+        # Journal first: a client that reads the journal right after its answer must find the entry.
+        self._journal(
+            method, path, params, _seen_status(fault, status), None, "none", fault=fault_name, grant_type=grant_type
+        )
+        self._send_with_after(fault, status, out, headers)
 
     # ------------------------------------------------------------------ Table API
 
@@ -339,11 +338,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, out, headers = self._table_request(
                 method, path, table, sys_id, params, body, user, short_page, short
             )
-        sent = 0
-        try:
-            sent = self._send_with_after(fault, status, out, headers)
-        finally:
-            self._journal(method, path, params, sent, journal_body, auth, **extra)
+        # Journal first: a client that reads the journal right after its answer must find the entry.
+        self._journal(method, path, params, _seen_status(fault, status), journal_body, auth, **extra)
+        self._send_with_after(fault, status, out, headers)
 
     def _table_request(
         self,
@@ -479,6 +476,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(status, orjson.dumps(answer))
 
 
+def _seen_status(fault: Fault | None, status: int) -> int:
+    """The status the client will see once post-request faults apply (0 = no answer at all)."""
+    if fault is not None and fault.kind == "timeout_after_write" and fault.close:
+        return 0
+    if fault is not None and fault.kind == "malformed":
+        return 200
+    return status
+
+
 def _not_found() -> bytes:
     return error_body("No Record found", "Record doesn't exist or ACL restricts the record retrieval")
 
@@ -514,15 +520,17 @@ class ServiceNowEmulator:
             settings=EmulatorSettings(token_ttl_seconds=token_ttl_seconds, user_time_zone=user_time_zone),
         )
         self._server: _Server | None = None
+        self._port: int | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        """The bound port (still known after stop, so a test can show the server is gone)."""
+        if self._port is None:
             raise RuntimeError("the emulator is not started")
-        return int(self._server.server_address[1])
+        return self._port
 
     @property
     def url(self) -> str:
@@ -532,6 +540,7 @@ class ServiceNowEmulator:
         if self._server is not None:
             return self
         self._server = _Server((self.host, self._requested_port), self)
+        self._port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sn-emulator", daemon=True
         )
