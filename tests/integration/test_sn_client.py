@@ -5,9 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import ipaddress
+import random
+import re
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -20,8 +25,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sncli.config import ServiceNowSettings
+from sncli.emulator.faults import Fault
+from sncli.emulator.server import ServiceNowEmulator
+from sncli.emulator.state import JournalEntry
+from sncli.metrics import RunMetrics
+from sncli.servicenow.backoff import BackoffPolicy
 from sncli.servicenow.client import ServiceNowClient
-from sncli.servicenow.errors import TransportError
+from sncli.servicenow.errors import (
+    AmbiguousWriteError,
+    BadRequestError,
+    ForbiddenError,
+    MalformedResponseError,
+    NotFoundError,
+    RetriesExhaustedError,
+    ServerError,
+    TransportError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +218,352 @@ def test_proxy_setting_routes_requests_through_the_proxy() -> None:
         assert "sysparm_query=active%3Dtrue" in proxy.seen[0]
     finally:
         proxy.stop()
+
+
+# ------------------------------------------------------------------ against the emulator
+
+SYS_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def settled(emulator: ServiceNowEmulator) -> list[JournalEntry]:
+    """The journal once it stops growing: the emulator records a request just after answering it."""
+    previous = -1
+    journal = emulator.state.journal()
+    deadline = time.monotonic() + 3
+    while len(journal) != previous and time.monotonic() < deadline:
+        previous = len(journal)
+        time.sleep(0.05)
+        journal = emulator.state.journal()
+    return journal
+
+
+def wait_for(emulator: ServiceNowEmulator, count: int, timeout: float = 5.0) -> list[JournalEntry]:
+    """The journal once it holds at least ``count`` entries (a hung answer is journaled when it ends)."""
+    deadline = time.monotonic() + timeout
+    journal = emulator.state.journal()
+    while len(journal) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        journal = emulator.state.journal()
+    return settled(emulator)
+
+
+def calls(journal: list[JournalEntry], method: str) -> list[JournalEntry]:
+    return [e for e in journal if e.method == method and e.path.startswith("/api/now/table/")]
+
+
+def emu_client(
+    emulator: ServiceNowEmulator, t: FakeTime | None = None, seed: int = 1, **overrides: Any
+) -> ServiceNowClient:
+    t = t or FakeTime()
+    return ServiceNowClient(
+        sn_settings(emulator.url, **overrides), clock=t.clock, sleep=t.sleep, rng=random.Random(seed)
+    )
+
+
+def test_list_page_sends_the_table_api_parameters_and_reads_the_headers(emulator: ServiceNowEmulator) -> None:
+    emulator.state.clock.freeze("2024-05-01 12:00:00")
+    for i in range(3):
+        emulator.state.insert("incident", {"number": f"INC{i}", "short_description": f"d^{i}"})
+    with emu_client(emulator) as client:
+        page = client.list_page(
+            "incident", query="numberSTARTSWITHINC^ORDERBYnumber", fields=["sys_id", "number"], limit=2,
+            display_value="all", exclude_reference_link=False, no_count=False, offset=0,
+        )
+        short = client.list_page("incident", query="numberSTARTSWITHINC", limit=10)
+    assert [r["number"] for r in page.records] == [
+        {"display_value": "INC0", "value": "INC0"},
+        {"display_value": "INC1", "value": "INC1"},
+    ]
+    assert set(page.records[0]) == {"sys_id", "number"}
+    assert page.total == 3
+    assert page.server_time == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert "next" in page.links and "sysparm_offset=2" in page.links["next"]
+    assert short.total is None  # sysparm_no_count=true by default
+    query = calls(settled(emulator), "GET")[0].query
+    assert query == {
+        "sysparm_query": "numberSTARTSWITHINC^ORDERBYnumber",
+        "sysparm_fields": "sys_id,number",
+        "sysparm_limit": "2",
+        "sysparm_display_value": "all",
+        "sysparm_exclude_reference_link": "false",
+        "sysparm_no_count": "false",
+        "sysparm_offset": "0",
+    }
+    defaults = calls(settled(emulator), "GET")[1].query
+    assert defaults["sysparm_exclude_reference_link"] == "true" and defaults["sysparm_no_count"] == "true"
+    assert defaults["sysparm_display_value"] == "false" and "sysparm_offset" not in defaults
+
+
+def test_crud_helpers(emulator: ServiceNowEmulator) -> None:
+    with emu_client(emulator) as client:
+        created = client.insert("incident", {"short_description": "printer", "priority": 2})
+        sys_id = created["sys_id"]
+        assert SYS_ID_RE.fullmatch(sys_id) and created["priority"] == "2"
+        updated = client.update("incident", sys_id, {"priority": "1"})
+        assert updated["priority"] == "1" and updated["short_description"] == "printer"
+        got = client.get("incident", sys_id)
+        assert got is not None and got["priority"] == "1"
+        client.delete("incident", sys_id)
+        assert client.get("incident", sys_id) is None
+        with pytest.raises(NotFoundError) as caught:
+            client.delete("incident", sys_id)
+        assert caught.value.status == 404
+        client.delete("incident", sys_id, missing_ok=True)
+        with pytest.raises(NotFoundError):
+            client.update("incident", sys_id, {"priority": "1"})
+    assert emulator.state.records("incident") == []
+
+
+def test_a_sys_id_or_table_from_data_cannot_address_another_path(emulator: ServiceNowEmulator) -> None:
+    with emu_client(emulator) as client:
+        for bad in ["../../sys_user/" + "a" * 32, "A" * 32, "a" * 31, ""]:
+            with pytest.raises(BadRequestError):
+                client.update("incident", bad, {"x": "1"})
+        with pytest.raises(BadRequestError):
+            client.list_page("incident/../sys_user", query="", limit=1)
+    assert settled(emulator) == []  # refused before any request
+
+
+def test_error_bodies_become_typed_errors(emulator: ServiceNowEmulator) -> None:
+    emulator.state.update_settings(denied_tables={"secret_table"})
+    with emu_client(emulator) as client, pytest.raises(ForbiddenError) as caught:
+        client.list_page("secret_table", query="", limit=1)
+    assert caught.value.status == 403 and caught.value.message == "User Not Authorized"
+    assert caught.value.detail is not None and "secret_table" in caught.value.detail
+    assert caught.value.endpoint == "table/secret_table" and caught.value.attempts == 1
+    assert len(settled(emulator)) == 1  # a 4xx is not retried
+
+
+def test_server_time_reads_the_date_header_even_from_a_denied_table(emulator: ServiceNowEmulator) -> None:
+    emulator.state.clock.freeze("2024-02-29 23:59:58")
+    emulator.state.update_settings(denied_tables={"sys_user"})
+    with emu_client(emulator) as client:
+        assert client.server_time() == datetime(2024, 2, 29, 23, 59, 58, tzinfo=UTC)
+
+
+def test_5xx_backoff_is_bounded_by_max_attempts_and_jittered(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=503, method="GET", times=None))
+    t = FakeTime()
+    retry = {"max_attempts": 5, "initial_backoff_ms": 100, "max_backoff_ms": 30_000}
+    with emu_client(emulator, t, seed=11, retry=retry) as client, pytest.raises(RetriesExhaustedError) as caught:
+        client.list_page("incident", query="", limit=1)
+    assert caught.value.status == 503 and caught.value.attempts == 5
+    assert len(calls(settled(emulator), "GET")) == 5  # exactly max_attempts requests
+    policy = BackoffPolicy.from_ms(100, 30_000)
+    rng = random.Random(11)
+    assert t.sleeps == [policy.delay(n, rng) for n in range(1, 5)]  # full jitter, seeded
+    assert all(0 <= s <= policy.ceiling(n) for n, s in enumerate(t.sleeps, start=1))
+    assert len(set(t.sleeps)) == 4 and t.sleeps != sorted(policy.ceiling(n) for n in range(1, 5))
+
+
+def test_5xx_backoff_is_bounded_by_max_elapsed_seconds(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=500, method="GET", times=None))
+    t = FakeTime()
+    retry = {"max_attempts": 100, "initial_backoff_ms": 400, "max_backoff_ms": 400, "max_elapsed_seconds": 2}
+    with emu_client(emulator, t, retry=retry) as client, pytest.raises(RetriesExhaustedError) as caught:
+        client.get("incident", "a" * 32)
+    assert "max_elapsed_seconds=2" in str(caught.value)
+    assert sum(t.sleeps) <= 2.0
+    attempts = caught.value.attempts
+    assert 5 <= attempts < 100 and len(calls(settled(emulator), "GET")) == attempts
+
+
+def test_transient_5xx_then_success(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=502, method="GET", times=2))
+    t = FakeTime()
+    with emu_client(emulator, t) as client:
+        assert client.list_page("incident", query="", limit=1).records == []
+    assert [e.status for e in calls(settled(emulator), "GET")] == [502, 502, 200]
+    assert len(t.sleeps) == 2
+
+
+def test_retry_after_seconds_is_honoured_in_full(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=429, method="GET", times=1, retry_after=7))
+    t = FakeTime()
+    with emu_client(emulator, t, retry={"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 200}) as c:
+        c.list_page("incident", query="", limit=1)
+    assert t.sleeps == [7.0]  # not jittered, not capped by max_backoff_ms
+    assert [e.status for e in calls(settled(emulator), "GET")] == [429, 200]
+
+
+def test_retry_after_in_real_time(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=429, method="GET", times=1, retry_after=1))
+    with ServiceNowClient(sn_settings(emulator.url)) as client:
+        started = time.monotonic()
+        client.list_page("incident", query="", limit=1)
+        waited = time.monotonic() - started
+    assert 1.0 <= waited < 2.5
+    journal = calls(settled(emulator), "GET")
+    assert [e.status for e in journal] == [429, 200]
+
+
+def test_retry_after_http_date_is_measured_on_the_servers_clock(emulator: ServiceNowEmulator) -> None:
+    # The instance's clock is years off ours: only the answer's own Date header gives the right wait.
+    emulator.state.clock.freeze("2019-06-01 08:00:00")
+    emulator.state.faults.add(
+        Fault(kind="status", status=429, method="GET", times=1, retry_after=2, retry_after_http_date=True)
+    )
+    t = FakeTime()
+    with emu_client(emulator, t) as client:
+        client.list_page("incident", query="", limit=1)
+    assert t.sleeps == [2.0]
+    assert [e.status for e in calls(settled(emulator), "GET")] == [429, 200]
+
+
+def test_a_retry_after_beyond_the_elapsed_budget_fails_at_once_naming_the_429(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=429, method="GET", times=None, retry_after=120))
+    t = FakeTime()
+    client = emu_client(emulator, t, retry={"max_elapsed_seconds": 10})
+    with client, pytest.raises(RetriesExhaustedError) as caught:
+        client.list_page("incident", query="", limit=1)
+    assert caught.value.status == 429 and "Retry-After: 120" in str(caught.value)
+    assert t.sleeps == [] and len(calls(settled(emulator), "GET")) == 1
+
+
+def test_429_without_retry_after_uses_the_backoff(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=429, method="GET", times=1))
+    t = FakeTime()
+    with emu_client(emulator, t) as client:
+        client.list_page("incident", query="", limit=1)
+    assert len(t.sleeps) == 1 and 0 <= t.sleeps[0] <= 0.1
+
+
+def test_post_body_is_identical_on_every_retry(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=503, method="POST", times=2))
+    body = {"short_description": "naïve ^ body", "priority": 1, "nested": {"a": [1, 2]}, "empty": None}
+    with emu_client(emulator) as client:
+        created = client.insert("incident", body)
+    posts = calls(settled(emulator), "POST")
+    assert [e.status for e in posts] == [503, 503, 201]
+    assert [e.body for e in posts] == [orjson.dumps(body)] * 3
+    assert [r["sys_id"] for r in emulator.state.records("incident")] == [created["sys_id"]]
+
+
+def test_post_429_is_retried(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=429, method="POST", times=1, retry_after=1))
+    t = FakeTime()
+    with emu_client(emulator, t) as client:
+        client.insert("incident", {"short_description": "x"})
+    assert [e.status for e in calls(settled(emulator), "POST")] == [429, 201]
+    assert t.sleeps == [1.0]
+
+
+@pytest.mark.parametrize(("status", "error"), [(500, ServerError), (502, AmbiguousWriteError),
+                                               (504, AmbiguousWriteError)])
+def test_post_5xx_other_than_503_is_not_retried(emulator: ServiceNowEmulator, status: int,
+                                                error: type[Exception]) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=status, method="POST", times=None))
+    with emu_client(emulator) as client, pytest.raises(error) as caught:
+        client.insert("incident", {"short_description": "x"})
+    assert getattr(caught.value, "status", None) == status
+    assert len(calls(settled(emulator), "POST")) == 1
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_ambiguous_post_timeout_after_write_is_reported_and_not_retried(
+    emulator: ServiceNowEmulator, close: bool
+) -> None:
+    emulator.state.faults.add(Fault(kind="timeout_after_write", method="POST", times=None, latency_ms=1500,
+                                    close=close))
+    with emu_client(emulator, timeout_seconds=0.5) as client, pytest.raises(AmbiguousWriteError) as caught:
+        client.insert("incident", {"short_description": "maybe"})
+    assert caught.value.attempts == 1 and caught.value.status is None
+    assert "may have been applied" in str(caught.value)
+    posts = calls(wait_for(emulator, 1), "POST")
+    assert len(posts) == 1  # never re-sent
+    assert len(emulator.state.records("incident")) == 1  # and indeed ServiceNow did write it
+
+
+def test_post_connection_reset_after_send_is_ambiguous(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="reset", method="POST", times=None))
+    with emu_client(emulator) as client, pytest.raises(AmbiguousWriteError):
+        client.insert("incident", {"short_description": "x"})
+    assert len(calls(settled(emulator), "POST")) == 1
+
+
+def test_post_truncated_answer_is_ambiguous(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="truncated", method="POST", times=None))
+    with emu_client(emulator) as client, pytest.raises(AmbiguousWriteError):
+        client.insert("incident", {"short_description": "x"})
+    assert len(calls(settled(emulator), "POST")) == 1
+    assert len(emulator.state.records("incident")) == 1
+
+
+def test_post_malformed_answer_is_a_definite_error_and_not_retried(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="malformed", method="POST", times=None))
+    with emu_client(emulator) as client, pytest.raises(MalformedResponseError) as caught:
+        client.insert("incident", {"short_description": "x"})
+    assert caught.value.status == 200
+    assert len(calls(settled(emulator), "POST")) == 1
+
+
+def test_post_connect_error_is_retried_because_nothing_was_sent() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = FakeTime()
+    client = ServiceNowClient(sn_settings(f"http://127.0.0.1:{port}"), clock=t.clock, sleep=t.sleep)
+    with client, pytest.raises(RetriesExhaustedError) as caught:
+        client.insert("incident", {"short_description": "x"})
+    assert caught.value.attempts == 4 and len(t.sleeps) == 3
+    assert "connect" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["reset", "truncated", "malformed"])
+def test_get_transport_faults_are_retried(emulator: ServiceNowEmulator, kind: str) -> None:
+    emulator.state.insert("incident", {"short_description": "x"})
+    emulator.state.faults.add(Fault(kind=kind, method="GET", times=1))
+    t = FakeTime()
+    with emu_client(emulator, t) as client:
+        page = client.list_page("incident", query="", limit=10)
+    assert len(page.records) == 1
+    assert len(calls(settled(emulator), "GET")) == 2 and len(t.sleeps) == 1
+
+
+def test_get_malformed_forever_exhausts_retries(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="malformed", method="GET", times=None))
+    with emu_client(emulator) as client, pytest.raises(RetriesExhaustedError) as caught:
+        client.list_page("incident", query="", limit=10)
+    assert "malformed" in str(caught.value) and caught.value.attempts == 4
+
+
+def test_patch_timeout_after_write_is_retried_because_patch_is_idempotent(emulator: ServiceNowEmulator) -> None:
+    sys_id = emulator.state.insert("incident", {"priority": "3"})["sys_id"]
+    emulator.state.faults.add(Fault(kind="timeout_after_write", method="PATCH", times=1, latency_ms=1500))
+    with emu_client(emulator, timeout_seconds=0.5) as client:
+        updated = client.update("incident", sys_id, {"priority": "1"})
+    assert updated["priority"] == "1"
+    patches = calls(wait_for(emulator, 2), "PATCH")
+    assert len(patches) == 2 and patches[0].body == patches[1].body
+
+
+def test_rate_limit_spaces_requests(emulator: ServiceNowEmulator) -> None:
+    t = FakeTime()
+    with emu_client(emulator, t, rate_limit={"requests_per_second": 10, "burst": 2}) as client:
+        for _ in range(5):
+            client.list_page("incident", query="", limit=1)
+    assert t.sleeps == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_latency_is_observed_per_call_with_low_cardinality_labels(emulator: ServiceNowEmulator) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=503, method="GET", times=1))
+    metrics = RunMetrics()
+    settings = sn_settings(emulator.url, auth={"type": "oauth", "client_id": "sncli", "client_secret": "sncli-secret",
+                                               "username": "admin", "password": "admin"})
+    t = FakeTime()
+    with ServiceNowClient(settings, metrics=metrics, clock=t.clock, sleep=t.sleep) as client:
+        created = client.insert("incident", {"short_description": "x"})
+        client.get("incident", created["sys_id"])  # the 503 + retry
+        client.update("incident", created["sys_id"], {"short_description": "y"})
+    counts: dict[tuple[str, str], float] = {}
+    for metric in metrics.registry.collect():
+        for sample in metric.samples:
+            if sample.name == "bridge_sn_api_latency_seconds_count":
+                counts[(sample.labels["endpoint"], sample.labels["method"])] = sample.value
+            assert created["sys_id"] not in str(sample.labels)
+    assert counts == {
+        ("oauth", "POST"): 1,
+        ("table/incident", "POST"): 1,
+        ("table/incident", "GET"): 2,
+        ("table/incident", "PATCH"): 1,
+    }
