@@ -113,6 +113,8 @@ class ServiceNowClient:
         if tls.client_cert is not None:
             self._cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_key else str(tls.client_cert)
         self._proxies = {"http": settings.proxy, "https": settings.proxy} if settings.proxy else {}
+        if not tls.verify:
+            log.warning("TLS certificate verification is disabled (servicenow.tls.verify: false)")
         self.auth: Authenticator
         if isinstance(settings.auth, BasicAuth):
             self.auth = BasicAuthenticator(settings.auth)
@@ -125,7 +127,9 @@ class ServiceNowClient:
         # Deterministic: no ~/.netrc (it would replace our Authorization header), no
         # *_PROXY / REQUESTS_CA_BUNDLE from the environment; the config says it all.
         session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        # pool_connections counts hosts (the instance, maybe a separate token host); pool_maxsize
+        # counts keep-alive connections per host, one per worker thread.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update({"User-Agent": "sncli"})
@@ -280,7 +284,8 @@ class ServiceNowClient:
                     method, url, params=params, data=data, headers=headers, timeout=self._timeout,
                     verify=self._verify, cert=self._cert, proxies=self._proxies, allow_redirects=False,
                 )
-            except requests.RequestException as exc:
+            except (requests.RequestException, OSError) as exc:
+                # OSError: a local problem requests does not wrap (e.g. a ca_bundle path that does not exist).
                 self._observe(endpoint, method, t0)
                 failure = classify_exception(exc)
                 decision = decide_failure(policy_method, failure)
@@ -383,7 +388,7 @@ class ServiceNowClient:
 # -------------------------------------------------------------------- helpers (pure)
 
 
-def classify_exception(exc: requests.RequestException) -> Failure:
+def classify_exception(exc: BaseException) -> Failure:
     """Where in the exchange a requests exception happened, which decides if a POST may be retried."""
     if isinstance(exc, requests.exceptions.SSLError):
         return Failure.TLS

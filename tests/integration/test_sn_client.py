@@ -185,6 +185,16 @@ def test_tls_ca_bundle_trusts_the_cert(tls_server: tuple[_Server, Path]) -> None
         assert client.list_page("incident", query="", limit=1).records[0]["sys_id"] == "a" * 32
 
 
+def test_a_missing_ca_bundle_file_is_a_transport_error_not_a_traceback(tls_server: tuple[_Server, Path]) -> None:
+    server, cert = tls_server
+    t = FakeTime()
+    settings = sn_settings(f"https://127.0.0.1:{server.port}", tls={"ca_bundle": str(cert) + ".missing"})
+    client = ServiceNowClient(settings, clock=t.clock, sleep=t.sleep)
+    with client, pytest.raises(TransportError) as caught:
+        client.list_page("incident", query="", limit=1)
+    assert caught.value.attempts == 1 and "OSError" in str(caught.value)
+
+
 def test_client_certificate_is_presented_for_mutual_tls(tmp_path: Path) -> None:
     server_cert, server_key = _self_signed(tmp_path, "server")
     client_cert, client_key = _self_signed(tmp_path, "client")
