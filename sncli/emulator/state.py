@@ -284,7 +284,7 @@ class EmulatorState:
         when = parse_time(at) if at is not None else None
         with self._lock:
             target = self._tables.get(table)
-            record = target.records.get(sys_id) if target else None
+            record = target.records.get(sys_id) if target is not None else None
             if target is None or record is None:
                 return None
             return dict(self._update(target, record, fields, when, self.credentials.username).fields)
@@ -296,19 +296,19 @@ class EmulatorState:
     def get(self, table: str, sys_id: str) -> dict[str, str] | None:
         with self._lock:
             target = self._tables.get(table)
-            record = target.records.get(sys_id) if target else None
+            record = target.records.get(sys_id) if target is not None else None
             return dict(record.fields) if record else None
 
     def records(self, table: str) -> list[dict[str, str]]:
         """Every record of ``table`` in (sys_updated_on, sys_id) order."""
         with self._lock:
             target = self._tables.get(table)
-            return [dict(r.fields) for r in target.ordered()] if target else []
+            return [dict(r.fields) for r in target.ordered()] if target is not None else []
 
     def count(self, table: str) -> int:
         with self._lock:
             target = self._tables.get(table)
-            return len(target) if target else 0
+            return len(target) if target is not None else 0
 
     def tables(self) -> dict[str, int]:
         with self._lock:
@@ -317,7 +317,7 @@ class EmulatorState:
     def columns(self, table: str) -> dict[str, str]:
         with self._lock:
             target = self._tables.get(table)
-            return dict(target.columns) if target else {}
+            return dict(target.columns) if target is not None else {}
 
     # ------------------------------------------------------------------ Table API (used by the server)
 
@@ -336,7 +336,7 @@ class EmulatorState:
     def fetch(self, table: str, sys_id: str) -> Selection:
         with self._lock:
             target = self._tables.get(table)
-            record = target.records.get(sys_id) if target else None
+            record = target.records.get(sys_id) if target is not None else None
             if target is None:
                 return Selection([], 0, frozenset(), {}, False)
             return Selection([record] if record else [], None, frozenset(target.columns), dict(target.references), True)
@@ -355,7 +355,7 @@ class EmulatorState:
     def api_update(self, table: str, sys_id: str, body: Mapping[str, object], user: str) -> Selection:
         with self._lock:
             target = self._tables.get(table)
-            record = target.records.get(sys_id) if target else None
+            record = target.records.get(sys_id) if target is not None else None
             if target is None or record is None:
                 return Selection([], None, frozenset(), {}, target is not None)
             updated = self._update(target, record, body, None, user)

@@ -154,6 +154,7 @@ def test_new_fields_from_writes_become_string_columns() -> None:
 def test_define_table_declares_types() -> None:
     state = frozen_state()
     state.define_table("t", {"amount": "decimal"})
+    assert state.columns("t")["amount"] == "decimal"  # an empty table still has its columns
     state.insert("t", {"amount": "10"})
     state.insert("t", {"amount": "9"})
     table = state._tables["t"]
