@@ -61,6 +61,14 @@ DisplayValue = Literal["false", "true", "all"]
 
 _TABLE = re.compile(r"^[a-z0-9_]+$")
 _SYS_ID = re.compile(r"^[0-9a-f]{32}$")
+_FAILURE_TEXT = {
+    Failure.CONNECT: "could not connect",
+    Failure.SENT: "no answer",
+    Failure.TRUNCATED: "answer cut short",
+    Failure.MALFORMED: "malformed answer",
+    Failure.TLS: "TLS failure",
+    Failure.OTHER: "request failed",
+}
 _JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 _FORM_HEADERS = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
 
@@ -289,13 +297,13 @@ class ServiceNowClient:
                 self._observe(endpoint, method, t0)
                 failure = classify_exception(exc)
                 decision = decide_failure(policy_method, failure)
-                cause = f"{failure.value} error: {describe_exception(exc)}"
+                cause = f"{_FAILURE_TEXT[failure]} ({describe_exception(exc)})"
                 if decision is Decision.RETRY:
                     self._wait_before_retry(method, endpoint, attempts, started, None, cause, None)
                     continue
                 if decision is Decision.AMBIGUOUS:
                     raise AmbiguousWriteError(
-                        None, f"no answer after the request was sent ({cause}); it may have been applied",
+                        None, f"{cause} after the request was sent; it may have been applied",
                         method=method, endpoint=endpoint, attempts=attempts,
                     ) from exc
                 raise TransportError(None, cause, method=method, endpoint=endpoint, attempts=attempts) from exc
