@@ -114,6 +114,28 @@ def split_segments(text: str) -> list[str]:
     return out
 
 
+_DATE_GENERATE = re.compile(r"""^javascript:gs\.dateGenerate\(\s*['"]([^'"]+)['"]\s*(?:,\s*['"]([^'"]+)['"]\s*)?\)$""")
+
+
+def date_generate(value: str) -> str:
+    """``javascript:gs.dateGenerate('2026-01-01','00:00:00')`` (or one 'date time' argument) -> the date-time text.
+
+    The only script ServiceNow clients commonly put in queries (pysnow's BETWEEN
+    builds it); the emulator evaluates it in UTC, the integration user's zone.
+    Any other value is returned unchanged.
+    """
+    if not value.startswith("javascript:"):
+        return value
+    match = _DATE_GENERATE.match(value)
+    if match is None:
+        return value
+    date, time = match.group(1), match.group(2)
+    if time is None:
+        return date
+    time = {"start": "00:00:00", "end": "23:59:59"}.get(time, time)
+    return f"{date} {time}"
+
+
 def parse_condition(segment: str) -> Condition | None:
     match = _CONDITION.match(segment)
     if match is None:
@@ -121,6 +143,11 @@ def parse_condition(segment: str) -> Condition | None:
     field, op, value = match.group(1), match.group(2), match.group(3)
     if op in _NO_VALUE_OPS:
         value = ""
+    elif op == "BETWEEN":
+        low, sep, high = value.partition("@")
+        value = f"{date_generate(low)}{sep}{date_generate(high)}"
+    else:
+        value = date_generate(value)
     return Condition(field, op, value)
 
 

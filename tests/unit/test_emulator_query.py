@@ -103,6 +103,20 @@ def test_parse_each_operator(segment: str, expected: Condition) -> None:
     assert parse(segment).groups == (((expected,),),)
 
 
+def test_date_generate_values_are_evaluated() -> None:
+    q = parse("sys_updated_on>javascript:gs.dateGenerate('2026-01-02','12:00:00')")
+    assert q.groups[0][0][0].value == "2026-01-02 12:00:00"
+    q = parse("sys_updated_on<=javascript:gs.dateGenerate('2026-01-02','end')")
+    assert q.groups[0][0][0].value == "2026-01-02 23:59:59"
+    q = parse(
+        'sys_updated_onBETWEENjavascript:gs.dateGenerate("2026-01-01 00:00:01")'
+        '@javascript:gs.dateGenerate("2026-01-01 00:00:02")'
+    )
+    assert q.groups[0][0][0].value == "2026-01-01 00:00:01@2026-01-01 00:00:02"
+    q = parse("short_description=javascript:gs.getUserID()")
+    assert q.groups[0][0][0].value == "javascript:gs.getUserID()"  # other scripts stay opaque text
+
+
 def test_parse_records_invalid_segments_and_skips_markers() -> None:
     q = parse("garbage^priority=1^EQ^GROUPBYpriority^opened_atONToday@javascript:gs.beginningOfToday()")
     assert q.groups == (((Condition("priority", "=", "1"),),),)
