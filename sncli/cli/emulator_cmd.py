@@ -1,15 +1,94 @@
-"""``sncli emulator``: the bundled ServiceNow Table API emulator."""
+"""``sncli emulator``: the bundled ServiceNow Table API emulator, in the foreground.
+
+Prints one ready line on stdout once it accepts connections (scripts wait for
+it), logs to stderr, and stops cleanly on SIGTERM or SIGINT. It is driven from
+other processes through its control API under ``/__emulator/``.
+"""
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
 import typer
 
-from sncli.cli.common import not_built
+from sncli.cli.common import exit_with
+from sncli.cli.render import error_line
+from sncli.errors import ExitCode
+
+log = logging.getLogger("sncli.emulator")
+
+
+def _parse_seed(spec: str) -> tuple[str, int]:
+    table, sep, count = spec.partition("=")
+    if not sep or not table or not count.isdigit():
+        raise typer.BadParameter(f"expected TABLE=COUNT, got {spec!r}", param_hint="--seed")
+    return table, int(count)
 
 
 def emulator(
-    port: int = typer.Option(18080, "--port", help="Port on 127.0.0.1."),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(18080, "--port", envvar="SNCLI_SNOW_PORT", help="Port to listen on (0 = any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    user: str = typer.Option("admin", "--user", envvar="SNCLI_EMULATOR_USER", help="Basic/OAuth user name."),
+    password: str = typer.Option(
+        "admin", "--password", envvar="SNCLI_EMULATOR_PASSWORD", help="Password of that user.", show_default=False
+    ),
+    client_id: str = typer.Option("sncli", "--client-id", envvar="SNCLI_EMULATOR_CLIENT_ID", help="OAuth client id."),
+    client_secret: str = typer.Option(
+        "sncli-secret",
+        "--client-secret",
+        envvar="SNCLI_EMULATOR_CLIENT_SECRET",
+        help="OAuth client secret.",
+        show_default=False,
+    ),
+    token_ttl: int = typer.Option(
+        1800, "--token-ttl", min=1, help="OAuth access token lifetime (expires_in), seconds."
+    ),
+    time_zone: str = typer.Option("UTC", "--time-zone", help="time_zone of the integration user in sys_user."),
+    seed: list[str] = typer.Option(
+        [], "--seed", help="Generate records at start: TABLE=COUNT (repeatable), e.g. --seed incident=1000."
+    ),
+    seed_spread: int = typer.Option(
+        3600, "--seed-spread", min=0, help="Spread seeded records' sys_updated_on over this many seconds."
+    ),
+    record_bytes: int = typer.Option(1024, "--record-bytes", min=0, help="Approximate JSON size of a seeded record."),
 ) -> None:
-    """Run the ServiceNow emulator (Table API, OAuth, faults, journal) until interrupted."""
-    not_built("emulator")
+    """Run the ServiceNow emulator (Table API, OAuth, faults, journal, control API) until SIGTERM/SIGINT."""
+    from sncli.emulator.server import ServiceNowEmulator
+
+    seeds = [_parse_seed(s) for s in seed]
+    emu = ServiceNowEmulator(
+        host,
+        port,
+        username=user,
+        password=password,
+        client_id=client_id,
+        client_secret=client_secret,
+        token_ttl_seconds=token_ttl,
+        user_time_zone=time_zone,
+    )
+    for table, count in seeds:
+        emu.state.generate(table, count, spread_seconds=seed_spread, record_bytes=record_bytes)
+        log.info("seeded %d records into %s", count, table)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        emu.start()
+    except OSError as exc:
+        error_line(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        exit_with(ExitCode.USAGE)
+    typer.echo(f"ServiceNow emulator ready on {emu.url} (control API: {emu.url}/__emulator/)")
+    sys.stdout.flush()
+    while not stop.wait(0.5):
+        pass
+    emu.stop()
+    log.info("emulator stopped")

@@ -1,0 +1,107 @@
+"""``sncli emulator`` as a subprocess: ready line, serving, seeding, clean stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+READY = re.compile(r"ready on (http://127\.0\.0\.1:(\d+))")
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sncli", "--log-format", "json", "emulator", "--port", "0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = READY.search(line)
+    if match is None:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"no ready line: {line!r} stderr={err!r}")
+    return proc, match.group(1)
+
+
+@pytest.fixture
+def running() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc, url = start("--seed", "incident=25", "--token-ttl", "60", env={"SNCLI_EMULATOR_PASSWORD": "s3cret"})
+    try:
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+def test_serves_seeded_data_and_stops_on_sigterm(running: tuple[subprocess.Popen[str], str]) -> None:
+    proc, url = running
+    r = requests.get(f"{url}/api/now/table/incident", auth=("admin", "s3cret"), params={"sysparm_limit": "100"})
+    assert r.status_code == 200 and len(r.json()["result"]) == 25
+    assert requests.get(f"{url}/api/now/table/incident", auth=("admin", "admin")).status_code == 401
+    token = requests.post(
+        f"{url}/oauth_token.do",
+        data={"grant_type": "password", "client_id": "sncli", "client_secret": "sncli-secret",
+              "username": "admin", "password": "s3cret"},
+    ).json()  # fmt: skip
+    assert token["expires_in"] == 60
+    ctl = requests.post(f"{url}/__emulator/generate", json={"table": "problem", "count": 5})
+    assert ctl.json()["result"]["count"] == 5
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "s3cret" not in err
+    assert "seeded 25 records into incident" in err and "emulator stopped" in err  # logs go to stderr
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/__emulator/health", timeout=2)
+
+
+def test_stops_on_sigint() -> None:
+    proc, url = start()
+    assert requests.get(f"{url}/__emulator/health").status_code == 200
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=15)
+    assert proc.returncode == 0
+
+
+def test_busy_port_is_a_usage_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "sncli", "emulator", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 2
+    assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_seed_spec_is_a_usage_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sncli", "emulator", "--port", "0", "--seed", "incident"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "TABLE=COUNT" in proc.stderr
