@@ -79,13 +79,13 @@ def test_avro_round_trip_and_compatible_evolution(kafka_bootstrap: str, registry
     assert decoded[0] == {**first_page[0], "priority": 1, "active": False}
     assert "u_category" not in decoded[0]  # written with version 1
     assert decoded[59]["u_category"] == "network"
-    assert decoded[59]["priority"] == 5 and decoded[59]["active"] is False
+    assert decoded[59]["priority"] == 5 and decoded[59]["active"] is True
 
     ours = AvroValueDeserializer(registry_url)
     assert decode_value(records[59].value, avro_deserializer=ours) == {
         **second_page[-1],
         "priority": 5,
-        "active": False,
+        "active": True,
     }
 
 
@@ -126,3 +126,16 @@ def test_unreachable_registry_fails_the_run_instead_of_dead_lettering() -> None:
     serializer = AvroValueSerializer(down, "t", schema_from_dictionary("incident", DICTIONARY))
     with pytest.raises(SchemaError, match="schema registry"):
         serializer.encode(_record(1))
+
+
+def test_an_incompatible_schema_is_refused_as_a_schema_error(registry_url: str, unique_topic: str) -> None:
+    client = registry_client(registry_url)
+    client.set_compatibility(f"{unique_topic}-value", "BACKWARD")
+    schema = schema_from_dictionary("incident", DICTIONARY)
+    serializer = AvroValueSerializer(client, unique_topic, schema)
+    serializer.encode(_record(1))
+    # A required field without default cannot read old data: the registry must refuse it.
+    broken = {**schema, "fields": [*schema["fields"], {"name": "u_required", "type": "string"}]}
+    serializer.evolve(broken)
+    with pytest.raises(SchemaError, match="HTTP 409"):
+        serializer.encode({**_record(2), "u_required": "x"})
