@@ -22,9 +22,11 @@
 # Every process is started detached, recorded by PID in <dir>/<service>-<port>.pid, and
 # stopped by that PID (TERM, then KILL) and only then reported stopped, once its port is free.
 # Readiness is a real round trip: a Kafka metadata request, or an HTTP 200.
-# `start` and `stop` are idempotent. `stop <service>` stops every instance of that service
-# recorded in the services dir, whatever its port. `all` leaves out a Pushgateway that is not
-# installed (with a note); naming `pushgateway` explicitly then fails with exit code 3.
+# `start` and `stop` are idempotent. `stop <service>` stops that service on its configured
+# port; `stop all` stops every process recorded in the services dir, whatever its port (so a
+# second broker started with another SNCLI_KAFKA_PORT is cleaned up too). `all` leaves out a
+# Pushgateway that is not installed (with a note); naming `pushgateway` explicitly then fails
+# with exit code 3.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -43,9 +45,10 @@ case "$action" in start|stop|status|restart) ;; *) usage ;; esac
 [ $# -ge 1 ] || set -- all
 selected=()
 explicit_pushgateway=0
+scope=one   # `all` stops every recorded instance
 for arg in "$@"; do
   case "$arg" in
-    all) selected+=("${ALL[@]}") ;;
+    all) selected+=("${ALL[@]}"); scope=any ;;
     kafka|s3|registry|snow) selected+=("$arg") ;;
     pushgateway) selected+=("$arg"); explicit_pushgateway=1 ;;
     *) echo "services: unknown service '$arg'" >&2; usage ;;
@@ -158,7 +161,7 @@ probe() {
     pushgateway) probe_http "http://127.0.0.1:$port/-/ready" ;;
     s3) probe_http "http://127.0.0.1:$port/" ;;
     registry) probe_http "http://127.0.0.1:$port/subjects" ;;
-    snow) probe_http "http://127.0.0.1:$port/__emulator/health" ;;
+    snow) probe_http "http://127.0.0.1:$port/__emulator/health" ;;   # GET -> {"ok": true}
   esac
 }
 
@@ -313,9 +316,12 @@ stop_pidfile() {
   done
 }
 
+# stop_svc SERVICE [any]: the instance on the configured port, or with `any` every instance.
 stop_svc() {
-  local svc="$1" pidf found=0 rc=0
-  for pidf in "$dir/$svc"-*.pid; do
+  local svc="$1" pattern pidf found=0 rc=0
+  pattern="$svc-$(port_of "$svc")"
+  [ "${2:-}" = any ] && pattern="$svc-*"
+  for pidf in "$dir"/$pattern.pid; do
     [ -e "$pidf" ] || continue
     found=1
     stop_pidfile "$svc" "$pidf" || rc=1
@@ -361,7 +367,7 @@ declare -A done_=()
 case "$action" in
   start|restart)
     if [ "$action" = restart ]; then
-      for svc in "${selected[@]}"; do stop_svc "$svc" || rc=1; done
+      for svc in "${selected[@]}"; do stop_svc "$svc" "$scope" || rc=1; done
     fi
     for svc in "${selected[@]}"; do
       [ -z "${done_[$svc]:-}" ] || continue
@@ -377,7 +383,7 @@ case "$action" in
     for svc in "${selected[@]}"; do
       [ -z "${done_[$svc]:-}" ] || continue
       done_[$svc]=1
-      stop_svc "$svc" || rc=1
+      stop_svc "$svc" "$scope" || rc=1
     done
     ;;
   status)
