@@ -436,12 +436,20 @@ class _Handler(BaseHTTPRequestHandler):
         selection = self.state.select(
             table, params.get("sysparm_query", ""), limit=served, offset=offset, want_count=not no_count
         )
-        parts = [
-            render_record(
-                r, selection, fields=fields, display_value=display_value, exclude_links=exclude_links, base_url=base
-            )
-            for r in selection.records
-        ]
+        if fields is None and display_value in ("false", "") and (exclude_links or not selection.references):
+            parts = [r.json for r in selection.records]  # the common case: cached bytes, no per-record call
+        else:
+            parts = [
+                render_record(
+                    r,
+                    selection,
+                    fields=fields,
+                    display_value=display_value,
+                    exclude_links=exclude_links,
+                    base_url=base,
+                )
+                for r in selection.records
+            ]
         headers: Headers = []
         if not no_count and selection.total is not None:
             headers.append(("X-Total-Count", str(selection.total)))

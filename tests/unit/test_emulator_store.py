@@ -186,3 +186,30 @@ def test_index_ordered() -> None:
     assert not index_ordered(parse("ORDERBYsys_id").order)
     assert not index_ordered(parse("ORDERBYsys_updated_on^ORDERBYnumber").order)
     assert not index_ordered(parse("ORDERBYDESCsys_updated_on").order)
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["insert", "bulk", "update", "delete"]), st.sampled_from(SECONDS), st.integers(0, 50)),
+    max_size=40,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=ops)
+def test_index_and_rows_stay_aligned_through_writes(ops: list[tuple[str, str, int]]) -> None:
+    state = EmulatorState()
+    for op, ts, n in ops:
+        existing = [r["sys_id"] for r in state.records("t")]
+        if op == "insert":
+            state.insert("t", {"n": str(n)}, at=ts)
+        elif op == "bulk":
+            state.bulk_insert("t", [{"n": str(i)} for i in range(n % 5 + 1)], at=ts)
+        elif op == "update" and existing:
+            state.update("t", existing[n % len(existing)], {"n": f"u{n}{ts}"}, at=ts)
+        elif op == "delete" and existing:
+            state.delete("t", existing[n % len(existing)])
+    if not state.has_table("t"):
+        return
+    table = table_of(state, "t")
+    assert [r.key for r in table.rows] == table.index == sorted(r.key for r in table.records.values())
+    assert all(table.records[r.key[1]] is r for r in table.rows)
