@@ -878,7 +878,10 @@ class SchemaRegistryEmulator:
 
     def start(self) -> SchemaRegistryEmulator:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="schema-registry", daemon=True)
+            # A short poll interval: stop() returns at once instead of after up to half a second.
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(0.05,), name="schema-registry", daemon=True
+            )
             self._thread.start()
         return self
 
