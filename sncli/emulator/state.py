@@ -18,7 +18,7 @@ import random
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -74,6 +74,19 @@ class EmulatorSettings:
     strict_tables: bool = False  # unknown table -> 400 "Invalid table" (else an empty result)
     default_limit: int = 10000
     journal_size: int = 100_000
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Assigning a setting directly (emu.state.settings.user_time_zone = "X") must take effect
+        # like update_settings() does, so the owning state is told about every change.
+        if name == "denied_tables":
+            value = set(value)
+        object.__setattr__(self, name, value)
+        listener = self.__dict__.get("_listener")
+        if listener is not None and not name.startswith("_"):
+            listener(name, value)
+
+    def watch(self, listener: Callable[[str, Any], None] | None) -> None:
+        object.__setattr__(self, "_listener", listener)
 
     def copy(self) -> EmulatorSettings:
         return dataclasses.replace(self, denied_tables=set(self.denied_tables))
@@ -169,17 +182,27 @@ class EmulatorState:
             raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         with self._lock:
             for name, value in values.items():
-                if name == "denied_tables":
-                    value = set(value)
                 setattr(self.settings, name, value)
-            if "user_time_zone" in values:
+            return self.settings.copy()
+
+    @property
+    def settings(self) -> EmulatorSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: EmulatorSettings) -> None:
+        value.watch(self._setting_changed)
+        self._settings = value
+
+    def _setting_changed(self, name: str, value: Any) -> None:
+        with self._lock:
+            if name == "user_time_zone" and USERS in self._tables:
                 users = self._tables[USERS]
                 for record in list(users.records.values()):
                     if record.fields.get("user_name") == self.credentials.username:
-                        self._update(users, record, {"time_zone": values["user_time_zone"]}, None, "system")
-            if "journal_size" in values:
-                self._journal = deque(self._journal, maxlen=self.settings.journal_size)
-            return self.settings.copy()
+                        self._update(users, record, {"time_zone": str(value)}, None, "system")
+            elif name == "journal_size":
+                self._journal = deque(self._journal, maxlen=int(value))
 
     # ------------------------------------------------------------------ journal
 

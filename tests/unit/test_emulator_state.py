@@ -168,6 +168,10 @@ def test_integration_user_and_time_zone_setting() -> None:
     assert [(u["user_name"], u["time_zone"]) for u in users] == [("admin", "UTC")]
     state.update_settings(user_time_zone="Europe/Paris")
     assert state.records("sys_user")[0]["time_zone"] == "Europe/Paris"
+    state.settings.user_time_zone = "UTC"  # a direct assignment takes effect too
+    assert state.records("sys_user")[0]["time_zone"] == "UTC"
+    state.settings.denied_tables = ["x"]  # type: ignore[assignment]
+    assert state.settings.denied_tables == {"x"}
     with pytest.raises(ValueError, match="unknown setting"):
         state.update_settings(nope=1)
 
