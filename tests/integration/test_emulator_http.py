@@ -336,3 +336,32 @@ def test_stop_cuts_open_keep_alive_connections() -> None:
     with pytest.raises(requests.ConnectionError):
         s.get(url, timeout=2)
     assert emu.url == url.split("/api/")[0]  # the address stays known after stop
+
+
+def test_chunked_request_body(emulator: ServiceNowEmulator, session: requests.Session) -> None:
+    chunks = iter([b'{"short_description":', b'"sent in chunks"}'])
+    r = session.post(api(emulator, "incident"), data=chunks, headers={"Content-Type": "application/json"})
+    assert r.status_code == 201 and r.json()["result"]["short_description"] == "sent in chunks"
+    assert emulator.state.journal()[-1].body == b'{"short_description":"sent in chunks"}'
+
+
+def test_concurrent_writers_and_readers(emulator: ServiceNowEmulator) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    emulator.state.clock.freeze("2026-01-01 00:00:00")  # every write lands in the same second
+
+    def writer(n: int) -> list[int]:
+        s = requests.Session()
+        s.auth = AUTH
+        codes = []
+        for i in range(25):
+            codes.append(s.post(api(emulator, "incident"), json={"number": f"W{n}-{i}"}).status_code)
+            codes.append(s.get(api(emulator, "incident"), params={"sysparm_limit": "50"}).status_code)
+        return codes
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = [c for result in pool.map(writer, range(8)) for c in result]
+    assert set(codes) == {200, 201}
+    rows = emulator.state.records("incident")
+    assert len(rows) == 200 and len({r["sys_id"] for r in rows}) == 200
+    assert {r["number"] for r in rows} == {f"W{n}-{i}" for n in range(8) for i in range(25)}
