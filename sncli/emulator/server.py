@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -231,8 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind == "latency":
             time.sleep(fault.latency_ms / 1000)
         elif fault.kind == "reset":
-            self._reset_connection()
-            return "reset"
+            return "reset"  # the caller journals first, then resets
         elif fault.kind == "status":
             return self._fault_answer(fault)
         return None
@@ -244,10 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(fault.retry_after, str):
                 headers.append(("Retry-After", fault.retry_after))
             elif fault.retry_after_http_date:
-                moment = self.state.clock.now().timestamp() + float(fault.retry_after)
-                from datetime import UTC, datetime
-
-                headers.append(("Retry-After", http_date(datetime.fromtimestamp(moment, UTC))))
+                # Relative to the emulator clock, like the Date header of the same answer.
+                moment = self.state.clock.now() + timedelta(seconds=float(fault.retry_after))
+                headers.append(("Retry-After", http_date(moment)))
             else:
                 headers.append(("Retry-After", str(int(fault.retry_after))))
         if status == 401:
@@ -283,6 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault_name = fault.kind if fault else None
         if early == "reset":
             self._journal(method, path, params, 0, None, "none", fault=fault_name, grant_type=grant_type)
+            self._reset_connection()
             return
         if isinstance(early, tuple):
             status, out, headers = early
@@ -318,6 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
         early = self._before(fault, method)
         if early == "reset":
             self._journal(method, path, params, 0, journal_body, auth, **extra)
+            self._reset_connection()
             return
         headers: Headers = []
         if isinstance(early, tuple):
