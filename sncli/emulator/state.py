@@ -134,6 +134,10 @@ def to_text(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+def _canonical(stamp: str | None) -> str | None:
+    return format_time(parse_time(stamp)) if stamp else None
+
+
 @dataclass(frozen=True)
 class Selection:
     records: list[Record]
@@ -470,8 +474,9 @@ class EmulatorState:
         created = updated = stamp
         mod_count = "0"
         if trusted and at is None:
-            created = values.get("sys_created_on") or stamp
-            updated = values.get("sys_updated_on") or created
+            # Seeded timestamps are normalized to ServiceNow's text so they sort and compare like real ones.
+            created = _canonical(values.get("sys_created_on")) or stamp
+            updated = _canonical(values.get("sys_updated_on")) or created
         if trusted:
             mod_count = values.get("sys_mod_count") or "0"
         else:

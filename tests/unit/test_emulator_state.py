@@ -43,6 +43,10 @@ def test_seeding_may_set_timestamps_but_at_wins() -> None:
     state = frozen_state()
     row = state.insert("t", {"sys_updated_on": "2026-01-01 00:00:05", "sys_created_on": "2026-01-01 00:00:01"})
     assert (row["sys_created_on"], row["sys_updated_on"]) == ("2026-01-01 00:00:01", "2026-01-01 00:00:05")
+    row = state.insert("t", {"sys_updated_on": "2026-01-01T00:00:07Z"})
+    assert row["sys_updated_on"] == "2026-01-01 00:00:07"  # ISO text is stored the ServiceNow way
+    with pytest.raises(ValueError):
+        state.insert("t", {"sys_updated_on": "yesterday"})
     row = state.insert("t", {"sys_updated_on": "2026-01-01 00:00:05"}, at="2025-12-31 23:59:59")
     assert row["sys_updated_on"] == row["sys_created_on"] == "2025-12-31 23:59:59"
 
