@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
 
-from sncli.cli.common import not_built
+from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
+
+if TYPE_CHECKING:
+    from sncli.source.cycle import RunSummary
 
 app = typer.Typer(help="ServiceNow -> Kafka.", no_args_is_help=True)
 
@@ -17,9 +23,50 @@ def poll(
     max_seconds: float | None = typer.Option(None, "--max-seconds", min=0.1, help="Stop after this long."),
     every: float | None = typer.Option(None, "--every", min=0.1, help="Repeat a cycle every S seconds."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Fetch and count, produce and store nothing."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """One bounded cycle: each table in its own thread, until caught up or a bound is hit.
 
     The cursor is stored only after Kafka acknowledged every record of a page.
+    SIGTERM/SIGINT stop at the next page boundary (exit 0). If any selected table's
+    run lock is held by another run, nothing is done and the exit code is 75.
     """
-    not_built("source poll")
+    from sncli.source.cycle import poll_every, run_poll, stop_on_signals
+    from sncli.source.poller import StopControl
+
+    state = state_of(ctx, config)
+    settings = state.settings()
+    stop = StopControl()
+
+    def once(control: StopControl) -> RunSummary:
+        return guard(lambda: run_poll(settings, tables=table, max_records=max_records, max_seconds=max_seconds,
+                                      dry_run=dry_run, stop=control))
+
+    def show(summary: RunSummary) -> None:
+        _render(summary, json_output=state.json_output)
+
+    with stop_on_signals(stop):
+        if every is None:
+            summary = once(stop)
+            show(summary)
+        else:
+            last = poll_every(settings, every, once, stop, show)
+            if last is None:
+                return
+            summary = last
+    exit_with(summary.exit_code)
+
+
+def _render(summary: RunSummary, *, json_output: bool) -> None:
+    from sncli.cli.render import error_line, print_json
+
+    if json_output:
+        print_json(summary.to_json())
+        return
+    if summary.error:
+        error_line(summary.error)
+    for name, t in sorted(summary.tables.items()):
+        cursor = f"{t.cursor_after.timestamp} {t.cursor_after.sys_id}".rstrip() if t.cursor_after else "(none)"
+        status = f"FAILED: {t.error}" if t.error else (t.stopped or "")
+        typer.echo(f"{name}: {t.records} records, {t.pages} pages, {t.produced} produced, cursor {cursor}; {status}")
+    typer.echo(f"done in {summary.duration_seconds:.1f}s, exit code {summary.exit_code}")

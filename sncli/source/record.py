@@ -27,6 +27,7 @@ from sncli.partition import KeyStrategy, keys_of
 
 Header = tuple[str, bytes]
 Encoder = Callable[[dict[str, Any]], bytes]
+PageEncoder = Callable[[Sequence[dict[str, Any]]], list[bytes]]
 KAFKA_TIMESTAMP_FIELD = "sys_updated_on"
 
 
@@ -104,10 +105,11 @@ def build_page(
     extracted_at: datetime,
     cache: TimestampCache,
     encode: Encoder = orjson.dumps,
+    encode_page: PageEncoder | None = None,
 ) -> PageMessages:
-    """Convert one fetched page; ``encode`` turns a record into the value bytes (JSON or Avro)."""
+    """Convert one fetched page; ``encode`` (per record) or ``encode_page`` (Avro) makes the values."""
     keys = keys_of(records, shape.key)
-    values = [encode(r) for r in records]
+    values = encode_page(records) if encode_page is not None else [encode(r) for r in records]
     table_h = ("sn.table", shape.table.encode())
     instance_h = ("sn.instance", shape.instance.encode())
     extracted_h = ("sn.extracted_at", iso_millis(extracted_at).encode())

@@ -102,3 +102,9 @@ def test_instance_name_never_carries_credentials(url: str, name: str) -> None:
 
 def test_iso_millis_naive_is_utc() -> None:
     assert iso_millis(datetime(2024, 1, 1, 0, 0, 0, 5000)) == "2024-01-01T00:00:00.005Z"
+
+
+def test_page_encoder_is_used_for_values() -> None:
+    msgs = build_page(_page(), SHAPE, extracted_at=EXTRACTED, cache=TimestampCache(),
+                      encode_page=lambda rs: [r["number"].encode() + b"!" for r in rs])
+    assert msgs.values == [b"INC1!", b"INC2!"]
