@@ -7,7 +7,8 @@ write replaces the record object), so a big page does not stall writers.
 
 System tables are ordinary tables: ``sys_user`` (the integration user, with
 its ``time_zone``), ``sys_dictionary`` (one row per column of every other
-table: name, element, internal_type, max_length, reference) and
+table: name, element, internal_type, max_length, reference), ``sys_db_object``
+(one row per table: name, label, super_class, always empty here) and
 ``sys_audit_delete`` (one row per deleted record: tablename, documentkey).
 """
 
@@ -35,6 +36,7 @@ RESERVED = frozenset(c.element for c in SYS_COLUMNS)
 DICTIONARY = "sys_dictionary"
 AUDIT_DELETE = "sys_audit_delete"
 USERS = "sys_user"
+DB_OBJECT = "sys_db_object"
 _DICTIONARY_COLUMNS = (
     Column("name", "string", 80),
     Column("element", "string", 80),
@@ -54,6 +56,11 @@ _AUDIT_COLUMNS = (
     Column("tablename", "string", 80),
     Column("documentkey", "GUID", 32),
     Column("display_value", "string", 255),
+)
+_DB_OBJECT_COLUMNS = (
+    Column("name", "string", 80),
+    Column("label", "string", 80),
+    Column("super_class", "reference", 32, DB_OBJECT),
 )
 AUTO_COLUMN_TYPE = "string"
 AUTO_COLUMN_LENGTH = 255
@@ -399,12 +406,24 @@ class EmulatorState:
         if table is None:
             table = self._tables[name] = Table(name)
             self._define_columns(table, SYS_COLUMNS)
+            self._register_object(name)
         return table
+
+    def _register_object(self, name: str) -> None:
+        """A sys_db_object row per table (no parent: every emulated table is a base table)."""
+        stamp = self.clock.stamp()
+        row = {"name": name, "label": name.replace("_", " ").title(), "super_class": ""}
+        built = self._system_fields(row, uuid.uuid4().hex, stamp, stamp, "system", "0")
+        self._tables[DB_OBJECT].add(Record(built))
 
     def _seed_system_tables(self) -> None:
         dictionary = self._tables[DICTIONARY] = Table(DICTIONARY)
         for column in (*SYS_COLUMNS, *_DICTIONARY_COLUMNS):
             dictionary.add_column(column.element, column.internal_type, column.reference)
+        objects = self._tables[DB_OBJECT] = Table(DB_OBJECT)
+        self._define_columns(objects, (*SYS_COLUMNS, *_DB_OBJECT_COLUMNS))
+        self._register_object(DICTIONARY)
+        self._register_object(DB_OBJECT)
         self._define_columns(self._table(USERS), _USER_COLUMNS)
         self._define_columns(self._table(AUDIT_DELETE), _AUDIT_COLUMNS)
         self.bulk_insert(

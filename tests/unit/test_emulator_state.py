@@ -146,6 +146,15 @@ def test_generated_tables_are_described_in_sys_dictionary_with_types() -> None:
     assert (caller["reference"], caller["max_length"]) == ("sys_user", "32")
 
 
+def test_every_table_has_a_sys_db_object_row() -> None:
+    state = frozen_state()
+    state.generate("incident", 1)
+    objects = {r["name"]: r for r in state.records("sys_db_object")}
+    assert {"incident", "sys_user", "sys_dictionary", "sys_db_object", "sys_audit_delete"} <= set(objects)
+    assert objects["incident"]["super_class"] == ""
+    assert state.count("sys_db_object") == len(state.tables())
+
+
 def test_new_fields_from_writes_become_string_columns() -> None:
     state = frozen_state()
     state.insert("u_custom", {"u_a": "1"})
