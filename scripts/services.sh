@@ -17,6 +17,8 @@
 #   SNCLI_KAFKA_STORAGE   memory (default) or s3: the broker keeps its data in the local
 #                         S3 service (bucket "tansu"), so messages survive a broker restart
 #   SNCLI_SERVICES_TIMEOUT  seconds to wait for readiness (default 30)
+#   SNCLI_SERVICES_STOP_GRACE  seconds between TERM and KILL on stop (default 10); 0 = KILL at
+#                         once, a crash (Tansu answers TERM by waiting 5s for connected clients)
 #   SNCLI_PUSHGATEWAY_BIN the Pushgateway binary (default: prometheus-pushgateway on PATH or /usr/bin)
 #
 # Every process is started detached, recorded by PID in <dir>/<service>-<port>.pid, and
@@ -64,6 +66,9 @@ dir="${SNCLI_SERVICES_DIR:-$root/.services}"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 timeout_s="${SNCLI_SERVICES_TIMEOUT:-30}"
+grace="${SNCLI_SERVICES_STOP_GRACE:-10}"
+[[ "$grace" =~ ^[0-9]+$ ]] || { echo "services: SNCLI_SERVICES_STOP_GRACE must be whole seconds, not '$grace'" >&2; exit 2; }
+[[ "$timeout_s" =~ ^[0-9]+$ ]] || { echo "services: SNCLI_SERVICES_TIMEOUT must be whole seconds, not '$timeout_s'" >&2; exit 2; }
 storage="${SNCLI_KAFKA_STORAGE:-memory}"
 case "$storage" in memory|s3) ;; *) echo "services: SNCLI_KAFKA_STORAGE must be memory or s3, not '$storage'" >&2; exit 2 ;; esac
 
@@ -295,11 +300,13 @@ stop_pidfile() {
   marker="$(marker_of "$svc")"
   pid="$(cat "$pidf" 2>/dev/null || true)"
   if alive "$pid" "$marker"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 10))
-    while alive "$pid" "$marker" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    if [ "$grace" -gt 0 ]; then
+      kill -TERM "$pid" 2>/dev/null || true
+      deadline=$((SECONDS + grace))
+      while alive "$pid" "$marker" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    fi
     if alive "$pid" "$marker"; then
-      echo "services: $svc (pid $pid) ignored TERM for 10s; sending KILL" >&2
+      [ "$grace" -eq 0 ] || echo "services: $svc (pid $pid) still running ${grace}s after TERM; sending KILL" >&2
       kill -KILL "$pid" 2>/dev/null || true
       while alive "$pid" "$marker"; do sleep 0.1; done
     fi
