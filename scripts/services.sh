@@ -362,11 +362,14 @@ skip_absent_pushgateway() {
 for svc in "${selected[@]}"; do port_of "$svc" >/dev/null; done   # bad port settings: exit 2 now
 
 # One start/stop at a time per services dir (tests in several processes share it).
-# Started services must not inherit fd 9 (they would hold the lock for their lifetime).
-exec 9>"$dir/.services.lock"
-if ! flock -w 120 9; then
-  echo "services: another scripts/services.sh has held $dir/.services.lock for 120s; giving up" >&2
-  exit 1
+# `status` only reads. Started services must not inherit fd 9 (they would hold the lock for
+# their lifetime): every launch closes it.
+if [ "$action" != status ]; then
+  exec 9>"$dir/.services.lock"
+  if ! flock -w 120 9; then
+    echo "services: another scripts/services.sh has held $dir/.services.lock for 120s; giving up" >&2
+    exit 1
+  fi
 fi
 
 rc=0

@@ -251,7 +251,7 @@ def test_s3_backed_broker_keeps_messages_and_offsets_across_a_restart(kafka_brok
             while len(values) < count and time.monotonic() < deadline:
                 msg = consumer.poll(0.5)
                 if msg is not None and msg.error() is None:
-                    values.append(msg.value())
+                    values.append(msg.value() or b"")
                     if len(values) == count:
                         consumer.commit(message=msg, asynchronous=False)
         finally:
