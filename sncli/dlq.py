@@ -13,7 +13,9 @@ Kafka lazily.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -21,7 +23,8 @@ from typing import Any, Literal
 import orjson
 
 from sncli import logs
-from sncli.errors import UsageError
+from sncli.config import KafkaSettings
+from sncli.errors import SncliError, UsageError
 
 ERROR_CLASSES = ("record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode")
 ErrorClass = Literal["record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode"]
@@ -282,3 +285,103 @@ def _ms_to_iso(ms: int | None) -> str | None:
 
 def _text_or_none(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------- writing (I/O)
+
+
+class DlqWriter:
+    """Produces DLQ records; each ``send`` reports its broker acknowledgement (or failure) by callback.
+
+    The drain must know *which* record was acknowledged before it may commit
+    past it, so every record carries its own delivery callback (PageProducer
+    only reports whole batches). Callbacks run on the thread that calls
+    :meth:`poll` or :meth:`flush` (the drain's main loop).
+
+    The topic is checked (and created when ``kafka.topics.create`` allows) on
+    first use, not at start: a drain whose records all succeed never needs it,
+    and when it is missing the run fails at the first record that needed it,
+    with everything before that record committed.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        from confluent_kafka import Producer
+
+        from sncli.kafka.conf import delivery_timeout_ms, producer_config
+
+        config = producer_config(kafka)
+        self.timeout_seconds = delivery_timeout_ms(config) / 1000.0
+        config["error_cb"] = self._on_error
+        self._producer = Producer(config)
+        self._produce: Any = self._producer.produce
+        self._kafka = kafka
+        self.topic = topic
+        self._lock = threading.Lock()
+        self._checked = False
+        self._unusable: str | None = None
+        self._last_broker_error: str | None = None
+
+    def _on_error(self, err: Any) -> None:
+        self._last_broker_error = err.str()
+
+    def _check_topic(self) -> str | None:
+        with self._lock:
+            if not self._checked:
+                self._checked = True
+                from sncli.kafka.admin import ensure_topics
+
+                try:
+                    ensure_topics(self._kafka, {self.topic: None})
+                except SncliError as exc:
+                    self._unusable = f"DLQ topic {self.topic}: {exc}"
+            return self._unusable
+
+    def send(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]],
+        on_done: Callable[[str | None], None],
+    ) -> None:
+        """Queue one DLQ record; ``on_done(None)`` once acknowledged, ``on_done(error)`` if it cannot be."""
+        problem = self._check_topic()
+        if problem is not None:
+            on_done(problem)
+            return
+
+        def delivered(err: Any, _msg: Any) -> None:
+            on_done(None if err is None else f"DLQ topic {self.topic}: {err.str()}")
+
+        deadline = time.monotonic() + self.timeout_seconds
+        while True:
+            try:
+                self._produce(self.topic, value, key, headers=headers, on_delivery=delivered)
+                return
+            except BufferError:
+                if time.monotonic() > deadline:
+                    on_done(f"DLQ topic {self.topic}: local queue full for {self.timeout_seconds:.0f}s")
+                    return
+                self._producer.poll(0.05)
+            except Exception as exc:  # KafkaException: message too large, fatal producer state
+                on_done(f"DLQ topic {self.topic}: {_kafka_text(exc)}")
+                return
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait for outstanding acknowledgements; return how many are still missing."""
+        wait = self.timeout_seconds + 5.0 if timeout is None else timeout
+        remaining: int = self._producer.flush(wait)
+        return remaining
+
+    @property
+    def broker_hint(self) -> str:
+        return f" (last broker error: {self._last_broker_error})" if self._last_broker_error else ""
+
+
+def _kafka_text(exc: BaseException) -> str:
+    args = getattr(exc, "args", ())
+    if args and hasattr(args[0], "str"):
+        return str(args[0].str())
+    return str(exc) or type(exc).__name__

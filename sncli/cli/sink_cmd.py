@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
 
-from sncli.cli.common import not_built
+from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
+from sncli.cli.render import print_json, stdout_console
+from sncli.errors import ExitCode
+
+if TYPE_CHECKING:
+    from sncli.sink.drain import DrainSummary
 
 app = typer.Typer(help="Kafka -> ServiceNow.", no_args_is_help=True)
 
@@ -18,6 +31,78 @@ def drain(
     workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Parallel writers."),
     every: float | None = typer.Option(None, "--every", min=0.1, help="Repeat a drain every S seconds."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and print operations, write nothing."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Consume up to the end offsets seen at start, write to ServiceNow, dead-letter failures, commit."""
-    not_built("sink drain")
+    """Consume up to the end offsets seen at start, write to ServiceNow, dead-letter failures, commit.
+
+    Exit 0 when every record was written or skipped, 3 when some went to the DLQ,
+    1 when the run failed (nothing committed past an unfinished record).
+    """
+    state = state_of(ctx, config)
+    settings = state.settings()
+    from sncli.sink.drain import DrainOptions, run_drain
+
+    options = DrainOptions(
+        topics=list(topic), max_messages=max_messages, max_seconds=max_seconds, workers=workers, dry_run=dry_run
+    )
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        while True:
+            began = time.monotonic()
+            summary = guard(lambda: run_drain(settings, options, stop=stop))
+            _render(summary, json_output=state.json_output)
+            if every is None or stop.is_set() or summary.exit_code == ExitCode.FAILED:
+                break
+            stop.wait(max(0.0, every - (time.monotonic() - began)))
+            if stop.is_set():
+                break
+    exit_with(summary.exit_code)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM / SIGINT ask the drain to stop reading, finish what it writes, commit and exit."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _render(summary: DrainSummary, *, json_output: bool) -> None:
+    if json_output:
+        print_json(summary.as_dict())
+        return
+    console = stdout_console()
+    if summary.plan is not None:
+        from rich.table import Table
+
+        table = Table(title="sink drain --dry-run: planned operations")
+        for column in ("topic", "partition", "offset", "operation", "table", "sys_id", "detail"):
+            table.add_column(column)
+        for entry in summary.plan:
+            detail = entry.get("error") or entry.get("reason") or ", ".join(entry.get("fields", []))
+            table.add_row(
+                str(entry["topic"]), str(entry["partition"]), str(entry["offset"]), str(entry["operation"]),
+                str(entry.get("table") or ""), str(entry.get("sys_id") or ""), str(detail),
+            )
+        console.print(table)
+    written = ", ".join(f"{op} {n}" for op, n in sorted(summary.written.items())) or "0"
+    dlq = ", ".join(f"{cls} {n}" for cls, n in sorted(summary.dlq.items())) or "0"
+    console.print(
+        f"sink drain: {summary.messages} messages, written {written}, skipped {summary.skipped}, "
+        f"dead-lettered {dlq}; stopped by {summary.stopped_by} after {summary.duration_seconds:.1f}s "
+        f"-> exit {summary.exit_code}",
+        highlight=False,
+        markup=False,
+    )
+    for topic_name, parts in sorted(summary.committed.items()):
+        shown = ", ".join(f"[{p}]={o}" for p, o in sorted(parts.items(), key=lambda kv: int(kv[0])))
+        console.print(f"  committed {topic_name}: {shown}", highlight=False, markup=False)
+    if summary.error:
+        console.print(f"  error: {summary.error}", highlight=False, markup=False)

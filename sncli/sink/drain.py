@@ -1,0 +1,607 @@
+"""One bounded drain: Kafka -> ServiceNow, dead-lettering failures, committing only finished work.
+
+The main thread reads (consumer.poll), resolves each record (pure), and hands
+writes to the per-key lanes (:mod:`sncli.sink.writer`). Each record is in the
+:class:`~sncli.sink.commits.CommitTracker` from the moment it is read until it
+is written, skipped, or *acknowledged* by the DLQ; commits (every few seconds,
+on revoke, and at the end) take the tracker's per-partition low watermark, so
+no commit ever passes a record that is not finished. A DLQ write that fails
+leaves its record unfinished forever: the run stops with exit 1 and the commit
+stays below it.
+
+The run is bounded by the partitions' ends as learned from fetch responses
+(:mod:`sncli.kafka.consumer`; never a bare ListOffsets answer), by
+``--max-messages`` / ``--max-seconds``, or by a stop request (SIGTERM).
+
+:class:`SinkRun` is the engine; ``sink drain`` and ``dlq replay`` are two front
+ends that differ only in what they read (the sink topics as a group member /
+the DLQ by assignment) and how a message becomes a :class:`Job`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sncli.config import Settings, SinkTopic
+from sncli.dlq import DlqWriter, Failure, Origin, dlq_headers
+from sncli.errors import ExitCode, UsageError
+from sncli.kafka.errors import KafkaError
+from sncli.metrics import RunMetrics, push_metrics
+from sncli.sink.commits import CommitTracker
+from sncli.sink.decode import make_decoder
+from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
+from sncli.sink.writer import LanePool, SystemicError, WriteFailed, apply_write
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_SECONDS = 5.0
+REVOKE_WAIT_SECONDS = 30.0
+STALL_SECONDS = 120.0
+TopicPart = tuple[str, int]
+
+
+@dataclass
+class DrainOptions:
+    topics: list[str] = field(default_factory=list)  # empty: every sink.topics entry
+    max_messages: int | None = None
+    max_seconds: float | None = None
+    workers: int | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class DrainSummary:
+    """The run's result: what ``--json`` prints and what the exit code is derived from."""
+
+    messages: int = 0
+    written: dict[str, int] = field(default_factory=dict)  # by op: post / patch / delete
+    skipped: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    dlq: dict[str, int] = field(default_factory=dict)  # by error class
+    committed: dict[str, dict[str, int]] = field(default_factory=dict)  # topic -> partition -> offset
+    duration_seconds: float = 0.0
+    exit_code: int = 0
+    stopped_by: str = "end"  # end | max_messages | max_seconds | signal | error
+    error: str | None = None
+    dry_run: bool = False
+    topics: list[str] = field(default_factory=list)
+    group_id: str = ""
+    passed_over: int = 0  # dlq replay: records the filters did not select
+    plan: list[dict[str, Any]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "messages": self.messages,
+            "written": dict(sorted(self.written.items())),
+            "written_total": sum(self.written.values()),
+            "skipped": self.skipped,
+            "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
+            "dlq": dict(sorted(self.dlq.items())),
+            "dlq_total": sum(self.dlq.values()),
+            "committed": self.committed,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "exit_code": self.exit_code,
+            "stopped_by": self.stopped_by,
+            "error": self.error,
+            "dry_run": self.dry_run,
+            "topics": self.topics,
+            "group_id": self.group_id,
+        }
+        if self.passed_over:
+            data["passed_over"] = self.passed_over
+        if self.plan is not None:
+            data["plan"] = self.plan
+        return data
+
+
+@dataclass(frozen=True)
+class Job:
+    """One consumed message, prepared by the front end (drain or DLQ replay).
+
+    ``tp``/``offset`` are where it was consumed (what commits track); ``record`` is
+    what resolve and the DLQ see: for a replay, the original topic, position, key,
+    value and headers the record had before it was dead-lettered.
+    """
+
+    tp: TopicPart
+    offset: int
+    record: InRecord
+    topic: SinkTopic | None  # None: no sink.topics entry applies (a replay of a removed topic)
+    replay_count: int = 0  # written with a failure (0 = a first failure: no header)
+
+
+#: Turns a consumed message into a Job, or None to pass over it (a replay filter did not match).
+Prepare = Callable[[Any], Job | None]
+
+
+@dataclass(frozen=True)
+class _Item:
+    job: Job
+    write: Write
+    topic: SinkTopic
+    generation: int
+
+
+def select_topics(settings: Settings, names: list[str]) -> list[SinkTopic]:
+    """The sink.topics entries to drain (all when ``names`` is empty); an unknown name is a usage error."""
+    configured = settings.sink.topics
+    if not configured:
+        raise UsageError("sink.topics is empty: nothing to drain")
+    if not names:
+        return list(configured)
+    known = {t.topic: t for t in configured}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--topic {', '.join(unknown)}: not in sink.topics (known: {', '.join(sorted(known))})")
+    return [known[n] for n in dict.fromkeys(names)]
+
+
+def record_of(msg: Any) -> InRecord:
+    timestamp_type, timestamp_ms = msg.timestamp()
+    return InRecord(
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=msg.key(),
+        value=msg.value(),
+        headers=tuple(msg.headers() or ()),
+        timestamp_ms=timestamp_ms if timestamp_type else None,
+    )
+
+
+def run_drain(
+    settings: Settings,
+    options: DrainOptions,
+    *,
+    stop: threading.Event | None = None,
+    metrics: RunMetrics | None = None,
+    consumer_overrides: dict[str, Any] | None = None,
+) -> DrainSummary:
+    """Drain once and push the run's metrics; raises SncliError only when the run could not start."""
+    topics = {t.topic: t for t in select_topics(settings, options.topics)}
+
+    def prepare(msg: Any) -> Job:
+        record = record_of(msg)
+        return Job((record.topic, record.partition), record.offset, record, topics[record.topic])
+
+    run = SinkRun(
+        settings,
+        options,
+        group_id=settings.sink.group_id,
+        read_topics=list(topics),
+        mode="subscribe",
+        prepare=prepare,
+        stop=stop,
+        metrics=metrics,
+        consumer_overrides=consumer_overrides,
+    )
+    tables = ",".join(sorted({t.table for t in topics.values()}))
+    return run.run_and_push({"command": "sink_drain", "table": tables})
+
+
+class SinkRun:
+    """The engine: read, resolve, write in lanes, dead-letter, commit; one bounded pass."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: DrainOptions,
+        *,
+        group_id: str,
+        read_topics: list[str],
+        mode: Literal["subscribe", "assign"],
+        prepare: Prepare,
+        stop: threading.Event | None = None,
+        metrics: RunMetrics | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.group_id = group_id
+        self.read_topics = read_topics
+        # A dry run never joins the group: that would rebalance a live drain.
+        self.mode: Literal["subscribe", "assign"] = "assign" if options.dry_run else mode
+        self.prepare = prepare
+        self.stop = stop or threading.Event()
+        self.metrics = metrics or RunMetrics()
+        self.consumer_overrides = consumer_overrides or {}
+        self.workers = options.workers or settings.sink.workers
+        self.summary = DrainSummary(dry_run=options.dry_run, topics=sorted(read_topics), group_id=group_id)
+        if options.dry_run:
+            self.summary.plan = []
+        self.decode: ValueDecoder = make_decoder(settings.kafka)
+        self._lock = threading.Lock()
+        self._tracker = CommitTracker()
+        self._generation: dict[TopicPart, int] = {}
+        self._committed: dict[TopicPart, int] = {}
+        self._fatal: str | None = None
+        self._closing = False
+        self._assigned_once = False
+        self._written: Counter[str] = Counter()
+        self._skipped: Counter[str] = Counter()
+        self._dlq: Counter[str] = Counter()
+        self._consumer: Any = None
+        self._lanes: LanePool[_Item] | None = None
+        self._dlq_writer: DlqWriter | None = None
+        self._client: Any = None
+
+    def run_and_push(self, grouping_key: dict[str, str]) -> DrainSummary:
+        """Run, then push the metrics (a dry run pushes nothing: it did nothing)."""
+        exit_code = int(ExitCode.FAILED)
+        try:
+            summary = self.run()
+            exit_code = summary.exit_code
+            return summary
+        finally:
+            if not self.options.dry_run:
+                self.metrics.finish(exit_code)
+                metrics = self.settings.metrics
+                push_metrics(self.metrics, metrics.pushgateway, metrics.job, grouping_key)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> DrainSummary:
+        from confluent_kafka import Consumer
+
+        from sncli.kafka.admin import existing_topics
+        from sncli.kafka.conf import consumer_config
+        from sncli.kafka.consumer import EndTracker
+
+        started = time.monotonic()
+        present = existing_topics(self.settings.kafka)
+        for name in self.read_topics:
+            if name not in present:
+                log.warning("topic %s does not exist yet; nothing to read from it", name)
+        wanted = [t for t in self.read_topics if t in present]
+        if not wanted:
+            self.summary.duration_seconds = time.monotonic() - started
+            return self.summary
+
+        self._ends = EndTracker()
+        config = consumer_config(self.settings.kafka, self.group_id, **self.consumer_overrides)
+        session_ms = int(config.get("session.timeout.ms", 45_000))
+        self._consumer = Consumer(config)
+        try:
+            if not self.options.dry_run:
+                from sncli.servicenow.client import ServiceNowClient
+
+                self._client = ServiceNowClient(self.settings.servicenow, metrics=self.metrics, pool_size=self.workers)
+                self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic)
+                self._lanes = LanePool(self.workers, self.settings.sink.max_pending, self._write, name="sink-lane")
+            self._start_reading(wanted, present)
+            stopped_by = self._loop(started, join_timeout=max(60.0, 2.5 * session_ms / 1000.0))
+            self._finish(stopped_by)
+        finally:
+            self._close()
+        self.summary.duration_seconds = time.monotonic() - started
+        return self.summary
+
+    def _start_reading(self, wanted: list[str], present: dict[str, int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        from sncli.kafka.consumer import rebalance_callbacks
+
+        if self.mode == "assign":
+            # Read every partition from the group's committed offset (else the earliest), never join.
+            parts = [TopicPartition(t, p) for t in wanted for p in range(present[t])]
+            self._ends.assign((tp.topic, tp.partition) for tp in parts)
+            self._consumer.assign(parts)
+            self._assigned_once = True
+            return
+        self._consumer.subscribe(
+            wanted, **rebalance_callbacks(self._ends, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        )
+
+    def _loop(self, started: float, *, join_timeout: float) -> str:
+        from sncli.kafka.consumer import Polled, track
+
+        consumer = self._consumer
+        max_messages = self.options.max_messages
+        deadline = None if self.options.max_seconds is None else started + self.options.max_seconds
+        next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+        last_progress = time.monotonic()
+        last_error: str | None = None
+        while True:
+            now = time.monotonic()
+            if self._fatal is not None:
+                return "error"
+            if self._lanes is not None and self._lanes.crash is not None:
+                self._fail(f"a sink lane crashed: {self._lanes.crash!r}")
+                return "error"
+            if self.stop.is_set():
+                return "signal"
+            if self._assigned_once and (not self._ends.assigned or self._ends.all_finished()):
+                return "end"
+            if max_messages is not None and self.summary.messages >= max_messages:
+                return "max_messages"
+            if deadline is not None and now >= deadline:
+                return "max_seconds"
+            if not self._assigned_once and now - started > join_timeout:
+                hint = f" (last error: {last_error})" if last_error else ""
+                raise KafkaError(f"no partitions assigned to group {self.group_id} within {join_timeout:.0f}s{hint}")
+            if self._assigned_once and now - last_progress > STALL_SECONDS:
+                hint = f" (last error: {last_error})" if last_error else ""
+                self._fail(f"no progress from Kafka for {STALL_SECONDS:.0f}s{hint}")
+                return "error"
+            if not self.options.dry_run and now >= next_commit:
+                self._commit(final=False)
+                next_commit = now + COMMIT_INTERVAL_SECONDS
+            msg = consumer.poll(0.1)
+            if self._dlq_writer is not None:
+                self._dlq_writer.poll(0)
+            if msg is None:
+                continue
+            kind = track(consumer, self._ends, msg)
+            if kind is Polled.ERROR:
+                err = msg.error()
+                last_error = err.str()
+                if err.fatal():
+                    self._fail(f"Kafka consumer error: {last_error}")
+                    return "error"
+                log.warning("Kafka consumer: %s", last_error)
+                continue
+            last_progress = time.monotonic()
+            if kind is Polled.DATA:
+                self._read(msg)
+            else:
+                tp = (msg.topic(), msg.partition())
+                if self._ends.finished(tp):
+                    self._pause(tp)
+
+    def _finish(self, stopped_by: str) -> None:
+        summary = self.summary
+        summary.stopped_by = stopped_by
+        if stopped_by == "signal":
+            log.warning("stop requested: finishing the records being written, leaving queued ones for the next run")
+        if self._lanes is not None:
+            self._lanes.close(
+                abandon=stopped_by in ("signal", "error") or self._fatal is not None,
+                abandon_if=lambda: self.stop.is_set() or self._fatal is not None,
+            )
+            if self._lanes.crash is not None:
+                self._fail(f"a sink lane crashed: {self._lanes.crash!r}")
+            if self.stop.is_set() and summary.stopped_by != "signal":
+                summary.stopped_by = "signal"  # asked to stop while finishing: queued records were left
+        if self._dlq_writer is not None:
+            missing = self._dlq_writer.flush()
+            if missing:
+                self._fail(f"{missing} DLQ records not acknowledged by Kafka{self._dlq_writer.broker_hint}")
+        if not self.options.dry_run:
+            self._commit(final=True)
+        with self._lock:
+            summary.written = dict(self._written)
+            summary.skipped = sum(self._skipped.values())
+            summary.skipped_by_reason = dict(self._skipped)
+            summary.dlq = dict(self._dlq)
+            committed: dict[str, dict[str, int]] = {}
+            for (topic, partition), offset in sorted(self._committed.items()):
+                committed.setdefault(topic, {})[str(partition)] = offset
+            summary.committed = committed
+        if self._fatal is not None:
+            summary.error = self._fatal
+            summary.stopped_by = "error"
+            summary.exit_code = int(ExitCode.FAILED)
+        elif summary.dlq:
+            summary.exit_code = int(ExitCode.PARTIAL)
+        else:
+            summary.exit_code = int(ExitCode.OK)
+
+    def _close(self) -> None:
+        self._closing = True
+        if self._lanes is not None:
+            self._lanes.close(abandon=True, timeout=5.0)
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except Exception as exc:
+                log.warning("closing the Kafka consumer: %s", exc)
+        if self._client is not None:
+            self._client.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, msg: Any) -> None:
+        tp = (msg.topic(), msg.partition())
+        offset = msg.offset()
+        self.summary.messages += 1
+        with self._lock:
+            self._tracker.add(tp, offset)
+            generation = self._generation.get(tp, 0)
+        try:
+            job = self.prepare(msg)
+        except Exception as exc:  # a bug in a front end: stop without committing past it
+            log.exception("preparing %s[%d]@%d failed", tp[0], tp[1], offset)
+            self._fail(f"cannot prepare {tp[0]}[{tp[1]}]@{offset}: {exc!r}")
+            return
+        if job is None:
+            self.summary.passed_over += 1
+            self._done(tp, offset, generation)
+            return
+        topic = job.topic
+        if topic is None:
+            failure = Failure("record", f"topic {job.record.topic} is not in sink.topics", attempts=0)
+            self._plan_entry(job, None, RecordError("record", failure.message))
+            self._dead_letter(job, failure, generation, op="none")
+            return
+        try:
+            plan: Plan = resolve(job.record, topic, self.decode)
+        except RecordError as exc:
+            self._plan_entry(job, None, exc)
+            self._dead_letter(job, Failure(exc.error_class, exc.message, table=topic.table, attempts=0),
+                              generation, op="none")
+            return
+        except Exception as exc:  # not the record's fault (e.g. the Schema Registry is down): stop here
+            self._fail(f"cannot decode {tp[0]}[{tp[1]}]@{offset}: {exc}")
+            return
+        self._plan_entry(job, plan, None)
+        if isinstance(plan, Skip):
+            self._count_skip(plan.table, "none", plan.reason)
+            self._done(tp, offset, generation)
+            return
+        if self.options.dry_run:
+            self._done(tp, offset, generation)
+            return
+        assert self._lanes is not None
+        item = _Item(job, plan, topic, generation)
+        # False: stopping. The record stays unfinished, so nothing is committed past it.
+        self._lanes.submit(lane_key(job.record, plan), item, keep_waiting=self._keep_waiting)
+
+    def _keep_waiting(self) -> bool:
+        if self._dlq_writer is not None:
+            self._dlq_writer.poll(0)
+        return self._fatal is None and not self.stop.is_set()
+
+    def _plan_entry(self, job: Job, plan: Plan | None, error: RecordError | None) -> None:
+        if self.summary.plan is None:
+            return
+        record = job.record
+        entry: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        if job.tp[0] != record.topic:
+            entry.update(dlq_partition=job.tp[1], dlq_offset=job.offset)
+        if error is not None:
+            entry.update(operation="DLQ", error_class=error.error_class, error=error.message)
+        elif isinstance(plan, Skip):
+            entry.update(operation="SKIP", table=plan.table, sys_id=plan.sys_id, reason=plan.reason)
+        elif isinstance(plan, Write):
+            entry.update(operation=plan.op, table=plan.table, sys_id=plan.sys_id, fields=sorted(plan.body))
+        self.summary.plan.append(entry)
+
+    def _pause(self, tp: TopicPart) -> None:
+        from confluent_kafka import TopicPartition
+
+        try:
+            self._consumer.pause([TopicPartition(tp[0], tp[1])])
+        except Exception as exc:  # the partition was revoked meanwhile: nothing to pause
+            log.debug("pause %s: %s", tp, exc)
+
+    # ------------------------------------------------------------------ writing (lane threads)
+
+    def _write(self, item: _Item) -> None:
+        job = item.job
+        if self._fatal is not None or self._stale(job.tp, item.generation):
+            return
+        try:
+            outcome = apply_write(self._client, item.write, item.topic)
+        except WriteFailed as exc:
+            self._dead_letter(job, exc.failure, item.generation, op=item.write.op.lower())
+            return
+        except SystemicError as exc:
+            self._fail(str(exc))
+            return
+        if outcome.outcome == "written":
+            self.metrics.sink_records.labels(table=item.write.table, op=outcome.op, outcome="written").inc()
+            with self._lock:
+                self._written[outcome.op] += 1
+        else:
+            self._count_skip(item.write.table, outcome.op, outcome.reason or "skipped")
+        self._done(job.tp, job.offset, item.generation)
+
+    def _dead_letter(self, job: Job, failure: Failure, generation: int, *, op: str) -> None:
+        if self.options.dry_run:
+            self._done(job.tp, job.offset, generation)
+            return
+        assert self._dlq_writer is not None
+        record = job.record
+        origin = Origin(record.topic, record.partition, record.offset)
+        headers = dlq_headers(record.headers, failure, origin, now=datetime.now(UTC), replay_count=job.replay_count)
+
+        def acked(error: str | None) -> None:
+            if error is not None:
+                self._fail(f"could not dead-letter {record.topic}[{record.partition}]@{record.offset} "
+                           f"({failure.error_class}: {failure.message[:200]}): {error}")
+                return
+            self.metrics.dlq_records.labels(**{"class": failure.error_class}).inc()
+            self.metrics.sink_records.labels(table=failure.table or "", op=op, outcome="dlq").inc()
+            with self._lock:
+                self._dlq[failure.error_class] += 1
+            self._done(job.tp, job.offset, generation)
+
+        log.warning("dead-lettering %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
+                    failure.error_class, failure.message)
+        self._dlq_writer.send(record.key, record.value, headers, acked)
+
+    def _count_skip(self, table: str, op: str, reason: str) -> None:
+        self.metrics.sink_records.labels(table=table, op=op, outcome="skipped").inc()
+        with self._lock:
+            self._skipped[reason] += 1
+
+    def _done(self, tp: TopicPart, offset: int, generation: int) -> None:
+        with self._lock:
+            if self._generation.get(tp, 0) != generation:
+                return  # the partition was revoked meanwhile; its new owner re-reads this record
+            self._tracker.done(tp, offset)
+
+    def _stale(self, tp: TopicPart, generation: int) -> bool:
+        with self._lock:
+            return self._generation.get(tp, 0) != generation
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            first = self._fatal is None
+            if first:
+                self._fatal = message
+        if first:
+            log.error("run failed: %s", message)
+
+    # ------------------------------------------------------------------ commits and rebalances
+
+    def _commit(self, *, final: bool, only: set[TopicPart] | None = None) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        with self._lock:
+            ready = {
+                tp: offset
+                for tp, offset in self._tracker.committable_all().items()
+                if (only is None or tp in only) and self._committed.get(tp) != offset
+            }
+        if not ready:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(ready.items())], asynchronous=False
+            )
+        except KafkaException as exc:
+            text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+            if final:
+                self._fail(f"committing offsets failed: {text}")
+            else:
+                log.warning("committing offsets failed (will retry): %s", text)
+            return
+        with self._lock:
+            self._committed.update(ready)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._assigned_once = True
+        with self._lock:
+            for p in partitions:
+                self._tracker.forget((p.topic, p.partition))
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions")
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        """Before losing partitions: let their in-flight records finish, commit them, forget them."""
+        revoked = {(p.topic, p.partition) for p in partitions}
+        if not revoked:
+            return
+        if not self._closing:
+            deadline = time.monotonic() + REVOKE_WAIT_SECONDS
+            while time.monotonic() < deadline and self._fatal is None:
+                with self._lock:
+                    busy = sum(self._tracker.in_flight(tp) for tp in revoked)
+                if busy == 0:
+                    break
+                if self._dlq_writer is not None:
+                    self._dlq_writer.poll(0.05)
+                else:
+                    time.sleep(0.05)
+            self._commit(final=False, only=revoked)
+        with self._lock:
+            for tp in revoked:
+                self._tracker.forget(tp)
+                self._generation[tp] = self._generation.get(tp, 0) + 1
