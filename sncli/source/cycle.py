@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.config import source_fingerprint
 from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
-from sncli.metrics import RunMetrics, push_metrics
+from sncli.metrics import RunMetrics
 from sncli.source.cursor import Cursor, UpperBound, page_query, parse_sn_time, upper_bound
 from sncli.source.poller import Budget, LoopResult, Records, StopControl, page_loop
 from sncli.source.record import RecordShape, TimestampCache, build_page, instance_name
@@ -155,15 +155,83 @@ def stop_on_signals(stop: StopControl) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def finish_metrics(settings: Settings, metrics: RunMetrics, command: str, tables: list[str], exit_code: int) -> None:
-    """Push the run's metrics (a Pushgateway that is down is logged by push_metrics, never fatal)."""
+def finish_metrics(
+    settings: Settings,
+    metrics: RunMetrics,
+    command: str,
+    table_codes: dict[str, int],
+    exit_code: int,
+) -> None:
+    """Push the run's metrics, one Pushgateway group per table: {job, command, table}.
+
+    Why per table and not one group for a multi-table run: every per-table series
+    carries a ``table`` label, and the Pushgateway overwrites a series' label with
+    the grouping label of the same name, so two tables' series in one group
+    collapse into duplicates and the push is refused (HTTP 400). A group per table
+    also gives each table its own ``sncli_last_success_timestamp_seconds``, which
+    is what a staleness alert per table needs: a table that failed in a partial
+    run keeps its previous success time. ``sncli_run_exit_code`` of a group is the
+    table's own outcome (the run's code when the whole run stopped, e.g. 75).
+    A Pushgateway that is down is logged, never fatal.
+    """
     metrics.finish(exit_code)
-    push_metrics(
-        metrics,
-        settings.metrics.pushgateway,
-        settings.metrics.job,
-        {"command": command, "table": ",".join(sorted(tables))},
-    )
+    gateway = settings.metrics.pushgateway
+    if not gateway:
+        return
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import pushadd_to_gateway
+
+    families = list(metrics.registry.collect())
+    names = sorted(table_codes)
+    for name in names:
+        registry = CollectorRegistry()
+        registry.register(_Families(_families_for(families, name, names, table_codes[name])))
+        try:
+            pushadd_to_gateway(gateway, job=settings.metrics.job, registry=registry,
+                               grouping_key={"command": command, "table": name}, timeout=5.0)
+        except Exception as exc:
+            log.warning("could not push metrics to %s: %s", gateway, exc)
+            return
+
+
+class _Families:
+    """A collector serving prepared metric families (a filtered view of the run's registry)."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Any]:
+        return self._families
+
+
+def _families_for(families: list[Any], table: str, tables: list[str], code: int) -> list[Any]:
+    from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+    endpoints = {f"table/{t}": t for t in tables}
+    first = tables[0]
+
+    def keep(labels: dict[str, str]) -> bool:
+        if "table" in labels:
+            return labels["table"] == table
+        if "endpoint" in labels:
+            # Calls for a selected table go to its group; auxiliary ones (OAuth, sys_dictionary) to the first.
+            return endpoints.get(labels["endpoint"], first) == table
+        return True
+
+    out: list[Any] = []
+    for family in families:
+        if family.name in ("sncli_run_exit_code", "sncli_last_success_timestamp_seconds"):
+            continue
+        samples = [s for s in family.samples if keep(s.labels)]
+        if samples:
+            copy = Metric(family.name, family.documentation, family.type, family.unit)
+            copy.samples = samples
+            out.append(copy)
+    out.append(GaugeMetricFamily("sncli_run_exit_code", "Exit code of the last run.", value=code))
+    if code == 0:
+        out.append(GaugeMetricFamily("sncli_last_success_timestamp_seconds", "When a run last succeeded.",
+                                     value=time.time()))
+    return out
 
 
 def set_offset_lag(metrics: RunMetrics, table: str, cursor: Cursor | None, now: datetime) -> None:
@@ -385,11 +453,12 @@ def run_poll(
         for outcome in summary.tables.values():
             outcome.stopped = "locked"
         summary.duration_seconds = time.monotonic() - started
-        finish_metrics(settings, metrics, "source_poll", names, summary.exit_code)
+        finish_metrics(settings, metrics, "source_poll", dict.fromkeys(names, summary.exit_code), summary.exit_code)
         return summary
     summary.exit_code = combined_exit_code(list(summary.tables.values()))
     summary.duration_seconds = time.monotonic() - started
-    finish_metrics(settings, metrics, "source_poll", names, summary.exit_code)
+    codes = {name: (o.exit_code if o.error else 0) for name, o in summary.tables.items()}
+    finish_metrics(settings, metrics, "source_poll", codes, summary.exit_code)
     return summary
 
 

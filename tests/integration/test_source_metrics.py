@@ -1,0 +1,125 @@
+"""Metrics of a poll run reach the Pushgateway (read back over HTTP); a gateway that is down is harmless."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sncli.config import parse_settings
+from sncli.emulator.server import ServiceNowEmulator
+from sncli.offsets.lock import run_lock
+from sncli.source.cycle import run_poll
+from tests.integration.test_source_support import config_dict
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def _scrape(gateway: str) -> str:
+    with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as resp:
+        text: str = resp.read().decode()
+    return text
+
+
+def _value(text: str, name: str, job: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if found.get("job") == job and all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_poll_metrics_are_pushed_and_readable(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, pushgateway_url: str, unique_topic: str, tmp_path: Path
+) -> None:
+    emulator.state.generate("incident", 130, at=NOW - timedelta(hours=1), spread_seconds=60, seed=1)
+    job = f"sncli-test-{uuid.uuid4().hex[:8]}"
+    data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json",
+                       [{"name": "incident", "topic": unique_topic},
+                        {"name": "problem", "topic": unique_topic + "-p"}],
+                       page_size=50, pushgateway=pushgateway_url)
+    data["metrics"]["job"] = job
+    settings = parse_settings(data, environ={})
+
+    summary = run_poll(settings)
+    assert summary.exit_code == 0
+
+    text = _scrape(pushgateway_url)
+    # One group per table (job, command, table): see sncli.source.cycle.finish_metrics.
+    incident = {"command": "source_poll", "table": "incident"}
+    problem = {"command": "source_poll", "table": "problem"}
+    assert _value(text, "bridge_source_records_total", job, **incident) == 130
+    assert _value(text, "bridge_source_produce_total", job, **incident) == 130
+    assert _value(text, "bridge_source_records_total", job, **problem) == 0
+    lag = _value(text, "bridge_offset_lag_seconds", job, **incident)
+    assert lag is not None and 3000 < lag < 3600 + 120  # the newest record is ~59 min old
+    # Set even for a table that had no record at all (lag since its `start`).
+    assert (_value(text, "bridge_offset_lag_seconds", job, **problem) or 0) > 10**9
+    calls = _value(text, "bridge_sn_api_latency_seconds_count", job, endpoint="table/incident", method="GET",
+                   **incident)
+    assert calls is not None and calls >= 3
+    for group in (incident, problem):
+        assert _value(text, "sncli_run_duration_seconds", job, **group) is not None
+        success = _value(text, "sncli_last_success_timestamp_seconds", job, **group)
+        assert success is not None and abs(success - datetime.now(UTC).timestamp()) < 120
+        assert _value(text, "sncli_run_exit_code", job, **group) == 0
+
+
+def test_a_partial_run_keeps_the_failed_tables_last_success(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, pushgateway_url: str, unique_topic: str, tmp_path: Path
+) -> None:
+    job = f"sncli-test-{uuid.uuid4().hex[:8]}"
+    data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json",
+                       [{"name": "incident", "topic": unique_topic},
+                        {"name": "problem", "topic": unique_topic + "-p"}], pushgateway=pushgateway_url)
+    data["metrics"]["job"] = job
+    settings = parse_settings(data, environ={})
+    emulator.state.update_settings(denied_tables={"problem"})
+    assert run_poll(settings).exit_code == 3
+    text = _scrape(pushgateway_url)
+    assert _value(text, "sncli_run_exit_code", job, command="source_poll", table="incident") == 0
+    assert _value(text, "sncli_last_success_timestamp_seconds", job, command="source_poll", table="incident")
+    assert _value(text, "sncli_run_exit_code", job, command="source_poll", table="problem") == 1
+    assert _value(text, "sncli_last_success_timestamp_seconds", job, command="source_poll", table="problem") is None
+
+
+def test_a_failed_or_locked_run_pushes_its_exit_code_and_keeps_the_last_success(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, pushgateway_url: str, unique_topic: str, tmp_path: Path
+) -> None:
+    job = f"sncli-test-{uuid.uuid4().hex[:8]}"
+    tables = [{"name": "incident", "topic": unique_topic}]
+    data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json", tables,
+                       pushgateway=pushgateway_url)
+    data["metrics"]["job"] = job
+    settings = parse_settings(data, environ={})
+    assert run_poll(settings).exit_code == 0
+    group = {"command": "source_poll", "table": "incident"}
+    first_success = _value(_scrape(pushgateway_url), "sncli_last_success_timestamp_seconds", job, **group)
+    assert first_success is not None
+
+    with run_lock(settings, "incident"):
+        assert run_poll(settings).exit_code == 75
+    text = _scrape(pushgateway_url)
+    assert _value(text, "sncli_run_exit_code", job, **group) == 75
+    assert _value(text, "sncli_last_success_timestamp_seconds", job, **group) == first_success
+
+
+def test_pushgateway_down_never_fails_the_run(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    emulator.state.generate("incident", 5, at=NOW - timedelta(hours=1), spread_seconds=0, seed=2)
+    tables = [{"name": "incident", "topic": unique_topic}]
+    data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json", tables,
+                       pushgateway="http://127.0.0.1:9")
+    summary = run_poll(parse_settings(data, environ={}))
+    assert summary.exit_code == 0 and summary.tables["incident"].records == 5
+    assert any("could not push metrics" in r.getMessage() for r in caplog.records)
