@@ -54,6 +54,10 @@ def state_of(ctx: typer.Context, config: Path | None = None) -> AppState:
     if config is not None:
         obj.config_path = config
         obj._settings = None
+    from sncli import logs
+
+    # The leaf command's path ("source poll"), so every log line says which job wrote it.
+    logs.set_context(command=ctx.command_path.partition(" ")[2] or None)
     return obj
 
 
