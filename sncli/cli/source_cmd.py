@@ -10,6 +10,7 @@ import typer
 from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
 
 if TYPE_CHECKING:
+    from sncli.config import Settings
     from sncli.source.cycle import RunSummary
 
 app = typer.Typer(help="ServiceNow -> Kafka.", no_args_is_help=True)
@@ -30,31 +31,32 @@ def poll(
     The cursor is stored only after Kafka acknowledged every record of a page.
     SIGTERM/SIGINT stop at the next page boundary (exit 0). If any selected table's
     run lock is held by another run, nothing is done and the exit code is 75.
+    With --every, cycles repeat (the config is re-read when its content changes)
+    until SIGTERM/SIGINT; --max-records/--max-seconds then bound each cycle.
     """
-    from sncli.source.cycle import poll_every, run_poll, stop_on_signals
+    from sncli.source.cycle import run_poll, stop_on_signals
     from sncli.source.poller import StopControl
 
     state = state_of(ctx, config)
     settings = state.settings()
     stop = StopControl()
 
-    def once(control: StopControl) -> RunSummary:
-        return guard(lambda: run_poll(settings, tables=table, max_records=max_records, max_seconds=max_seconds,
-                                      dry_run=dry_run, stop=control))
-
-    def show(summary: RunSummary) -> None:
+    def cycle(current: Settings) -> int:
+        summary = guard(lambda: run_poll(current, tables=table, max_records=max_records,
+                                         max_seconds=max_seconds, dry_run=dry_run, stop=stop))
         _render(summary, json_output=state.json_output)
+        return summary.exit_code
 
     with stop_on_signals(stop):
         if every is None:
-            summary = once(stop)
-            show(summary)
+            code = cycle(settings)
         else:
-            last = poll_every(settings, every, once, stop, show)
-            if last is None:
-                return
-            summary = last
-    exit_with(summary.exit_code)
+            from sncli.config import resolve_config_path
+            from sncli.repeat import ConfigWatcher, StopFlag, run_every
+
+            watcher = ConfigWatcher(path=resolve_config_path(state.config_path), settings=settings)
+            code = run_every(every, watcher, cycle, StopFlag(event=stop.event))
+    exit_with(code)
 
 
 def _render(summary: RunSummary, *, json_output: bool) -> None:

@@ -530,24 +530,3 @@ def _run_tables(
 
 def _start_of(settings: Settings, name: str) -> Cursor:
     return Cursor.at_start(settings.source.table(name).start)
-
-
-# --------------------------------------------------------------------------- --every
-
-
-def poll_every(
-    settings: Settings,
-    every: float,
-    run_once: Callable[[StopControl], RunSummary],
-    stop: StopControl,
-    on_summary: Callable[[RunSummary], None],
-) -> RunSummary | None:
-    """Repeat cycles every ``every`` seconds until a signal; returns the last cycle's summary."""
-    last: RunSummary | None = None
-    while stop.reason() is None:
-        began = time.monotonic()
-        last = run_once(stop)
-        on_summary(last)
-        if stop.wait(max(0.0, every - (time.monotonic() - began))):
-            break
-    return last

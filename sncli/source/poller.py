@@ -92,9 +92,10 @@ class StopControl:
                 self.request("max_seconds")
         return self._reason
 
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True if a stop was requested meanwhile (for ``--every``)."""
-        return self._event.wait(seconds)
+    @property
+    def event(self) -> threading.Event:
+        """Set when a stop is requested (not by the deadline): lets a ``--every`` loop wait on it."""
+        return self._event
 
 
 class Budget:
