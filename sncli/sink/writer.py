@@ -101,12 +101,20 @@ class _Attempts:
 
     def __init__(self) -> None:
         self.total = 0
+        self._counted: set[int] = set()
 
     def ok(self) -> None:
         self.total += 1
 
+    def derived(self, exc: AmbiguousWriteError) -> AmbiguousWriteError:
+        """An error built from one already counted: it adds no attempts of its own."""
+        self._counted.add(id(exc))
+        return exc
+
     def failed(self, exc: ServiceNowError) -> None:
-        self.total += max(1, exc.attempts)
+        if id(exc) not in self._counted:  # a handled error may be re-raised and seen again
+            self._counted.add(id(exc))
+            self.total += max(1, exc.attempts)
 
 
 def apply_write(client: ServiceNowClient, write: Write, topic: SinkTopic) -> Outcome:
@@ -115,6 +123,7 @@ def apply_write(client: ServiceNowClient, write: Write, topic: SinkTopic) -> Out
     try:
         return _apply(client, write, topic, tries)
     except ServiceNowError as exc:
+        tries.failed(exc)
         error_class = classify(exc)
         if error_class is None:
             raise SystemicError(str(exc)) from exc
@@ -184,10 +193,10 @@ def _post(
                 tries.ok()
             return Outcome("written", "post", tries.total, reason="ambiguous POST found by lookup")
     assert last is not None
-    raise AmbiguousWriteError(
+    raise tries.derived(AmbiguousWriteError(
         last.status, f"still ambiguous after {AMBIGUOUS_ROUNDS} POSTs: {last.message}",
         method="POST", endpoint=last.endpoint, attempts=last.attempts,
-    )
+    ))
 
 
 def _lookup(
@@ -208,30 +217,30 @@ def _lookup(
     assert field is not None  # config validation: lookup needs correlation_field
     value = body.get(field)
     if value in (None, ""):
-        raise AmbiguousWriteError(
+        raise tries.derived(AmbiguousWriteError(
             cause.status, f"{cause.message}; cannot look it up: the record has no {field} value",
             method="POST", endpoint=cause.endpoint, attempts=cause.attempts,
-        )
+        ))
     try:
         query = Query().eq(field, value).build()
     except QueryError as exc:
-        raise AmbiguousWriteError(
+        raise tries.derived(AmbiguousWriteError(
             cause.status, f"{cause.message}; cannot look it up by {field}: {exc}",
             method="POST", endpoint=cause.endpoint, attempts=cause.attempts,
-        ) from None
+        )) from None
     page = client.list_page(table, query=query, fields=["sys_id"], limit=2)
     tries.ok()
     if not page.records:
         return None
     if len(page.records) > 1:
-        raise AmbiguousWriteError(
+        raise tries.derived(AmbiguousWriteError(
             cause.status, f"{cause.message}; {field} matches more than one record, cannot tell which was written",
             method="POST", endpoint=cause.endpoint, attempts=cause.attempts,
-        )
+        ))
     found_id = page.records[0].get("sys_id")
     if not isinstance(found_id, str) or not found_id:
-        raise AmbiguousWriteError(cause.status, f"{cause.message}; the lookup answer has no sys_id",
-                                  method="POST", endpoint=cause.endpoint, attempts=cause.attempts)
+        raise tries.derived(AmbiguousWriteError(cause.status, f"{cause.message}; the lookup answer has no sys_id",
+                                                method="POST", endpoint=cause.endpoint, attempts=cause.attempts))
     return found_id
 
 
