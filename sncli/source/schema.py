@@ -10,7 +10,13 @@ the schema is built from the first page's records, every field a nullable
 string. Either way, a column that appears later (a field added in ServiceNow)
 evolves the schema by appending a nullable field (BACKWARD compatible,
 registered as a new version under ``<topic>-value``) before that record is
-written: a column is never silently dropped. The conversion and evolution
+written: a column is never silently dropped.
+
+Each run starts from the subject's latest registered schema and only appends
+what is new (:func:`sncli.kafka.avro_schema.merge_schemas`): field order and
+types stay as consumers know them, a column that disappeared from the
+dictionary keeps its (nullable) field, and an unchanged table re-uses the same
+schema id instead of registering a version per run. The conversion and evolution
 themselves live in :mod:`sncli.kafka.avro_schema` / :mod:`sncli.kafka.serde`.
 """
 
@@ -19,6 +25,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from sncli.servicenow.errors import ForbiddenError, NotFoundError
 from sncli.servicenow.query import Query
@@ -88,6 +96,26 @@ def dictionary_rows(client: ServiceNowClient, table: str) -> list[dict[str, Any]
     return rows
 
 
+def latest_schema(client: Any, subject: str) -> dict[str, Any] | None:
+    """The subject's latest registered Avro schema, or None when the subject does not exist yet."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from sncli.kafka.errors import SchemaError
+
+    try:
+        registered = client.get_latest_version(subject)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == 404:
+            return None
+        raise SchemaError(f"schema registry: reading the latest schema of {subject} failed: {exc}") from None
+    except Exception as exc:
+        raise SchemaError(f"schema registry: reading the latest schema of {subject} failed: {exc}") from None
+    parsed = orjson.loads(registered.schema.schema_str)
+    if not isinstance(parsed, dict) or parsed.get("type") != "record":
+        raise SchemaError(f"schema registry: the latest schema of {subject} is not an Avro record")
+    return parsed
+
+
 class AvroPageEncoder:
     """Encodes a table's pages as Avro; the schema is settled on the first page (see module doc).
 
@@ -108,7 +136,7 @@ class AvroPageEncoder:
             self._dictionary = dictionary_rows(self._client, self._table.name)
             self._dictionary_read = True
 
-    def _initial_schema(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def _fresh_schema(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         from sncli.kafka.avro_schema import schema_from_dictionary, schema_from_records
 
         self.prepare()
@@ -122,12 +150,16 @@ class AvroPageEncoder:
         return schema_from_records(self._table.name, records)
 
     def encode_page(self, records: Sequence[dict[str, Any]]) -> list[bytes]:
-        from sncli.kafka.serde import AvroValueSerializer
+        from sncli.kafka.avro_schema import merge_schemas
+        from sncli.kafka.serde import AvroValueSerializer, registry_client
 
         if self._serializer is None:
-            self._serializer = AvroValueSerializer(
-                self._settings.kafka.schema_registry, self._table.topic, self._initial_schema(records)
-            )
+            client = registry_client(self._settings.kafka.schema_registry)
+            schema = self._fresh_schema(records)
+            latest = latest_schema(client, f"{self._table.topic}-value")
+            if latest is not None:
+                schema = merge_schemas(latest, schema)
+            self._serializer = AvroValueSerializer(client, self._table.topic, schema)
         return self._serializer.encode_page(list(records))
 
     @property
