@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def _seed(emulator: ServiceNowEmulator, table: str, count: int, seed: int) -> li
 
 def _kafka_keys(bootstrap: str, topic: str, expected: int | None = None) -> Counter[tuple[str, str]]:
     records = read_all(bootstrap, topic, timeout=60, expected=expected)
-    return Counter((v["sys_updated_on"], v["sys_id"]) for v in (orjson.loads(r.value) for r in records))
+    return Counter((v["sys_updated_on"], v["sys_id"]) for v in (orjson.loads(r.value or b"null") for r in records))
 
 
 # --------------------------------------------------------------------------- corrupt / truncated file
@@ -67,7 +68,7 @@ def _real_document(path: Path, settings_data: dict[str, Any]) -> bytes:
     return path.read_bytes()
 
 
-CORRUPTIONS = {
+CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
     "truncated": lambda doc: doc[: len(doc) // 2],
     "garbage": lambda doc: os.urandom(64),
     "empty": lambda doc: b"",
