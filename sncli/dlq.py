@@ -12,19 +12,32 @@ Kafka lazily.
 
 from __future__ import annotations
 
+import base64
+import heapq
+import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from sncli import logs
-from sncli.config import KafkaSettings
+from sncli.config import KafkaSettings, Settings
 from sncli.errors import SncliError, UsageError
+
+if TYPE_CHECKING:
+    from sncli.metrics import RunMetrics
+    from sncli.sink.drain import DrainSummary
+    from sncli.sink.resolve import InRecord
+
+log = logging.getLogger(__name__)
 
 ERROR_CLASSES = ("record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode")
 ErrorClass = Literal["record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode"]
@@ -213,14 +226,20 @@ def _guess_sys_id(key: bytes | None, value: bytes | None, headers: Headers) -> s
 
 @dataclass(frozen=True)
 class Filters:
+    """Which DLQ records a tool acts on; ``since_text`` keeps the option as typed, for messages."""
+
     table: str | None = None
     error_class: str | None = None
     since: datetime | None = None
+    topic: str | None = None  # the original (source) topic
+    since_text: str | None = None
 
     def matches(self, entry: DlqEntry) -> bool:
         if self.table is not None and entry.table != self.table:
             return False
         if self.error_class is not None and entry.error_class != self.error_class:
+            return False
+        if self.topic is not None and (entry.origin is None or entry.origin.topic != self.topic):
             return False
         if self.since is not None:
             when = entry.dead_lettered_at or _ms_to_datetime(entry.kafka_timestamp_ms)
@@ -228,22 +247,37 @@ class Filters:
                 return False
         return True
 
+    @property
+    def empty(self) -> bool:
+        return self.table is None and self.error_class is None and self.since is None and self.topic is None
+
     def describe(self) -> str:
+        """A stable text of the filters as given (``--since 2h`` stays ``since=2h``)."""
         parts = []
+        if self.topic is not None:
+            parts.append(f"topic={self.topic}")
         if self.table is not None:
             parts.append(f"table={self.table}")
         if self.error_class is not None:
             parts.append(f"class={self.error_class}")
         if self.since is not None:
-            parts.append(f"since={format_timestamp(self.since)}")
+            parts.append(f"since={self.since_text or format_timestamp(self.since)}")
         return ",".join(parts)
 
 
-def make_filters(table: str | None, error_class: str | None, since: str | None, *, now: datetime) -> Filters:
+def make_filters(
+    table: str | None, error_class: str | None, since: str | None, *, now: datetime, topic: str | None = None
+) -> Filters:
     """Validate the CLI filters (a bad one is a usage error, exit 2)."""
     if error_class is not None and error_class not in ERROR_CLASSES:
         raise UsageError(f"--error-class must be one of {', '.join(ERROR_CLASSES)}, got {error_class!r}")
-    return Filters(table=table, error_class=error_class, since=None if since is None else parse_since(since, now=now))
+    return Filters(
+        table=table,
+        error_class=error_class,
+        since=None if since is None else parse_since(since, now=now),
+        topic=topic,
+        since_text=None if since is None else since.strip(),
+    )
 
 
 def parse_since(text: str, *, now: datetime) -> datetime:
@@ -385,3 +419,238 @@ def _kafka_text(exc: BaseException) -> str:
     if args and hasattr(args[0], "str"):
         return str(args[0].str())
     return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- reading (I/O)
+
+#: A bounded read gives up when no record or end-of-partition event arrived for this long.
+READ_STALL_SECONDS = 60.0
+
+
+def read_dlq(kafka: KafkaSettings, topic: str, *, stall_seconds: float = READ_STALL_SECONDS) -> Iterator[DlqEntry]:
+    """Every record of the DLQ topic from the beginning up to its end as seen at start.
+
+    Reads by assignment (no group join, nothing committed). The end of each
+    partition comes from fetch responses (partition EOF / fetch-cached high
+    watermark, :mod:`sncli.kafka.consumer`), never a ListOffsets answer, so the
+    read is complete on Tansu as on Kafka. A missing topic reads as empty.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from sncli.kafka.admin import existing_topics
+    from sncli.kafka.conf import consumer_config
+    from sncli.kafka.consumer import EndTracker, Polled, track
+    from sncli.kafka.errors import KafkaError
+
+    partitions = existing_topics(kafka).get(topic)
+    if not partitions:
+        return
+    consumer = Consumer(consumer_config(kafka, f"sncli-dlq-reader-{uuid.uuid4().hex[:12]}"))
+    try:
+        ends = EndTracker()
+        ends.assign((topic, p) for p in range(partitions))
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        last_progress = time.monotonic()
+        last_error: str | None = None
+        while not ends.all_finished():
+            msg: Any = consumer.poll(0.2)
+            if msg is None:
+                if time.monotonic() - last_progress > stall_seconds:
+                    hint = f" (last error: {last_error})" if last_error else ""
+                    raise KafkaError(f"reading {topic}: no progress for {stall_seconds:.0f}s{hint}")
+                continue
+            kind = track(consumer, ends, msg)
+            if kind is Polled.ERROR:
+                last_error = msg.error().str()
+                continue
+            last_progress = time.monotonic()
+            if kind is Polled.DATA:
+                timestamp_type, timestamp_ms = msg.timestamp()
+                yield parse_entry(
+                    msg.partition(), msg.offset(), timestamp_ms if timestamp_type else None,
+                    msg.key(), msg.value(), msg.headers() or [],
+                )
+    finally:
+        consumer.close()
+
+
+def inspect_dlq(kafka: KafkaSettings, topic: str, filters: Filters, limit: int) -> list[DlqEntry]:
+    """The ``limit`` most recently dead-lettered records that match, oldest first."""
+    newest: list[tuple[tuple[str, int, int], DlqEntry]] = []
+    for entry in read_dlq(kafka, topic):
+        if not filters.matches(entry):
+            continue
+        when = format_timestamp(entry.dead_lettered_at) if entry.dead_lettered_at else ""
+        item = ((when, entry.partition, entry.offset), entry)
+        if len(newest) < limit:
+            heapq.heappush(newest, item)
+        elif item[0] > newest[0][0]:
+            heapq.heapreplace(newest, item)
+    return [entry for _key, entry in sorted(newest, key=lambda pair: pair[0])]
+
+
+# --------------------------------------------------------------------------- export
+
+
+EXPORT_FORMATS = ("parquet", "jsonl")
+
+
+def export_dlq(
+    kafka: KafkaSettings, topic: str, filters: Filters, output: Path, fmt: str, *, batch_rows: int = 1000
+) -> int:
+    """Write the matching DLQ records, one row each with the error headers as columns; returns the count.
+
+    The file is written next to its final name and renamed into place at the end,
+    so a failed export never leaves a half-written file that looks complete.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    entries = (e for e in read_dlq(kafka, topic) if filters.matches(e))
+    try:
+        count = _write_parquet(entries, partial, batch_rows) if fmt == "parquet" else _write_jsonl(entries, partial)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    return count
+
+
+def _export_row(entry: DlqEntry) -> dict[str, Any]:
+    row = entry.as_row()
+    row["headers"] = orjson.dumps(row["headers"]).decode()
+    return row
+
+
+def _write_jsonl(entries: Iterable[DlqEntry], path: Path) -> int:
+    count = 0
+    with path.open("wb") as out:
+        for entry in entries:
+            row = entry.as_row()
+            for name, raw in (("key", entry.key), ("value", entry.value)):
+                row[name], row[f"{name}_encoding"] = _text_or_base64(raw)
+            out.write(orjson.dumps(row) + b"\n")
+            count += 1
+    return count
+
+
+def _text_or_base64(raw: bytes | None) -> tuple[str | None, str | None]:
+    if raw is None:
+        return None, None
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def _parquet_schema() -> Any:
+    import pyarrow as pa
+
+    ts = pa.timestamp("ms", tz="UTC")
+    return pa.schema([
+        ("partition", pa.int32()), ("offset", pa.int64()), ("kafka_timestamp", ts),
+        ("error_class", pa.string()), ("error_message", pa.string()), ("error_status", pa.int32()),
+        ("error_topic", pa.string()), ("error_partition", pa.int32()), ("error_offset", pa.int64()),
+        ("error_table", pa.string()), ("error_attempts", pa.int32()), ("error_timestamp", ts),
+        ("replay_count", pa.int32()), ("sys_id", pa.string()),
+        ("key", pa.binary()), ("value", pa.binary()), ("headers", pa.string()),
+    ])
+
+
+def _write_parquet(entries: Iterable[DlqEntry], path: Path, batch_rows: int) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _parquet_schema()
+    count = 0
+    batch: list[dict[str, Any]] = []
+    with pq.ParquetWriter(str(path), schema) as writer:
+        for entry in entries:
+            row = _export_row(entry)
+            row["key"], row["value"] = entry.key, entry.value
+            row["kafka_timestamp"] = entry.kafka_timestamp_ms and datetime.fromtimestamp(
+                entry.kafka_timestamp_ms / 1000, UTC)
+            row["error_timestamp"] = entry.dead_lettered_at
+            batch.append(row)
+            count += 1
+            if len(batch) >= batch_rows:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch = []
+        if batch or count == 0:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    return count
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def replay_group(sink_group: str, explicit: str | None = None) -> str:
+    """The consumer group replay progress is committed in: one per DLQ, whatever the filters."""
+    return explicit or f"{sink_group}-dlq-replay"
+
+
+def run_replay(
+    settings: Settings,
+    filters: Filters,
+    *,
+    group_id: str | None = None,
+    dry_run: bool = False,
+    workers: int | None = None,
+    stop: threading.Event | None = None,
+    metrics: RunMetrics | None = None,
+) -> DrainSummary:
+    """Re-attempt the selected DLQ records through the sink's resolve/write path.
+
+    Successes are counted; failures go to the DLQ again with ``sncli.replay.count``
+    incremented and their original topic/partition/offset kept. Progress is
+    committed in the replay group (:func:`replay_group`), so a second replay
+    resumes after the first and never repeats finished work. Records
+    re-dead-lettered by this run land past the end seen at start: not re-read.
+
+    Records the filters do not select are *carried forward*: produced again,
+    unchanged, at the end of the DLQ (acknowledged before the commit passes
+    them). So one group serves every filter: a replay of ``--table incident``
+    never hides the problem records from a later replay, and a later unfiltered
+    replay never re-sends (and duplicates) what an earlier filtered one wrote.
+    """
+    from sncli.sink.drain import DrainOptions, Job, SinkRun
+    from sncli.sink.resolve import InRecord
+
+    topics = {t.topic: t for t in settings.sink.topics}
+    dlq_topic = settings.sink.dlq_topic
+    group = replay_group(settings.sink.group_id, group_id)
+
+    def prepare(msg: Any) -> Job | None:
+        timestamp_type, timestamp_ms = msg.timestamp()
+        entry = parse_entry(msg.partition(), msg.offset(), timestamp_ms if timestamp_type else None,
+                            msg.key(), msg.value(), msg.headers() or [])
+        if not filters.matches(entry) or entry.origin is None:
+            if entry.origin is None:
+                log.warning("%s[%d]@%d has no sncli.error.* headers (not written by sncli): carried forward",
+                            dlq_topic, entry.partition, entry.offset)
+            return Job((dlq_topic, entry.partition), entry.offset, _placeholder(entry), None, carry=msg)
+        origin = entry.origin
+        record = InRecord(origin.topic, origin.partition, origin.offset, entry.key, entry.value,
+                          tuple(entry.original_headers()), timestamp_ms if timestamp_type else None)
+        return Job((dlq_topic, entry.partition), entry.offset, record, topics.get(origin.topic),
+                   replay_count=entry.replay_count + 1)
+
+    run = SinkRun(
+        settings,
+        DrainOptions(workers=workers, dry_run=dry_run),
+        group_id=group,
+        read_topics=[dlq_topic],
+        mode="assign",
+        prepare=prepare,
+        stop=stop,
+        metrics=metrics,
+        wait_for_ends=True,
+    )
+    log.info("replaying %s%s in group %s", dlq_topic, f" ({filters.describe()})" if not filters.empty else "", group)
+    return run.run_and_push({"command": "dlq_replay", "table": filters.table or "all"})
+
+
+def _placeholder(entry: DlqEntry) -> InRecord:
+    from sncli.sink.resolve import InRecord
+
+    return InRecord("", entry.partition, entry.offset, entry.key, entry.value, tuple(entry.headers))

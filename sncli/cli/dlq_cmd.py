@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
 
-from sncli.cli.common import not_built
+from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
+from sncli.cli.render import print_json, stdout_console
+from sncli.errors import ExitCode
+
+if TYPE_CHECKING:
+    from sncli.dlq import Filters
 
 app = typer.Typer(help="Inspect, replay and export the dead letter queue.", no_args_is_help=True)
 
 _TABLE = typer.Option(None, "--table", help="Only records for this table.")
-_CLASS = typer.Option(None, "--error-class", help="Only this error class (record, permission, ...).")
-_SINCE = typer.Option(None, "--since", help="Only records dead-lettered at or after this time.")
+_CLASS = typer.Option(
+    None, "--error-class",
+    help="Only this error class (record, permission, not_found, conflict, ambiguous, retries_exhausted, decode).",
+)
+_SINCE = typer.Option(
+    None, "--since", help="Only records dead-lettered at or after this time (2h, 7d, 2024-05-01, ISO 8601; UTC)."
+)
+_TOPIC = typer.Option(None, "--topic", help="Only records that came from this source topic.")
+_DLQ_TOPIC = typer.Option(None, "--dlq-topic", help="The DLQ topic to read (default: sink.dlq_topic).")
+
+
+def _filters(table: str | None, error_class: str | None, since: str | None, topic: str | None) -> Filters:
+    from sncli.dlq import make_filters
+
+    return guard(lambda: make_filters(table, error_class, since, now=datetime.now(UTC), topic=topic))
 
 
 @app.command()
@@ -19,10 +42,34 @@ def inspect(
     table: str | None = _TABLE,
     error_class: str | None = _CLASS,
     since: str | None = _SINCE,
-    limit: int = typer.Option(100, "--limit", min=1),
+    topic: str | None = _TOPIC,
+    limit: int = typer.Option(100, "--limit", min=1, help="Show the most recent N matching records."),
+    dlq_topic: str | None = _DLQ_TOPIC,
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """List DLQ records with their error context; commits nothing."""
-    not_built("dlq inspect")
+    """List DLQ records with their error context; reads from the beginning, commits nothing."""
+    state = state_of(ctx, config)
+    settings = state.settings()
+    filters = _filters(table, error_class, since, topic)
+    from sncli.dlq import inspect_dlq
+
+    name = dlq_topic or settings.sink.dlq_topic
+    entries = guard(lambda: inspect_dlq(settings.kafka, name, filters, limit))
+    if state.json_output:
+        print_json([entry.as_row() for entry in entries])
+        return
+    from rich.table import Table
+
+    view = Table(title=f"{name}: {len(entries)} record{'s' if len(entries) != 1 else ''}")
+    for column in ("offset", "time", "table", "sys_id", "class", "status", "message"):
+        view.add_column(column, overflow="fold")
+    for entry in entries:
+        when = entry.dead_lettered_at.strftime("%Y-%m-%d %H:%M:%S") if entry.dead_lettered_at else ""
+        view.add_row(
+            f"{entry.partition}:{entry.offset}", when, entry.table, entry.sys_id or "", entry.error_class,
+            "" if entry.status is None else str(entry.status), entry.message,
+        )
+    stdout_console().print(view)
 
 
 @app.command()
@@ -31,20 +78,60 @@ def replay(
     table: str | None = _TABLE,
     error_class: str | None = _CLASS,
     since: str | None = _SINCE,
+    topic: str | None = _TOPIC,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, write nothing."),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Parallel writers."),
+    group: str | None = typer.Option(
+        None, "--group", help="Consumer group for replay progress (default: <sink.group_id>-dlq-replay)."
+    ),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Re-attempt DLQ records into ServiceNow; failures go back to the DLQ."""
-    not_built("dlq replay")
+    """Re-attempt DLQ records into ServiceNow; failures go back to the DLQ.
+
+    Progress is committed in its own consumer group, so a replay resumes where the
+    last one stopped and never repeats finished work. Records the filters do not
+    select are carried forward (re-queued unchanged at the end of the DLQ) for a
+    later replay. Exit 0 when every selected record was written, 3 when some
+    failed again, 1 when the run failed.
+    """
+    state = state_of(ctx, config)
+    settings = state.settings()
+    filters = _filters(table, error_class, since, topic)
+    from sncli.cli.sink_cmd import render_summary, stop_on_signals
+    from sncli.dlq import run_replay
+
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        summary = guard(
+            lambda: run_replay(settings, filters, group_id=group, dry_run=dry_run, workers=workers, stop=stop)
+        )
+    render_summary(summary, json_output=state.json_output, command="dlq replay")
+    exit_with(summary.exit_code)
 
 
 @app.command()
 def export(
     ctx: typer.Context,
-    output: str = typer.Option(..., "--output", "-o", help="File to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write."),
     fmt: str = typer.Option("parquet", "--format", help="parquet or jsonl"),
     table: str | None = _TABLE,
     error_class: str | None = _CLASS,
     since: str | None = _SINCE,
+    topic: str | None = _TOPIC,
+    dlq_topic: str | None = _DLQ_TOPIC,
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Export DLQ records with their error headers as columns."""
-    not_built("dlq export")
+    """Export DLQ records, one row each, with their error headers as columns."""
+    state = state_of(ctx, config)
+    settings = state.settings()
+    filters = _filters(table, error_class, since, topic)
+    from sncli.dlq import export_dlq
+
+    name = dlq_topic or settings.sink.dlq_topic
+    count = guard(lambda: export_dlq(settings.kafka, name, filters, output, fmt.lower()))
+    if state.json_output:
+        print_json({"rows": count, "output": str(output), "format": fmt.lower(), "dlq_topic": name})
+    else:
+        stdout_console().print(f"exported {count} DLQ record{'s' if count != 1 else ''} from {name} to {output}",
+                               highlight=False, markup=False)
+    exit_with(ExitCode.OK)

@@ -46,11 +46,11 @@ def drain(
         topics=list(topic), max_messages=max_messages, max_seconds=max_seconds, workers=workers, dry_run=dry_run
     )
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         while True:
             began = time.monotonic()
             summary = guard(lambda: run_drain(settings, options, stop=stop))
-            _render(summary, json_output=state.json_output)
+            render_summary(summary, json_output=state.json_output)
             if every is None or stop.is_set() or summary.exit_code == ExitCode.FAILED:
                 break
             stop.wait(max(0.0, every - (time.monotonic() - began)))
@@ -60,7 +60,7 @@ def drain(
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGTERM / SIGINT ask the drain to stop reading, finish what it writes, commit and exit."""
 
     def handler(signum: int, _frame: Any) -> None:
@@ -74,7 +74,8 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _render(summary: DrainSummary, *, json_output: bool) -> None:
+def render_summary(summary: DrainSummary, *, json_output: bool, command: str = "sink drain") -> None:
+    """The run summary on stdout: JSON for scripts, or a plan table (dry run) and a few lines."""
     if json_output:
         print_json(summary.as_dict())
         return
@@ -82,7 +83,7 @@ def _render(summary: DrainSummary, *, json_output: bool) -> None:
     if summary.plan is not None:
         from rich.table import Table
 
-        table = Table(title="sink drain --dry-run: planned operations")
+        table = Table(title=f"{command} --dry-run: planned operations")
         for column in ("topic", "partition", "offset", "operation", "table", "sys_id", "detail"):
             table.add_column(column)
         for entry in summary.plan:
@@ -94,8 +95,9 @@ def _render(summary: DrainSummary, *, json_output: bool) -> None:
         console.print(table)
     written = ", ".join(f"{op} {n}" for op, n in sorted(summary.written.items())) or "0"
     dlq = ", ".join(f"{cls} {n}" for cls, n in sorted(summary.dlq.items())) or "0"
+    passed = f", carried forward {summary.carried_forward} (not selected)" if summary.carried_forward else ""
     console.print(
-        f"sink drain: {summary.messages} messages, written {written}, skipped {summary.skipped}, "
+        f"{command}: {summary.messages} messages{passed}, written {written}, skipped {summary.skipped}, "
         f"dead-lettered {dlq}; stopped by {summary.stopped_by} after {summary.duration_seconds:.1f}s "
         f"-> exit {summary.exit_code}",
         highlight=False,

@@ -73,7 +73,7 @@ class DrainSummary:
     dry_run: bool = False
     topics: list[str] = field(default_factory=list)
     group_id: str = ""
-    passed_over: int = 0  # dlq replay: records the filters did not select
+    carried_forward: int = 0  # dlq replay: records not selected, re-queued unchanged at the DLQ's end
     plan: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -94,8 +94,8 @@ class DrainSummary:
             "topics": self.topics,
             "group_id": self.group_id,
         }
-        if self.passed_over:
-            data["passed_over"] = self.passed_over
+        if self.carried_forward:
+            data["carried_forward"] = self.carried_forward
         if self.plan is not None:
             data["plan"] = self.plan
         return data
@@ -115,9 +115,10 @@ class Job:
     record: InRecord
     topic: SinkTopic | None  # None: no sink.topics entry applies (a replay of a removed topic)
     replay_count: int = 0  # written with a failure (0 = a first failure: no header)
+    carry: Any = None  # a message to re-produce unchanged to the DLQ (a replay passing it over)
 
 
-#: Turns a consumed message into a Job, or None to pass over it (a replay filter did not match).
+#: Turns a consumed message into a Job, or None when there is nothing to do for it.
 Prepare = Callable[[Any], Job | None]
 
 
@@ -201,8 +202,16 @@ class SinkRun:
         stop: threading.Event | None = None,
         metrics: RunMetrics | None = None,
         consumer_overrides: dict[str, Any] | None = None,
+        wait_for_ends: bool = False,
     ) -> None:
+        """``wait_for_ends``: hold records back until every partition's end is known.
+
+        For a run that writes into the topic it reads (dlq replay): a record it
+        dead-letters again must land past the end seen at start, never extend it.
+        """
         self.settings = settings
+        self.wait_for_ends = wait_for_ends
+        self._held: list[Any] | None = [] if wait_for_ends else None
         self.options = options
         self.group_id = group_id
         self.read_topics = read_topics
@@ -348,6 +357,17 @@ class SinkRun:
                 log.warning("Kafka consumer: %s", last_error)
                 continue
             last_progress = time.monotonic()
+            if self._held is not None:
+                # Until every end is known, a write could extend an end: hold records back.
+                if kind is Polled.DATA:
+                    self._held.append(msg)
+                if any(self._ends.needs_end(tp) for tp in self._ends.assigned):
+                    continue
+                held, self._held = self._held, None
+                for early in held:
+                    self._read(early)
+                if kind is Polled.DATA:
+                    continue
             if kind is Polled.DATA:
                 self._read(msg)
             else:
@@ -421,8 +441,10 @@ class SinkRun:
             self._fail(f"cannot prepare {tp[0]}[{tp[1]}]@{offset}: {exc!r}")
             return
         if job is None:
-            self.summary.passed_over += 1
             self._done(tp, offset, generation)
+            return
+        if job.carry is not None:
+            self._carry(job, generation)
             return
         topic = job.topic
         if topic is None:
@@ -526,6 +548,24 @@ class SinkRun:
         log.warning("dead-lettering %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
                     failure.error_class, failure.message)
         self._dlq_writer.send(record.key, record.value, headers, acked)
+
+    def _carry(self, job: Job, generation: int) -> None:
+        """Re-produce a record unchanged at the DLQ's end; it counts as finished once acknowledged."""
+        with self._lock:
+            self.summary.carried_forward += 1
+        if self.options.dry_run:
+            self._done(job.tp, job.offset, generation)
+            return
+        assert self._dlq_writer is not None
+        msg = job.carry
+
+        def acked(error: str | None) -> None:
+            if error is not None:
+                self._fail(f"could not carry {job.tp[0]}[{job.tp[1]}]@{job.offset} forward: {error}")
+                return
+            self._done(job.tp, job.offset, generation)
+
+        self._dlq_writer.send(msg.key(), msg.value(), list(msg.headers() or []), acked)
 
     def _count_skip(self, table: str, op: str, reason: str) -> None:
         self.metrics.sink_records.labels(table=table, op=op, outcome="skipped").inc()

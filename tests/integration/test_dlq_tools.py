@@ -1,0 +1,189 @@
+"""dlq inspect / replay / export on real Kafka and the emulator."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from sncli.config import Settings
+from sncli.dlq import ERROR_HEADERS, Filters, export_dlq, inspect_dlq, make_filters, replay_group, run_replay
+from sncli.emulator.server import ServiceNowEmulator
+from sncli.sink.drain import DrainOptions, run_drain
+from tests.fixtures.kafka import read_all
+from tests.integration.sink_support import (
+    committed_offsets,
+    config_dict,
+    create_topic,
+    json_value,
+    produce,
+    settings_of,
+    sid,
+    writes,
+)
+
+pytestmark = pytest.mark.integration
+NOW = datetime.now(UTC)
+
+
+def header(headers: list[tuple[str, bytes | None]], name: str) -> str | None:
+    found = None
+    for key, value in headers:
+        if key == name:
+            found = None if value is None else value.decode()
+    return found
+
+
+@pytest.fixture
+def dead_lettered(emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str) -> tuple[Settings, str]:
+    """A drain that dead-letters 3 records for a 403 table and 1 undecodable one."""
+    emulator.state.insert("incident", {"sys_id": sid(9), "state": "1"})
+    emulator.state.update_settings(denied_tables={"u_denied"})
+    create_topic(kafka_bootstrap, unique_topic, 1)
+    route = [("sn.table", b"u_denied")]
+    produce(kafka_bootstrap, unique_topic, [
+        (b"a", json_value({"number": "A"}), route),
+        (b"b", json_value({"number": "B"}), route),
+        (b"g", b"\xff\xfe garbage", [("trace", b"g")]),
+        (None, json_value({"sys_id": sid(9), "state": "2"}), None),
+        (b"c", json_value({"number": "C"}), route),
+    ])
+    cfg = {"topic": unique_topic, "table": "incident", "route_header": "sn.table", "allowed_tables": ["u_denied"]}
+    settings = settings_of(config_dict(emulator.url, kafka_bootstrap, [cfg], workers=2))
+    summary = run_drain(settings, DrainOptions())
+    assert summary.exit_code == 3 and summary.dlq == {"permission": 3, "decode": 1}
+    return settings, unique_topic
+
+
+def test_inspect_lists_with_filters_and_commits_nothing(dead_lettered: tuple[Settings, str]) -> None:
+    settings, topic = dead_lettered
+    kafka, dlq = settings.kafka, settings.sink.dlq_topic
+    everything = inspect_dlq(kafka, dlq, Filters(), 100)
+    assert len(everything) == 4
+    assert sorted(e.error_class for e in everything) == ["decode", "permission", "permission", "permission"]
+    assert {e.origin.offset for e in everything if e.origin} == {0, 1, 2, 4}
+    denied = inspect_dlq(kafka, dlq, make_filters("u_denied", "permission", None, now=NOW), 100)
+    assert len(denied) == 3 and all(e.status == 403 and e.table == "u_denied" for e in denied)
+    assert inspect_dlq(kafka, dlq, make_filters(None, "decode", None, now=NOW), 100)[0].origin.offset == 2  # type: ignore[union-attr]
+    assert inspect_dlq(kafka, dlq, make_filters(None, None, "1h", now=NOW, topic=topic), 100) == everything
+    assert inspect_dlq(kafka, dlq, make_filters(None, None, None, now=NOW, topic="other"), 100) == []
+    future = (NOW + timedelta(hours=1)).isoformat()
+    assert inspect_dlq(kafka, dlq, make_filters(None, None, future, now=NOW), 100) == []
+    latest = inspect_dlq(kafka, dlq, Filters(), 2)
+    assert latest == everything[-2:]
+    # Reading commits nothing, in any group: a replay still starts from the beginning.
+    group = replay_group(settings.sink.group_id)
+    assert committed_offsets(kafka.bootstrap_servers, group, dlq, 2) == {0: -1001, 1: -1001}
+
+
+def test_inspect_of_a_missing_dlq_is_empty(emulator: ServiceNowEmulator, kafka_bootstrap: str) -> None:
+    settings = settings_of(config_dict(emulator.url, kafka_bootstrap, [{"topic": "x", "table": "incident"}]))
+    assert inspect_dlq(settings.kafka, settings.sink.dlq_topic, Filters(), 10) == []
+
+
+def test_replay_after_the_fix_writes_the_records_and_a_second_replay_does_nothing(
+    dead_lettered: tuple[Settings, str], emulator: ServiceNowEmulator
+) -> None:
+    settings, topic = dead_lettered
+    bootstrap, dlq = settings.kafka.bootstrap_servers, settings.sink.dlq_topic
+    permission = make_filters(None, "permission", None, now=NOW)
+    group = replay_group(settings.sink.group_id)
+
+    # The plan first: what would be written, and nothing is.
+    emulator.state.clear_journal()
+    plan = run_replay(settings, permission, dry_run=True)
+    assert plan.exit_code == 0
+    assert [(p["operation"], p["table"], p["sys_id"], p["offset"]) for p in plan.plan or []] == [
+        ("POST", "u_denied", None, 0), ("POST", "u_denied", None, 1), ("POST", "u_denied", None, 4)]
+    assert writes(emulator.state.journal()) == []
+    assert committed_offsets(bootstrap, group, dlq, 2) == {0: -1001, 1: -1001}
+
+    # Still denied: the records fail again and go back to the DLQ with a replay count.
+    again = run_replay(settings, permission)
+    assert again.exit_code == 3 and again.dlq == {"permission": 3} and again.carried_forward == 1
+
+    # Fixed: the replay writes them.
+    emulator.state.update_settings(denied_tables=set())
+    emulator.state.clear_journal()
+    fixed = run_replay(settings, permission)
+    assert fixed.exit_code == 0, fixed.error
+    assert fixed.written == {"post": 3} and fixed.dlq == {}
+    assert sorted(r["number"] for r in emulator.state.records("u_denied")) == ["A", "B", "C"]
+    assert [(e.method, e.table, e.status) for e in writes(emulator.state.journal())] == [("POST", "u_denied", 201)] * 3
+
+    # A second replay does nothing: no write to ServiceNow, no record dead-lettered again.
+    emulator.state.clear_journal()
+    second = run_replay(settings, permission)
+    assert second.exit_code == 0 and second.written == {} and second.dlq == {}
+    assert writes(emulator.state.journal()) == []
+    # Not even an unfiltered replay repeats them: only the (carried) undecodable record is left.
+    rest = run_replay(settings, Filters())
+    assert rest.exit_code == 3 and rest.written == {} and rest.dlq == {"decode": 1}
+    assert writes(emulator.state.journal()) == []
+    assert len(emulator.state.records("u_denied")) == 3
+
+    # The re-dead-lettered record kept its origin and original headers, and counts its replays.
+    records = read_all(bootstrap, dlq)
+    last_decode = [r for r in records if header(r.headers, "sncli.error.class") == "decode"][-1]
+    assert last_decode.value == b"\xff\xfe garbage" and last_decode.key == b"g"
+    assert header(last_decode.headers, "sncli.error.topic") == topic
+    assert header(last_decode.headers, "sncli.error.offset") == "2"
+    assert header(last_decode.headers, "sncli.replay.count") == "1"
+    assert header(last_decode.headers, "trace") == "g"
+    assert [k for k, _ in last_decode.headers].count("sncli.error.class") == 1
+    permission_copies = [r for r in records if header(r.headers, "sncli.error.class") == "permission"]
+    assert max(int(header(r.headers, "sncli.replay.count") or 0) for r in permission_copies) == 1
+
+
+def test_replay_of_a_topic_no_longer_configured_goes_back_to_the_dlq(
+    dead_lettered: tuple[Settings, str], emulator: ServiceNowEmulator
+) -> None:
+    settings, _topic = dead_lettered
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    data["servicenow"]["auth"]["password"] = "admin"
+    data["sink"]["topics"] = [{"topic": "something-else", "table": "incident"}]
+    changed = settings_of(data)
+    summary = run_replay(changed, make_filters(None, "permission", None, now=NOW))
+    assert summary.exit_code == 3 and summary.dlq == {"record": 3}
+    last = read_all(settings.kafka.bootstrap_servers, settings.sink.dlq_topic)[-1]
+    assert "not in sink.topics" in (header(last.headers, "sncli.error.message") or "")
+
+
+def test_export_parquet_and_jsonl_one_row_per_dlq_record(
+    dead_lettered: tuple[Settings, str], tmp_path: Path
+) -> None:
+    settings, topic = dead_lettered
+    kafka, dlq = settings.kafka, settings.sink.dlq_topic
+    out = tmp_path / "dlq.parquet"
+    assert export_dlq(kafka, dlq, Filters(), out, "parquet") == 4
+    table = pq.read_table(out)
+    assert table.num_rows == 4
+    columns = set(table.column_names)
+    for name in ERROR_HEADERS:
+        assert name.replace("sncli.error.", "error_") in columns
+    rows = sorted(table.to_pylist(), key=lambda r: r["error_offset"])
+    assert [r["error_offset"] for r in rows] == [0, 1, 2, 4]
+    assert [r["error_class"] for r in rows] == ["permission", "permission", "decode", "permission"]
+    assert rows[0]["error_status"] == 403 and rows[2]["error_status"] is None
+    assert rows[0]["error_topic"] == topic and rows[0]["error_table"] == "u_denied"
+    assert rows[2]["value"] == b"\xff\xfe garbage"  # exact bytes
+    assert rows[0]["error_timestamp"].tzinfo is not None
+    assert orjson.loads(rows[0]["headers"]) == {"sn.table": "u_denied"}
+
+    filtered = tmp_path / "permission.jsonl"
+    assert export_dlq(kafka, dlq, make_filters(None, "decode", None, now=NOW), filtered, "jsonl") == 1
+    lines = [orjson.loads(line) for line in filtered.read_bytes().splitlines()]
+    assert len(lines) == 1 and lines[0]["error_class"] == "decode"
+    assert lines[0]["value_encoding"] == "base64"
+    assert base64.b64decode(lines[0]["value"]) == b"\xff\xfe garbage"
+    assert lines[0]["key"] == "g" and lines[0]["key_encoding"] == "utf-8"
+
+    empty = tmp_path / "none.parquet"
+    assert export_dlq(kafka, dlq, make_filters(None, "conflict", None, now=NOW), empty, "parquet") == 0
+    assert pq.read_table(empty).num_rows == 0
+    assert not list(tmp_path.glob("*.partial"))
