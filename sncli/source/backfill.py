@@ -1,0 +1,576 @@
+"""``sncli backfill``: load a time range of one table, split into windows that run in parallel.
+
+The range is ``[since, until)``: ``since`` defaults to the table's ``start``,
+``until`` to ServiceNow's clock minus the safety lag (+1 s, so it covers what a
+poll would). It is split into N windows by record counts
+(:mod:`sncli.source.windows`); each window pages with the same keyset cursor as
+a poll (``ts<hi`` instead of ``ts<=HI``), with its own producer, and stores its
+cursor under ``backfill/<table>/<range-id>/<i>of<N>`` after every acknowledged
+page, so a killed backfill resumes per window. A finished window's cursor is
+``(hi, "")`` - "everything before hi was read" - which is how a later run knows
+it is done.
+
+The plan (the windows' boundaries) is stored before any window runs, under
+``backfill/<table>/<range-id>.plan/<i>of<N>`` (timestamp = the window's start),
+while holding a plan lock. Why store it: a re-planned split of a live table can
+differ (records move out of the range when they are updated), and resuming a
+window's cursor inside different boundaries could leave a gap. With the plan
+stored, a resumed backfill and the N pods of an Indexed Job (``--window i/N``)
+all use the very same windows: together they cover the range exactly once.
+
+Resuming without ``--until``: the latest unfinished backfill of the same table,
+``since``, N and output is continued (its ``until`` kept); with ``--until`` the
+range is exactly the one given. ``--window`` requires ``--until`` (pods must not
+each pick their own "now").
+
+Parquet output (``parquet:PATH``) writes one file per window (see
+:mod:`sncli.source.parquet_out`); such a window resumes from its start (its file
+is only complete at the end), and its range id carries a hash of PATH so a
+backfill to another place is not mistaken for this one.
+
+The poll cursor is not touched unless ``--set-cursor``: then, once every window
+of the range is done (by this run or others), it moves to ``(until, "")`` if it
+is behind that - never backwards. That needs the table's poll lock, taken with
+the window locks before any work (exit 75 if any is held).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sncli.config import source_fingerprint
+from sncli.errors import LockHeldError, OffsetsError, SncliError, UsageError
+from sncli.metrics import RunMetrics
+from sncli.source.cursor import Cursor, UpperBound, field_value, range_query, upper_bound
+from sncli.source.cycle import (
+    KafkaPageOutput,
+    RunSummary,
+    TableOutcome,
+    check_source_settings,
+    combined_exit_code,
+    describe_error,
+    finish_metrics,
+    make_client,
+)
+from sncli.source.poller import Records, StopControl, page_loop
+from sncli.source.windows import Window, plan_windows, range_id, to_epoch, to_sn, windows_from_boundaries
+
+if TYPE_CHECKING:
+    from sncli.config import Settings, SourceTable
+    from sncli.offsets.model import StoredOffset
+    from sncli.offsets.store import OffsetStore
+    from sncli.servicenow.client import ServiceNowClient
+
+log = logging.getLogger("sncli.backfill")
+
+PLAN_SUFFIX = ".plan"
+PROGRESS_LOG_SECONDS = 10.0
+
+
+# --------------------------------------------------------------------------- request
+
+
+@dataclass(frozen=True)
+class BackfillRequest:
+    table: str
+    since: str | None = None
+    until: str | None = None
+    parallel: int = 1
+    window: tuple[int, int] | None = None  # (i, N): run only window i of N
+    output: Path | None = None  # None = Kafka
+    set_cursor: bool = False
+    dry_run: bool = False
+
+    @property
+    def count(self) -> int:
+        return self.window[1] if self.window else self.parallel
+
+
+def parse_output(text: str) -> Path | None:
+    """``kafka`` -> None; ``parquet:PATH`` -> PATH."""
+    if text == "kafka":
+        return None
+    if text.startswith("parquet:") and text[len("parquet:"):].strip():
+        return Path(text[len("parquet:"):].strip())
+    raise UsageError(f"--output must be 'kafka' or 'parquet:PATH', got {text!r}")
+
+
+def _normalize(value: str, what: str) -> str:
+    from sncli.offsets.model import normalize_timestamp
+
+    try:
+        return normalize_timestamp(value)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def output_suffix(output: Path | None) -> str:
+    if output is None:
+        return ""
+    digest = hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:8]
+    return f".pq-{digest}"
+
+
+# --------------------------------------------------------------------------- keys and the stored plan
+
+
+def window_key(table: str, rid: str, index: int, count: int) -> str:
+    from sncli.offsets.model import backfill_key
+
+    return backfill_key(table, rid, index, count)
+
+
+def plan_key(table: str, rid: str, index: int, count: int) -> str:
+    return window_key(table, rid + PLAN_SUFFIX, index, count)
+
+
+def window_done(stored: StoredOffset | None, window: Window) -> bool:
+    """A window is done when its cursor is ``(hi, "")``: everything before ``hi`` was read."""
+    if window.lo >= window.hi:
+        return True
+    return stored is not None and stored.sys_id == "" and stored.timestamp == window.hi_text
+
+
+def load_plan(
+    stored: dict[str, StoredOffset], table: str, rid: str, since: int, until: int, n: int
+) -> list[Window] | None:
+    """The stored plan of this range, or None when it is absent or incomplete (a planner died midway)."""
+    entries = [stored.get(plan_key(table, rid, i, n)) for i in range(n)]
+    if any(e is None for e in entries):
+        return None
+    lows = [to_epoch(e.timestamp) for e in entries if e is not None]
+    if lows[0] != since or lows != sorted(lows) or lows[-1] > until:
+        raise OffsetsError(
+            f"the stored plan of backfill {table} {rid} ({n} windows) is inconsistent; "
+            f"run `sncli offsets reset --table {table} --backfill` to start this backfill over"
+        )
+    return windows_from_boundaries(since, until, lows[1:])
+
+
+def save_plan(store: OffsetStore, table: str, rid: str, windows: list[Window], fingerprint: str) -> None:
+    from sncli.offsets.model import StoredOffset
+
+    for w in windows:
+        store.save(StoredOffset.new(plan_key(table, rid, w.index, w.count), w.lo_text, "", fingerprint))
+
+
+_RANGE = re.compile(r"^(?P<since>\d{8}T\d{6})-(?P<until>\d{8}T\d{6})(?P<suffix>.*)$")
+
+
+def unfinished_until(
+    stored: dict[str, StoredOffset], table: str, since: int, n: int, suffix: str
+) -> int | None:
+    """The ``until`` of the latest unfinished backfill of (table, since, N, output), if any."""
+    from sncli.offsets.model import parse_key
+    from sncli.source.windows import from_compact
+
+    found: list[int] = []
+    for key in stored:
+        try:
+            info = parse_key(key)
+        except ValueError:
+            continue
+        if info.kind != "backfill" or info.table != table or info.count != n or info.index != 0:
+            continue
+        rid = info.range_id or ""
+        if not rid.endswith(PLAN_SUFFIX):
+            continue
+        match = _RANGE.match(rid[: -len(PLAN_SUFFIX)])
+        if not match or match.group("suffix") != suffix or from_compact(match.group("since")) != since:
+            continue
+        until = from_compact(match.group("until"))
+        base = rid[: -len(PLAN_SUFFIX)]
+        plan = load_plan(stored, table, base, since, until, n)
+        if plan is None:
+            found.append(until)  # a plan that was never completed: no window ran, resume it anyway
+            continue
+        if not all(window_done(stored.get(window_key(table, base, w.index, n)), w) for w in plan):
+            found.append(until)
+    return max(found) if found else None
+
+
+# --------------------------------------------------------------------------- counting
+
+
+class RangeCounter:
+    """Record counts of ``[lo, hi)`` ranges of one table (``X-Total-Count`` of ``limit=1`` queries)."""
+
+    def __init__(self, client: ServiceNowClient, table: SourceTable, threads: int = 8) -> None:
+        self._client = client
+        self._table = table
+        self._threads = max(1, threads)
+
+    def _query(self, lo: int, hi: int) -> str:
+        return range_query(to_sn(lo), UpperBound(to_sn(hi), inclusive=False), ts_field=self._table.timestamp_field,
+                           base_query=self._table.query)
+
+    def count(self, lo: int, hi: int) -> int:
+        if hi <= lo:
+            return 0
+        page = self._client.list_page(self._table.name, query=self._query(lo, hi), fields=["sys_id"], limit=1,
+                                      no_count=False)
+        if page.total is None:
+            raise SncliError(f"{self._table.name}: ServiceNow sent no X-Total-Count; cannot split the range")
+        return page.total
+
+    def count_many(self, intervals: list[tuple[int, int]] | Any) -> list[int]:
+        items = list(intervals)
+        if len(items) <= 1:
+            return [self.count(lo, hi) for lo, hi in items]
+        with ThreadPoolExecutor(max_workers=min(self._threads, len(items)), thread_name_prefix="count") as pool:
+            return list(pool.map(lambda iv: self.count(*iv), items))
+
+    def edge(self, lo: int, hi: int, *, last: bool) -> int | None:
+        """The timestamp of the first (or last) record in ``[lo, hi)``, as epoch seconds."""
+        ts = self._table.timestamp_field
+        order = f"^ORDERBYDESC{ts}" if last else f"^ORDERBY{ts}"
+        page = self._client.list_page(self._table.name, query=self._query(lo, hi) + order, fields=["sys_id", ts],
+                                      limit=1)
+        if not page.records:
+            return None
+        try:
+            return to_epoch(field_value(page.records[0], ts))
+        except ValueError:
+            return None
+
+
+def make_plan(counter: RangeCounter, since: int, until: int, n: int) -> list[Window]:
+    first = counter.edge(since, until, last=False)
+    if first is None:
+        return plan_windows(since, until, n, counter.count_many, total=0)
+    last = counter.edge(since, until, last=True)
+    return plan_windows(since, until, n, counter.count_many, first=first, last=last)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A rich progress bar on a terminal (stderr); a log line every few seconds otherwise."""
+
+    def __init__(self, label: str, total: int, *, tty: bool | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._last_log = self._started
+        self._bar: Any = None
+        self._task: Any = None
+        if sys.stderr.isatty() if tty is None else tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            class Rate(TextColumn):
+                def render(self, task: Any) -> Any:
+                    from rich.text import Text
+
+                    return Text(f"{task.speed or 0:,.0f} rec/s")
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(""),
+                                 TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
+            self._task = self._bar.add_task(label, total=total or None)
+            self._bar.start()
+
+    def add(self, records: int) -> None:
+        with self._lock:
+            self.done += records
+            if self._bar is not None:
+                self._bar.update(self._task, advance=records)
+                return
+            now = time.monotonic()
+            if now - self._last_log < PROGRESS_LOG_SECONDS:
+                return
+            self._last_log = now
+        self._log_line(now)
+
+    def _log_line(self, now: float) -> None:
+        rate = self.done / max(now - self._started, 1e-6)
+        eta = f", ETA {max(0, self.total - self.done) / rate:.0f}s" if rate > 0 and self.total else ""
+        log.info("%s: %d/%d records (%.0f/s%s)", self.label, self.done, self.total, rate, eta)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        else:
+            self._log_line(time.monotonic())
+
+
+# --------------------------------------------------------------------------- one window
+
+
+@dataclass
+class WindowOutcome(TableOutcome):
+    window: Window | None = None
+    done: bool = False
+    files: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        if self.window is not None:
+            data.update(index=self.window.index, lo=self.window.lo_text, hi=self.window.hi_text)
+        data["done"] = self.done
+        if self.files:
+            data["files"] = self.files
+        return data
+
+
+def run_window(
+    *,
+    settings: Settings,
+    table: SourceTable,
+    client: ServiceNowClient,
+    store: OffsetStore,
+    rid: str,
+    window: Window,
+    fingerprint: str,
+    output: Path | None,
+    stop: StopControl,
+    metrics: RunMetrics,
+    progress: Progress,
+    outcome: WindowOutcome,
+) -> None:
+    """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing."""
+    from sncli.offsets.model import StoredOffset, check_offset
+    from sncli.source.cycle import make_fetch
+    from sncli.source.parquet_out import ParquetWindowWriter
+
+    key = window_key(table.name, rid, window.index, window.count)
+    kafka: KafkaPageOutput | None = None
+    parquet: ParquetWindowWriter | None = None
+    try:
+        stored = store.load(key)
+        if stored is not None:
+            check_offset(stored, fingerprint)
+            outcome.cursor_before = Cursor(stored.timestamp, stored.sys_id)
+        outcome.cursor_after = outcome.cursor_before
+        if window_done(stored, window):
+            outcome.done, outcome.stopped = True, "done"
+            return
+        hi = UpperBound(window.hi_text, inclusive=False)
+        deliver: Callable[[Records], int]
+        commit: Callable[[Cursor], None]
+        if output is None:
+            start = outcome.cursor_before or Cursor.at_start(window.lo_text)
+            kafka = KafkaPageOutput(settings, table, client, metrics)
+            deliver = kafka.deliver
+
+            def commit(cursor: Cursor) -> None:
+                store.save(StoredOffset.new(key, cursor.timestamp, cursor.sys_id, fingerprint))
+                outcome.cursor_after = cursor
+        else:
+            start = Cursor.at_start(window.lo_text)  # a Parquet window is redone from its start
+            parquet = ParquetWindowWriter(output, table.name, window.index, window.count)
+            deliver = parquet.write
+
+            def commit(cursor: Cursor) -> None:
+                return None
+
+        def on_page(result: Any) -> None:
+            progress.add(result.records - outcome.records)
+            outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
+
+        result = page_loop(
+            start=start, fetch=make_fetch(client, settings, table, hi, metrics), deliver=deliver, commit=commit,
+            ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, on_page=on_page,
+            name=f"{table.name}-w{window.index}",
+        )
+        if result.stopped is not None:
+            outcome.stopped = result.stopped
+            if parquet is not None:
+                parquet.abort()
+            return
+        if parquet is not None:
+            outcome.files = [str(p) for p in parquet.finish()]
+        done = Cursor(window.hi_text, "")
+        store.save(StoredOffset.new(key, done.timestamp, done.sys_id, fingerprint))
+        outcome.cursor_after, outcome.done, outcome.stopped = done, True, "caught_up"
+    except Exception as exc:
+        outcome.error, outcome.exit_code = describe_error(exc)
+        if parquet is not None:
+            parquet.abort()
+        if isinstance(exc, SncliError):
+            log.error("%s window %s: %s", table.name, window.label, outcome.error, extra={"table": table.name})
+        else:
+            log.exception("%s window %s: unexpected failure", table.name, window.label, extra={"table": table.name})
+    finally:
+        if kafka is not None:
+            try:
+                kafka.close()
+            except Exception as exc:
+                log.warning("%s window %s: closing the producer: %s", table.name, window.label, exc)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopControl | None = None) -> RunSummary:
+    """Run a backfill (see the module doc); a held lock gives exit code 75. Raises UsageError/ConfigError."""
+    table = settings.source.table(request.table)
+    check_source_settings(settings)
+    if request.window is not None and request.until is None:
+        raise UsageError("--window needs --until: every pod of the split must use the same range")
+    if request.window is not None and request.parallel != 1:
+        raise UsageError("use --parallel or --window, not both")
+    n = request.count
+    stop = StopControl(parent=stop)
+    started = time.monotonic()
+    metrics = RunMetrics()
+    summary = RunSummary(command="backfill")
+    outcome = summary.tables[table.name] = TableOutcome(table.name)
+    client = make_client(settings, metrics, n)
+    try:
+        _run(settings, request, table, client, metrics, stop, summary, outcome)
+    except LockHeldError as exc:  # another run holds a window (or the poll lock): nothing was done
+        summary.error, summary.exit_code = str(exc), int(exc.exit_code)
+        outcome.stopped = "locked"
+    except UsageError:
+        raise
+    except SncliError as exc:  # before any window ran: ServiceNow, Kafka, offsets
+        summary.error, summary.exit_code = describe_error(exc)
+        outcome.error, outcome.exit_code = summary.error, summary.exit_code
+        log.error("backfill %s: %s", table.name, summary.error)
+    finally:
+        client.close()
+    summary.duration_seconds = time.monotonic() - started
+    finish_metrics(settings, metrics, "backfill", {table.name: summary.exit_code}, summary.exit_code)
+    return summary
+
+
+def _run(
+    settings: Settings,
+    request: BackfillRequest,
+    table: SourceTable,
+    client: ServiceNowClient,
+    metrics: RunMetrics,
+    stop: StopControl,
+    summary: RunSummary,
+    outcome: TableOutcome,
+) -> None:
+    from sncli.offsets.lock import run_lock
+    from sncli.offsets.model import check_offset
+    from sncli.offsets.store import open_store
+
+    n = request.count
+    store = open_store(settings)
+    fingerprint = source_fingerprint(settings, table)
+    suffix = output_suffix(request.output)
+    since = to_epoch(_normalize(request.since or table.start, "--since"))
+    if request.until is not None:
+        until = to_epoch(_normalize(request.until, "--until"))
+    else:
+        resumed = unfinished_until(store.load_all(), table.name, since, n, suffix)
+        if resumed is not None:
+            until = resumed
+            log.info("resuming the unfinished backfill of %s up to %s", table.name, to_sn(until))
+        else:
+            until = to_epoch(upper_bound(client.server_time(table.name), settings.source.safety_lag_seconds).value) + 1
+    if until <= since:
+        raise UsageError(f"--until ({to_sn(until)}) must be after --since ({to_sn(since)})")
+    rid = range_id(since, until) + suffix
+    summary.extra.update(range_id=rid, since=to_sn(since), until=to_sn(until),
+                         output="kafka" if request.output is None else f"parquet:{request.output}")
+    summary.upper_bound = to_sn(until)
+    selected = [request.window[0]] if request.window else list(range(n))
+    counter = RangeCounter(client, table, threads=max(8, n))
+
+    with ExitStack() as locks:
+        if not request.dry_run:
+            for i in selected:
+                locks.enter_context(run_lock(settings, window_key(table.name, rid, i, n)))
+            if request.set_cursor:
+                locks.enter_context(run_lock(settings, table.name))
+        with ExitStack() as planning:
+            if not request.dry_run:
+                planning.enter_context(run_lock(settings, f"backfill/{table.name}/{rid}/plan"))
+            stored = store.load_all()
+            for key, entry in stored.items():
+                if key.startswith(f"backfill/{table.name}/{rid}"):
+                    check_offset(entry, fingerprint)
+            plan = load_plan(stored, table.name, rid, since, until, n)
+            if plan is None:
+                plan = make_plan(counter, since, until, n)
+                if not request.dry_run:
+                    save_plan(store, table.name, rid, plan, fingerprint)
+                log.info("backfill %s %s: %d windows %s", table.name, rid, n,
+                         ", ".join(f"[{w.lo_text}, {w.hi_text})" for w in plan))
+            else:
+                log.info("backfill %s %s: using the stored plan of %d windows", table.name, rid, n)
+        windows = [plan[i] for i in selected]
+        counts = counter.count_many([(w.lo, w.hi) for w in windows])
+        summary.extra["windows"] = []
+        if request.dry_run:
+            summary.extra["windows"] = [
+                {"index": w.index, "lo": w.lo_text, "hi": w.hi_text, "records_in_window": c}
+                for w, c in zip(windows, counts, strict=True)
+            ]
+            outcome.stopped = "dry_run"
+            return
+        outcomes = [WindowOutcome(name=w.label, window=w) for w in windows]
+        progress = Progress(f"backfill {table.name}", sum(counts))
+        threads = [
+            threading.Thread(
+                target=run_window, name=f"backfill-{w.label}",
+                kwargs={"settings": settings, "table": table, "client": client, "store": store, "rid": rid,
+                        "window": w, "fingerprint": fingerprint, "output": request.output, "stop": stop,
+                        "metrics": metrics, "progress": progress, "outcome": o},
+            )
+            for w, o in zip(windows, outcomes, strict=True)
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        finally:
+            progress.close()
+        for o, c in zip(outcomes, counts, strict=True):
+            data = o.to_json()
+            data["records_in_window"] = c
+            summary.extra["windows"].append(data)
+        outcome.records = sum(o.records for o in outcomes)
+        outcome.pages = sum(o.pages for o in outcomes)
+        outcome.produced = sum(o.produced for o in outcomes)
+        failed = [o for o in outcomes if o.error]
+        stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
+        outcome.stopped = stopped[0] if stopped else "caught_up"
+        summary.exit_code = combined_exit_code(list(outcomes))
+        if failed:
+            outcome.error = "; ".join(f"window {o.name}: {o.error}" for o in failed)
+            outcome.exit_code = summary.exit_code
+        everything = store.load_all()
+        all_done = all(window_done(everything.get(window_key(table.name, rid, w.index, n)), w) for w in plan)
+        summary.extra["range_done"] = all_done
+        if request.set_cursor:
+            summary.extra["poll_cursor_set"] = False
+            if all_done:
+                summary.extra["poll_cursor_set"] = _set_poll_cursor(store, table.name, until, fingerprint)
+
+
+def _set_poll_cursor(store: OffsetStore, table: str, until: int, fingerprint: str) -> bool:
+    """Move the poll cursor to ``(until, "")`` unless it is already there or further."""
+    from sncli.offsets.model import StoredOffset, check_offset, poll_key
+
+    key = poll_key(table)
+    current = store.load(key)
+    target = Cursor(to_sn(until), "")
+    if current is not None:
+        check_offset(current, fingerprint)
+        if Cursor(current.timestamp, current.sys_id) >= target:
+            log.info("%s: the poll cursor is already at or after %s; left as it is", table, target.timestamp)
+            return False
+    store.save(StoredOffset.new(key, target.timestamp, target.sys_id, fingerprint))
+    log.info("%s: poll cursor moved to %s (the backfill covered everything before it)", table, target.timestamp)
+    return True
