@@ -4,9 +4,12 @@ Why all strings: ServiceNow sends every value as a string, and a backfill file
 should hold exactly what ServiceNow said (typing is a reader's choice). Columns
 are the union of the fields seen: the schema of a Parquet file is fixed when it
 is opened, so a column that first appears in a later page closes the current
-part and opens the next one (``...-part1.parquet``) with the wider schema;
-readers such as ``pyarrow.dataset`` unify the parts (missing columns are null).
-Nothing is dropped.
+part and opens the next one (``...-part1.parquet``) with the wider schema, so
+nothing is dropped. Read a directory with one unified schema, e.g. with pyarrow:
+``ds.dataset(files, schema=pa.unify_schemas([pq.read_schema(f) for f in files]))``
+(missing columns read as null). The Table API returns every column of a table on
+every record, so in practice a new part appears only when a column is added to
+the table during the backfill.
 
 Memory stays constant: rows are buffered up to ``row_group_rows`` and written as
 one row group. Files are written under a ``.tmp`` name and renamed only when
