@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,10 +58,9 @@ class Case:
     must_finish_first_run: bool = True  # the faults are within the retry budget
     retry_after: float | None = None
     timeout_seconds: float = 5
-    notes: list[str] = field(default_factory=list)
 
 
-def _get(table: str = "incident", **kw: object) -> Fault:
+def _get(table: str = "incident", **kw: Any) -> Fault:
     return Fault(method="GET", table=table, **kw)
 
 
