@@ -16,7 +16,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -40,6 +40,7 @@ SN_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _WHOLE_TOKEN = re.compile(r"^\$\{(?:(?P<file>file:)(?P<path>[^}]+)|(?P<var>[A-Za-z_][A-Za-z0-9_]*))\}$")
 _TABLE_NAME = re.compile(r"^[a-z0-9_]+$")
+_DISCRIMINATORS = ("type", "store")  # the keys that select a variant (auth, key, offsets)
 
 
 class _Model(BaseModel):
@@ -248,10 +249,17 @@ class SourceTable(_Model):
     def _name(cls, value: str) -> str:
         return _check_table_name(value)
 
-    @field_validator("start")
+    @field_validator("start", mode="before")
     @classmethod
-    def _start(cls, value: str) -> str:
-        return _check_sn_datetime(value)
+    def _start(cls, value: object) -> object:
+        # YAML reads an unquoted `start: 2024-01-01 00:00:00` as a timestamp, not text.
+        if isinstance(value, datetime):
+            if value.tzinfo is not None:
+                value = value.astimezone(UTC).replace(tzinfo=None)
+            return value.strftime(SN_DATETIME_FORMAT)
+        if isinstance(value, str):
+            return _check_sn_datetime(value)
+        return value
 
     @field_validator("topic")
     @classmethod
@@ -416,12 +424,19 @@ def resolve_config_path(path: Path | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def expand_env(node: Any, environ: Mapping[str, str], path: str = "") -> Any:
-    """Replace whole-token ``${VAR}`` / ``${file:PATH}`` scalars; leave every other string alone."""
-    if isinstance(node, dict):
-        return {k: expand_env(v, environ, _join(path, str(k))) for k, v in node.items()}
-    if isinstance(node, list):
-        return [expand_env(v, environ, f"{path}[{i}]") for i, v in enumerate(node)]
+def expand_env(node: Any, environ: Mapping[str, str], path: str = "", _open: frozenset[int] = frozenset()) -> Any:
+    """Replace whole-token ``${VAR}`` / ``${file:PATH}`` scalars; leave every other string alone.
+
+    ``_open`` holds the containers on the current path: a YAML alias that refers to
+    one of its own parents would otherwise recurse forever.
+    """
+    if isinstance(node, dict | list):
+        if id(node) in _open:
+            raise ConfigError(f"{path or '<root>'}: a YAML alias refers to its own parent (a cycle)")
+        inner = _open | {id(node)}
+        if isinstance(node, dict):
+            return {k: expand_env(v, environ, _join(path, _key_text(k)), inner) for k, v in node.items()}
+        return [expand_env(v, environ, f"{path}[{i}]", inner) for i, v in enumerate(node)]
     if isinstance(node, str):
         match = _WHOLE_TOKEN.match(node.strip())
         if not match:
@@ -441,6 +456,12 @@ def expand_env(node: Any, environ: Mapping[str, str], path: str = "") -> Any:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _key_text(key: object) -> str:
+    """A key as it can be shown on one line: odd keys (newlines, control characters) in repr form."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settings:
@@ -478,7 +499,7 @@ def format_validation_error(exc: ValidationError, data: Any) -> str:
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]
     where = _loc_to_path(first["loc"], data)
-    message = _friendly(first)
+    message = " ".join(_friendly(first).split())  # one line, whatever the value held
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"{where}: {message}{more}"
 
@@ -502,22 +523,27 @@ def _loc_to_path(loc: tuple[Any, ...], data: Any) -> str:
     """Render a pydantic location as the user's key path, dropping union tag names."""
     parts: list[str] = []
     node = data
+    tag_may_follow = False
     for index, element in enumerate(loc):
         last = index == len(loc) - 1
+        if (tag_may_follow and not last and isinstance(node, dict)
+                and element in {node.get(k) for k in _DISCRIMINATORS}):
+            # Pydantic puts a discriminated union's tag ("basic", "fields", "s3") right after
+            # the union's own key; it is not a key of the user's document, even when a key
+            # has the same name (`key: {type: fields, fields: [...]}`).
+            tag_may_follow = False
+            continue
+        tag_may_follow = False
         if isinstance(node, dict) and element in node:
-            parts.append(str(element))
+            parts.append(_key_text(element))
             node = node[element]
+            tag_may_follow = isinstance(node, dict)
         elif isinstance(node, list) and isinstance(element, int) and 0 <= element < len(node):
             parts.append(f"[{element}]")
             node = node[element]
-        elif last:
-            parts.append(str(element))
-        elif isinstance(element, str) and isinstance(node, dict) and element in {
-            str(v) for v in node.values() if isinstance(v, str)
-        }:
-            continue  # a discriminated union's tag ("basic", "oauth", "file", ...)
+            tag_may_follow = isinstance(node, dict)
         else:
-            parts.append(str(element))
+            parts.append(_key_text(element))
             node = None
     text = ""
     for part in parts:
