@@ -11,6 +11,7 @@ import typer
 
 from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
 from sncli.cli.render import print_json, stdout_console
+from sncli.cli.sink_cmd import render_summary, stop_on_signals, table_console
 from sncli.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def inspect(
             f"{entry.partition}:{entry.offset}", when, entry.table, entry.sys_id or "", entry.error_class,
             "" if entry.status is None else str(entry.status), entry.message,
         )
-    stdout_console().print(view)
+    table_console().print(view)
 
 
 @app.command()
@@ -97,7 +98,6 @@ def replay(
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
-    from sncli.cli.sink_cmd import render_summary, stop_on_signals
     from sncli.dlq import run_replay
 
     stop = threading.Event()

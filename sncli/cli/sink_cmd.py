@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +18,24 @@ from sncli.cli.render import print_json, stdout_console
 from sncli.errors import ExitCode
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from sncli.sink.drain import DrainSummary
 
 app = typer.Typer(help="Kafka -> ServiceNow.", no_args_is_help=True)
+
+#: Tables printed to a pipe or file are not cut to 80 columns: a script or a log keeps every value.
+WIDE = 10_000
+
+
+def table_console() -> Console:
+    """stdout for tables: the terminal's width on a TTY, unbounded elsewhere."""
+    console = stdout_console()
+    if console.is_terminal:
+        return console
+    from rich.console import Console
+
+    return Console(file=sys.stdout, width=WIDE, soft_wrap=True)
 
 
 @app.command()
@@ -92,7 +108,7 @@ def render_summary(summary: DrainSummary, *, json_output: bool, command: str = "
                 str(entry["topic"]), str(entry["partition"]), str(entry["offset"]), str(entry["operation"]),
                 str(entry.get("table") or ""), str(entry.get("sys_id") or ""), str(detail),
             )
-        console.print(table)
+        table_console().print(table)
     written = ", ".join(f"{op} {n}" for op, n in sorted(summary.written.items())) or "0"
     dlq = ", ".join(f"{cls} {n}" for cls, n in sorted(summary.dlq.items())) or "0"
     passed = f", carried forward {summary.carried_forward} (not selected)" if summary.carried_forward else ""

@@ -41,7 +41,7 @@ from sncli.sink.writer import LanePool, SystemicError, WriteFailed, apply_write
 
 log = logging.getLogger(__name__)
 
-COMMIT_INTERVAL_SECONDS = 5.0
+COMMIT_INTERVAL_SECONDS = 2.0  # bounds the rework after a crash; a commit costs one round trip
 REVOKE_WAIT_SECONDS = 30.0
 STALL_SECONDS = 120.0
 TopicPart = tuple[str, int]
@@ -240,6 +240,7 @@ class SinkRun:
         self._lanes: LanePool[_Item] | None = None
         self._dlq_writer: DlqWriter | None = None
         self._client: Any = None
+        self._next_commit = 0.0
 
     def run_and_push(self, grouping_key: dict[str, str]) -> DrainSummary:
         """Run, then push the metrics (a dry run pushes nothing: it did nothing)."""
@@ -381,9 +382,11 @@ class SinkRun:
         if stopped_by == "signal":
             log.warning("stop requested: finishing the records being written, leaving queued ones for the next run")
         if self._lanes is not None:
+            self._pause_all()
+            self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
             self._lanes.close(
                 abandon=stopped_by in ("signal", "error") or self._fatal is not None,
-                abandon_if=lambda: self.stop.is_set() or self._fatal is not None,
+                abandon_if=self._finishing_tick,
             )
             if self._lanes.crash is not None:
                 self._fail(f"a sink lane crashed: {self._lanes.crash!r}")
@@ -412,6 +415,30 @@ class SinkRun:
             summary.exit_code = int(ExitCode.PARTIAL)
         else:
             summary.exit_code = int(ExitCode.OK)
+
+    def _finishing_tick(self) -> bool:
+        """While queued writes finish: serve DLQ acks, keep the group membership, commit progress."""
+        if self._dlq_writer is not None:
+            self._dlq_writer.poll(0)
+        try:
+            msg = self._consumer.poll(0)  # every partition is paused: this only serves the group
+        except Exception as exc:
+            log.debug("poll while finishing: %s", exc)
+            msg = None
+        if msg is not None and msg.error() is None:
+            log.debug("ignoring %s[%d]@%d read while finishing", msg.topic(), msg.partition(), msg.offset())
+        if time.monotonic() >= self._next_commit:
+            self._commit(final=False)
+            self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+        return self.stop.is_set() or self._fatal is not None
+
+    def _pause_all(self) -> None:
+        try:
+            assignment = self._consumer.assignment()
+            if assignment:
+                self._consumer.pause(assignment)
+        except Exception as exc:
+            log.debug("pausing before finishing: %s", exc)
 
     def _close(self) -> None:
         self._closing = True

@@ -305,9 +305,9 @@ class LanePool(Generic[T]):
     ) -> bool:
         """Stop the lanes: finish queued items, or with ``abandon`` drop the ones not started yet.
 
-        ``abandon_if`` is checked while waiting, so a stop request that arrives
-        while queued work is being finished still cuts it short. Returns True
-        when every lane thread ended within ``timeout``.
+        ``abandon_if`` is called about every 50 ms while waiting (the caller also
+        uses it to commit progress and serve callbacks); True cuts the queued
+        work short. Returns True when every lane thread ended within ``timeout``.
         """
         if abandon:
             self._abandon_now()
