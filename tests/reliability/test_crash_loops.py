@@ -33,8 +33,8 @@ from sncli.emulator.server import ServiceNowEmulator
 from tests.fixtures.kafka import read_all
 from tests.reliability.support import (
     committed_offsets,
-    create_topic,
     crash_loop,
+    create_topic,
     keyset,
     produce,
     sink_config,
