@@ -160,11 +160,12 @@ def stored_cursor(path: Path, key: str) -> tuple[str, str] | None:
 # --------------------------------------------------------------------------- Kafka
 
 
-Headers = list[tuple[str, bytes | None]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics([NewTopic(name, partitions, -1)], operation_timeout=10).values():
