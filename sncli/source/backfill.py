@@ -62,12 +62,14 @@ from sncli.source.cycle import (
     describe_error,
     finish_metrics,
     make_client,
+    new_producer,
 )
 from sncli.source.poller import Records, StopControl, page_loop
 from sncli.source.windows import Window, plan_windows, range_id, to_epoch, to_sn, windows_from_boundaries
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
+    from sncli.kafka.producer import PageProducer
     from sncli.offsets.model import StoredOffset
     from sncli.offsets.store import OffsetStore
     from sncli.servicenow.client import ServiceNowClient
@@ -340,6 +342,7 @@ def run_window(
     metrics: RunMetrics,
     progress: Progress,
     outcome: WindowOutcome,
+    producer: PageProducer | None = None,
 ) -> None:
     """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing."""
     from sncli.offsets.model import StoredOffset, check_offset
@@ -359,20 +362,24 @@ def run_window(
             outcome.done, outcome.stopped = True, "done"
             return
         hi = UpperBound(window.hi_text, inclusive=False)
-        deliver: Callable[[Records], int]
+        deliver: Callable[[Records, Any], int]
         commit: Callable[[Cursor], None]
+        prepare: Callable[[Records], Any] | None = None
         if output is None:
             start = outcome.cursor_before or Cursor.at_start(window.lo_text)
-            kafka = KafkaPageOutput(settings, table, client, metrics)
-            deliver = kafka.deliver
+            kafka = KafkaPageOutput(settings, table, client, metrics, producer)
+            producer = None
+            deliver, prepare = kafka.deliver, kafka.prepare
 
             def commit(cursor: Cursor) -> None:
                 store.save(StoredOffset.new(key, cursor.timestamp, cursor.sys_id, fingerprint))
                 outcome.cursor_after = cursor
         else:
             start = Cursor.at_start(window.lo_text)  # a Parquet window is redone from its start
-            parquet = ParquetWindowWriter(output, table.name, window.index, window.count)
-            deliver = parquet.write
+            writer = parquet = ParquetWindowWriter(output, table.name, window.index, window.count)
+
+            def deliver(records: Records, prepared: Any) -> int:
+                return writer.write(records)
 
             def commit(cursor: Cursor) -> None:
                 return None
@@ -383,8 +390,8 @@ def run_window(
 
         result = page_loop(
             start=start, fetch=make_fetch(client, settings, table, hi, metrics), deliver=deliver, commit=commit,
-            ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, on_page=on_page,
-            name=f"{table.name}-w{window.index}",
+            ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, prepare=prepare,
+            on_page=on_page, name=f"{table.name}-w{window.index}",
         )
         if result.stopped is not None:
             outcome.stopped = result.stopped
@@ -405,9 +412,10 @@ def run_window(
         else:
             log.exception("%s window %s: unexpected failure", table.name, window.label, extra={"table": table.name})
     finally:
-        if kafka is not None:
+        closing = kafka or producer
+        if closing is not None:
             try:
-                kafka.close()
+                closing.close()
             except Exception as exc:
                 log.warning("%s window %s: closing the producer: %s", table.name, window.label, exc)
 
@@ -491,6 +499,10 @@ def _run(
                 locks.enter_context(run_lock(settings, window_key(table.name, rid, i, n)))
             if request.set_cursor:
                 locks.enter_context(run_lock(settings, table.name))
+        producers: dict[int, PageProducer] = {}
+        if not request.dry_run and request.output is None:
+            producers = {i: new_producer(settings) for i in selected}  # warm up while planning
+            locks.callback(_close_all, producers)
         with ExitStack() as planning:
             if not request.dry_run:
                 planning.enter_context(run_lock(settings, f"backfill/{table.name}/{rid}/plan"))
@@ -524,7 +536,8 @@ def _run(
                 target=run_window, name=f"backfill-{w.label}",
                 kwargs={"settings": settings, "table": table, "client": client, "store": store, "rid": rid,
                         "window": w, "fingerprint": fingerprint, "output": request.output, "stop": stop,
-                        "metrics": metrics, "progress": progress, "outcome": o},
+                        "metrics": metrics, "progress": progress, "outcome": o,
+                        "producer": producers.pop(w.index, None)},
             )
             for w, o in zip(windows, outcomes, strict=True)
         ]
@@ -557,6 +570,11 @@ def _run(
             summary.extra["poll_cursor_set"] = False
             if all_done:
                 summary.extra["poll_cursor_set"] = _set_poll_cursor(store, table.name, until, fingerprint)
+
+
+def _close_all(producers: dict[int, PageProducer]) -> None:
+    for producer in producers.values():  # never handed to a window (the run stopped before)
+        producer.close(0)
 
 
 def _set_poll_cursor(store: OffsetStore, table: str, until: int, fingerprint: str) -> bool:

@@ -40,10 +40,11 @@ from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
 from sncli.metrics import RunMetrics
 from sncli.source.cursor import Cursor, UpperBound, page_query, parse_sn_time, upper_bound
 from sncli.source.poller import Budget, LoopResult, Records, StopControl, page_loop
-from sncli.source.record import RecordShape, TimestampCache, build_page, instance_name
+from sncli.source.record import PageMessages, RecordShape, TimestampCache, build_page, instance_name
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
+    from sncli.kafka.producer import PageProducer
     from sncli.offsets.lock import RunLock
     from sncli.offsets.store import OffsetStore
     from sncli.servicenow.client import ServiceNowClient
@@ -271,16 +272,38 @@ def make_client(settings: Settings, metrics: RunMetrics, threads: int) -> Servic
     return ServiceNowClient(settings.servicenow, metrics=metrics, pool_size=max(4, 2 * threads + 2))
 
 
+def new_producer(settings: Settings) -> PageProducer:
+    """A producer, created as early as possible in a run.
+
+    librdkafka's idempotent producer asks for its producer id only when a broker
+    connection is up, and retries on a 500 ms timer, so a new producer's first
+    flush waits about half a second. Created before the run's first ServiceNow
+    requests, that wait overlaps with them instead of adding to the run.
+    """
+    from sncli.kafka.producer import PageProducer
+
+    producer = PageProducer(settings.kafka)
+    producer.poll(0)
+    return producer
+
+
 class KafkaPageOutput:
     """Produces a page to the table's topic and returns once every record is acknowledged.
 
-    One per thread (owns its producer). ``deliver`` raises ProduceError if any
-    record was not acknowledged, so the caller never stores a cursor past it.
+    One per thread (owns its producer). ``prepare`` (run on the fetch thread,
+    while the previous page is being acknowledged) turns records into messages;
+    ``deliver`` sends them and raises ProduceError if any record was not
+    acknowledged, so the caller never stores a cursor past it.
     """
 
-    def __init__(self, settings: Settings, table: SourceTable, client: ServiceNowClient, metrics: RunMetrics) -> None:
-        from sncli.kafka.producer import PageProducer
-
+    def __init__(
+        self,
+        settings: Settings,
+        table: SourceTable,
+        client: ServiceNowClient,
+        metrics: RunMetrics,
+        producer: PageProducer | None = None,
+    ) -> None:
         self._topic = table.topic
         self._shape = RecordShape(
             table=table.name,
@@ -290,18 +313,21 @@ class KafkaPageOutput:
         )
         self._cache = TimestampCache()
         self._encode_page: Callable[[Any], list[bytes]] | None = None
+        self._producer = producer or new_producer(settings)
         if settings.source.format == "avro":
             from sncli.source.schema import AvroPageEncoder
 
             avro = AvroPageEncoder(settings, client, table)
             avro.prepare()
             self._encode_page = avro.encode_page
-        self._producer = PageProducer(settings.kafka)
         self._produced = metrics.source_produced.labels(table=table.name)
 
-    def deliver(self, records: Records) -> int:
-        msgs = build_page(records, self._shape, extracted_at=datetime.now(UTC), cache=self._cache,
+    def prepare(self, records: Records) -> PageMessages:
+        return build_page(records, self._shape, extracted_at=datetime.now(UTC), cache=self._cache,
                           encode_page=self._encode_page)
+
+    def deliver(self, records: Records, prepared: PageMessages | None) -> int:
+        msgs = prepared if prepared is not None else self.prepare(records)
         send, topic = self._producer.send, self._topic
         for key, value, headers, ts in zip(msgs.keys, msgs.values, msgs.headers, msgs.timestamps, strict=True):
             send(topic, key, value, headers, ts)
@@ -345,6 +371,7 @@ def poll_table(
     metrics: RunMetrics,
     outcome: TableOutcome,
     dry_run: bool = False,
+    producer: PageProducer | None = None,
 ) -> None:
     """Poll one table up to ``hi``; fills ``outcome`` (raises nothing)."""
     from sncli.offsets import model as offsets_model
@@ -360,14 +387,16 @@ def poll_table(
         outcome.cursor_after = outcome.cursor_before
         start = outcome.cursor_before or Cursor.at_start(table.start)
 
-        deliver: Callable[[Records], int]
+        deliver: Callable[[Records, Any], int]
         commit: Callable[[Cursor], None]
+        prepare: Callable[[Records], Any] | None = None
         if dry_run or store is None:
-            deliver = len
+            deliver = _count
             commit = _no_commit
         else:
-            output = KafkaPageOutput(settings, table, client, metrics)
-            deliver = output.deliver
+            output = KafkaPageOutput(settings, table, client, metrics, producer)
+            producer = None  # owned (and closed) by the output now
+            deliver, prepare = output.deliver, output.prepare
 
             def commit(cursor: Cursor) -> None:
                 if lock is not None:
@@ -387,6 +416,7 @@ def poll_table(
             page_size=settings.source.page_size,
             stop=stop,
             budget=budget,
+            prepare=prepare,
             on_page=on_page,
             name=table.name,
         )
@@ -405,15 +435,20 @@ def poll_table(
         else:
             log.exception("%s: unexpected failure", table.name, extra={"table": table.name})
     finally:
-        if output is not None:
+        closing = output or producer
+        if closing is not None:
             try:
-                output.close()
+                closing.close()
             except Exception as exc:  # never mask the table's own outcome
                 log.warning("%s: closing the producer: %s", table.name, exc)
 
 
 def _no_commit(cursor: Cursor) -> None:
     return None
+
+
+def _count(records: Records, prepared: Any) -> int:
+    return len(records)
 
 
 def _show(cursor: Cursor | None) -> str:
@@ -481,8 +516,11 @@ def _run_tables(
     client = make_client(settings, metrics, len(selected))
     clock0 = time.monotonic()
     server_now = datetime.now(UTC)  # replaced by ServiceNow's clock as soon as it answers
+    producers: dict[str, PageProducer] = {}
     try:
         try:
+            if not dry_run:
+                producers = {t.name: new_producer(settings) for t in selected}
             server_now = client.server_time(selected[0].name)
             clock0 = time.monotonic()
             hi = upper_bound(server_now, settings.source.safety_lag_seconds)
@@ -510,6 +548,7 @@ def _run_tables(
                     "settings": settings, "table": table, "client": client, "store": store,
                     "lock": locks.get(table.name), "hi": hi, "stop": stop, "budget": budget, "metrics": metrics,
                     "outcome": summary.tables[table.name], "dry_run": dry_run,
+                    "producer": producers.pop(table.name, None),
                 },
             )
             thread.start()
@@ -520,6 +559,8 @@ def _run_tables(
     finally:
         # Lag is measured on ServiceNow's clock (the cursor's timestamps are in it), now.
         now = server_now + timedelta(seconds=time.monotonic() - clock0)
+        for leftover in producers.values():  # the cycle could not start: never handed to a table
+            leftover.close(0)
         for name, outcome in summary.tables.items():
             if outcome.cursor_after is not None:
                 set_offset_lag(metrics, name, outcome.cursor_after, now)

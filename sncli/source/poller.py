@@ -32,33 +32,42 @@ log = logging.getLogger("sncli.source")
 
 Records = list[dict[str, Any]]
 Fetch = Callable[[Cursor, int], Records]
-Deliver = Callable[[Records], int]
+Prepare = Callable[[Records], Any]
+Deliver = Callable[[Records, Any], int]  # (records, what prepare made of them or None) -> delivered
 Commit = Callable[[Cursor], None]
 
 
 class _Prefetch:
-    """One fetch running on a daemon thread (a dropped prefetch must never delay process exit)."""
+    """One fetch (and its preparation) on a daemon thread; a dropped prefetch never delays process exit.
 
-    def __init__(self, fetch: Fetch, cursor: Cursor, limit: int, name: str) -> None:
+    Preparing (encoding values, building headers) here too means that work runs
+    while the loop thread waits for the previous page's acknowledgements.
+    """
+
+    def __init__(self, fetch: Fetch, prepare: Prepare | None, cursor: Cursor, limit: int, name: str) -> None:
         self.limit = limit
         self._done = threading.Event()
         self._records: Records = []
+        self._prepared: Any = None
         self._error: BaseException | None = None
-        threading.Thread(target=self._run, args=(fetch, cursor, limit), name=f"fetch-{name}", daemon=True).start()
+        threading.Thread(target=self._run, args=(fetch, prepare, cursor, limit), name=f"fetch-{name}",
+                         daemon=True).start()
 
-    def _run(self, fetch: Fetch, cursor: Cursor, limit: int) -> None:
+    def _run(self, fetch: Fetch, prepare: Prepare | None, cursor: Cursor, limit: int) -> None:
         try:
             self._records = fetch(cursor, limit)
+            if prepare is not None and self._records:
+                self._prepared = prepare(self._records)
         except BaseException as exc:
             self._error = exc
         finally:
             self._done.set()
 
-    def result(self) -> Records:
+    def result(self) -> tuple[Records, Any]:
         self._done.wait()
         if self._error is not None:
             raise self._error
-        return self._records
+        return self._records, self._prepared
 
 
 class StopControl:
@@ -140,6 +149,7 @@ def page_loop(
     page_size: int,
     stop: StopControl,
     budget: Budget | None = None,
+    prepare: Prepare | None = None,
     on_page: Callable[[LoopResult], None] | None = None,
     name: str = "source",
 ) -> LoopResult:
@@ -153,9 +163,9 @@ def page_loop(
     if limit <= 0:
         result.stopped = "max_records"
         return result
-    pending: _Prefetch | None = _Prefetch(fetch, start, limit, name)
+    pending: _Prefetch | None = _Prefetch(fetch, prepare, start, limit, name)
     while pending is not None:
-        records = pending.result()
+        records, prepared = pending.result()
         budget.give_back(pending.limit - len(records))
         pending = None
         if not records:
@@ -165,10 +175,10 @@ def page_loop(
         if reason is None:
             limit = budget.take(page_size)
             if limit > 0:
-                pending = _Prefetch(fetch, cursor, limit, name)  # overlaps with delivering this page
+                pending = _Prefetch(fetch, prepare, cursor, limit, name)  # overlaps with delivering this page
             else:
                 reason = "max_records"
-        delivered = deliver(records)
+        delivered = deliver(records, prepared)
         commit(cursor)
         result.cursor = cursor
         result.records += len(records)

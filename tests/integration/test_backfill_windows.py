@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +30,23 @@ FMT = "%Y-%m-%d %H:%M:%S"
 
 def _ts(moment: datetime) -> str:
     return moment.strftime(FMT)
+
+
+def _stop_when(condition: Callable[[], bool], stop: StopControl, timeout: float = 60) -> None:
+    """Request a stop (like SIGTERM) as soon as ``condition`` holds: timing-independent interruption."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stop.request("signal")
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _page_requests(emulator: ServiceNowEmulator) -> int:
+    return sum(1 for e in emulator.state.journal()
+               if e.path.endswith("/incident") and "ORDERBYsys_id" in e.query.get("sysparm_query", ""))
 
 
 def _kafka_keys(bootstrap: str, topic: str, expected: int) -> Counter[tuple[str, str]]:
@@ -68,7 +87,8 @@ def test_stopped_backfill_resumes_per_window_without_until(
     settings = make_settings(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": topic}],
                              page_size=200)
     stop = StopControl()
-    threading.Timer(0.5, stop.request, args=("signal",)).start()
+    _stop_when(lambda: sum(k.startswith("backfill/") and ".plan" not in k for k in stored_offsets(offsets)) >= 2,
+               stop)
     first = run_backfill(settings, BackfillRequest(table="incident", parallel=4), stop=stop)
     assert first.exit_code == 0 and first.tables["incident"].stopped == "signal"
     assert 0 < first.tables["incident"].records < 8_000
@@ -158,7 +178,7 @@ def test_parquet_output_has_every_record_and_resumes(
     settings = make_settings(emulator.url, kafka_bootstrap, tmp_path / "o.json",
                              [{"name": "incident", "topic": "unused"}], page_size=250)
     stop = StopControl()
-    threading.Timer(0.4, stop.request, args=("signal",)).start()
+    _stop_when(lambda: _page_requests(emulator) >= 6, stop)
     first = run_backfill(settings, BackfillRequest(table="incident", parallel=3, output=out), stop=stop)
     assert first.exit_code == 0 and first.tables["incident"].stopped == "signal"
     assert not list(out.glob("*.tmp"))  # an interrupted window leaves no partial file

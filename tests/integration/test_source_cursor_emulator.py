@@ -91,7 +91,7 @@ def test_every_record_exactly_once_in_keyset_order_across_restarts(
         try:
             result = page_loop(
                 start=stored, fetch=fetch,
-                deliver=lambda recs: delivered.extend((r["sys_updated_on"], r["sys_id"]) for r in recs) or len(recs),
+                deliver=lambda recs, _: delivered.extend((r["sys_updated_on"], r["sys_id"]) for r in recs) or len(recs),
                 commit=commit, ts_field="sys_updated_on", page_size=page_size, stop=StopControl(), budget=budget,
             )
         except RuntimeError:

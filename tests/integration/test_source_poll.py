@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,17 @@ def test_stop_request_ends_at_a_page_boundary_with_exit_0(
         emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": unique_topic}], page_size=100
     )
     stop = StopControl()
-    threading.Timer(0.4, stop.request, args=("signal",)).start()
+
+    def stop_after_two_pages() -> None:  # like a SIGTERM arriving mid-run, whatever the machine's speed
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            cursor = stored_cursor(offsets, "incident")
+            if cursor is not None and cursor >= keyset(emulator.state.records("incident"))[199]:
+                break
+            time.sleep(0.005)
+        stop.request("signal")
+
+    threading.Thread(target=stop_after_two_pages, daemon=True).start()
     summary = run_poll(settings, stop=stop)
     t = summary.tables["incident"]
     assert summary.exit_code == 0 and t.stopped == "signal"
