@@ -46,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a ~1 minute smoke run")
     parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated scenario numbers (default all)")
-    parser.add_argument("--runs", type=int, default=None, help="runs per scenario (default 3)")
+    parser.add_argument("--runs", type=int, default=None, help="runs per scenario (default 3; 1 with --quick)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results.json", help="results JSON file")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the README)")
     parser.add_argument("--install-peers", action="store_true",
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_term)
     started = time.perf_counter()
-    runs = args.runs or 3
+    runs = args.runs or (1 if args.quick else 3)
     sizes = QUICK if args.quick else FULL
     port_base = int(os.environ.get("SNCLI_PORT_BASE") or DEFAULT_PORT_BASE)
     services_dir = Path(os.environ.get("SNCLI_SERVICES_DIR") or tempfile.mkdtemp(prefix="sncli-bench-svc-"))
@@ -95,12 +95,16 @@ def main(argv: list[str]) -> int:
             for number in args.scenario_list:
                 log(f"scenario {number} ...")
                 t0 = time.perf_counter()
+                load0 = os.getloadavg()[0]
                 try:
                     produced = SCENARIOS[number](ctx)
                 except ScenarioError as exc:  # scenarios report their own; this is a safety net
                     produced = [Row(str(number), "scenario", "", Target("value_min", 0, "-"), error=str(exc))]
+                load1 = os.getloadavg()[0]
+                for row in produced:  # the machine is shared: say how busy it was
+                    row.extra["loadavg_1min"] = [round(load0, 2), round(load1, 2)]
                 rows.extend(produced)
-                log(f"scenario {number} done in {time.perf_counter() - t0:.0f}s")
+                log(f"scenario {number} done in {time.perf_counter() - t0:.0f}s (load {load0:.1f} -> {load1:.1f})")
         except KeyboardInterrupt:
             interrupted = True
             log("interrupted: stopping the services and printing what was measured")
@@ -117,9 +121,11 @@ def main(argv: list[str]) -> int:
 def _print(rows: list[Row], info: dict[str, object], args: argparse.Namespace, runs: int, elapsed: float,
            interrupted: bool) -> None:
     mode = "quick (small sizes, smoke only)" if args.quick else "full"
+    load = os.getloadavg()
     print()
     print(f"sncli benchmark: {mode}, median of {runs} runs, {info.get('cpus')} CPUs ({info.get('cpu', '?')}), "
-          f"Python {info.get('python')}, took {elapsed:.0f}s{' (INTERRUPTED)' if interrupted else ''}")
+          f"Python {info.get('python')}, took {elapsed:.0f}s{' (INTERRUPTED)' if interrupted else ''}; "
+          f"load average {info['loadavg_at_start'][0]:.1f} at start, {load[0]:.1f} at end")
     print()
     for line in table_lines(rows):
         print(line)

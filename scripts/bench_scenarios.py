@@ -501,7 +501,8 @@ def scenario_memory(ctx: Context) -> list[Row]:
                         row.notes.append(_verify_keys(ctx, run.topic, ids))
                     else:
                         row.notes.append(_verify_parquet(target, n))
-                delete_topics(ctx.services.kafka_bootstrap, [run.topic])
+                if output == "kafka":
+                    delete_topics(ctx.services.kafka_bootstrap, [run.topic])
                 shutil.rmtree(target, ignore_errors=True)
 
             interleaved(ctx.runs, step)
