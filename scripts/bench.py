@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 _VENV_PYTHON = _HERE.parent / ".venv" / "bin" / "python"
@@ -118,7 +119,7 @@ def main(argv: list[str]) -> int:
     return 0 if all(r.passed for r in rows) else 1
 
 
-def _print(rows: list[Row], info: dict[str, object], args: argparse.Namespace, runs: int, elapsed: float,
+def _print(rows: list[Row], info: dict[str, Any], args: argparse.Namespace, runs: int, elapsed: float,
            interrupted: bool) -> None:
     mode = "quick (small sizes, smoke only)" if args.quick else "full"
     load = os.getloadavg()
@@ -143,7 +144,7 @@ def _print(rows: list[Row], info: dict[str, object], args: argparse.Namespace, r
     print(f"{passed}/{len(rows)} targets met; results in {args.output}")
 
 
-def _write_json(path: Path, rows: list[Row], info: dict[str, object], args: argparse.Namespace, runs: int,
+def _write_json(path: Path, rows: list[Row], info: dict[str, Any], args: argparse.Namespace, runs: int,
                 elapsed: float) -> None:
     import orjson
 
