@@ -78,6 +78,7 @@ log = logging.getLogger("sncli.backfill")
 
 PLAN_SUFFIX = ".plan"
 PROGRESS_LOG_SECONDS = 10.0
+COUNT_THREADS = 32  # count queries of one planning level run at once (one round trip per level)
 
 
 # --------------------------------------------------------------------------- request
@@ -248,11 +249,17 @@ class RangeCounter:
 
 
 def make_plan(counter: RangeCounter, since: int, until: int, n: int) -> list[Window]:
-    first = counter.edge(since, until, last=False)
-    if first is None:
-        return plan_windows(since, until, n, counter.count_many, total=0)
-    last = counter.edge(since, until, last=True)
-    return plan_windows(since, until, n, counter.count_many, first=first, last=last)
+    """Plan N windows: the range's count and its first and last record in one round, then the split."""
+    if n == 1:
+        return plan_windows(since, until, 1, counter.count_many)
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="edges") as pool:
+        total_f = pool.submit(counter.count, since, until)
+        first_f = pool.submit(counter.edge, since, until, last=False)
+        last_f = pool.submit(counter.edge, since, until, last=True)
+        total, first, last = total_f.result(), first_f.result(), last_f.result()
+    if first is None or last is None:
+        total = 0
+    return plan_windows(since, until, n, counter.count_many, first=first, last=last, total=total)
 
 
 # --------------------------------------------------------------------------- progress
@@ -437,7 +444,7 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopCont
     metrics = RunMetrics()
     summary = RunSummary(command="backfill")
     outcome = summary.tables[table.name] = TableOutcome(table.name)
-    client = make_client(settings, metrics, n)
+    client = make_client(settings, metrics, max(n, COUNT_THREADS // 2))
     try:
         _run(settings, request, table, client, metrics, stop, summary, outcome)
     except LockHeldError as exc:  # another run holds a window (or the poll lock): nothing was done
@@ -491,7 +498,7 @@ def _run(
                          output="kafka" if request.output is None else f"parquet:{request.output}")
     summary.upper_bound = to_sn(until)
     selected = [request.window[0]] if request.window else list(range(n))
-    counter = RangeCounter(client, table, threads=max(8, n))
+    counter = RangeCounter(client, table, threads=COUNT_THREADS)
 
     with ExitStack() as locks:
         if not request.dry_run:
@@ -520,7 +527,11 @@ def _run(
             else:
                 log.info("backfill %s %s: using the stored plan of %d windows", table.name, rid, n)
         windows = [plan[i] for i in selected]
-        counts = counter.count_many([(w.lo, w.hi) for w in windows])
+        # Counts for the progress bar: known from planning, else (a stored plan) counted now.
+        unknown = [w for w in windows if w.records is None]
+        counted = dict(zip((w.index for w in unknown), counter.count_many([(w.lo, w.hi) for w in unknown]),
+                           strict=True))
+        counts = [w.records if w.records is not None else counted[w.index] for w in windows]
         summary.extra["windows"] = []
         if request.dry_run:
             summary.extra["windows"] = [

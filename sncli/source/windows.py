@@ -12,10 +12,12 @@ run at the speed of one window.
 
 How: the windows' N-1 inner boundaries are the k/N quantiles of the record
 timestamps. They are found together by refining, level by level, only the
-intervals that contain a quantile: each such interval is cut into ``fanout``
-parts and counted (one parallel batch of queries per level). Refinement stops
-at one second or when the interval holds at most ``tolerance`` x (total / N)
-records, which bounds a window's imbalance while keeping the query count small.
+intervals that contain a quantile: each such interval is cut into up to
+``fanout`` parts and counted, with at most ``per_round`` count queries per
+level, so a level is one parallel batch and costs one round trip (this is
+what a 100 ms API latency makes count). Refinement stops at one second or when
+the interval holds at most ``tolerance`` x (total / N) records, which bounds a
+window's imbalance while keeping the query count small.
 
 Guarantees (tested exhaustively): the windows tile ``[since, until)`` exactly
 (no gap, no overlap, in order); the plan is a function of the range, N and the
@@ -28,7 +30,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sncli.source.cursor import SN_FORMAT
@@ -46,6 +48,7 @@ class Window:
     count: int
     lo: int
     hi: int
+    records: int | None = field(default=None, compare=False)  # as counted while planning, if known
 
     @property
     def lo_text(self) -> str:
@@ -129,7 +132,8 @@ def plan_windows(
     first: int | None = None,
     last: int | None = None,
     total: int | None = None,
-    fanout: int = 8,
+    fanout: int = 32,
+    per_round: int = 32,
     tolerance: float = 0.02,
 ) -> list[Window]:
     """N windows tiling ``[since, until)`` with about ``total / N`` records each.
@@ -138,6 +142,7 @@ def plan_windows(
     when known (two cheap queries); refinement then starts from the data's span
     instead of the whole range, which saves levels for a range like 1970..now.
     ``total``: the count of ``[since, until)`` when already known.
+    Each window's ``records`` is its count as seen while planning.
     """
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -150,15 +155,22 @@ def plan_windows(
     if total is None:
         total = count_many([(lo, hi)])[0] if hi > lo else 0
     if total <= 0 or hi <= lo:
-        return equal_time_windows(since, until, n)
-    inner = _quantile_boundaries(lo, hi, n, total, count_many, fanout, max(0, int(total / n * tolerance)))
-    return windows_from_boundaries(since, until, inner)
+        return [_with_records(w, 0) for w in equal_time_windows(since, until, n)]
+    tol = max(0, int(total / n * tolerance))
+    inner, cum = _quantile_boundaries(lo, hi, n, total, count_many, fanout, max(1, per_round), tol)
+    windows = windows_from_boundaries(since, until, inner)
+    marks = [0, *(cum[b] for b in inner), total]
+    return [_with_records(w, marks[i + 1] - marks[i]) for i, w in enumerate(windows)]
+
+
+def _with_records(window: Window, records: int) -> Window:
+    return Window(window.index, window.count, window.lo, window.hi, records)
 
 
 def _quantile_boundaries(
-    lo: int, hi: int, n: int, total: int, count_many: CountMany, fanout: int, tol: int
-) -> list[int]:
-    """For k in 1..n-1: the smallest second t with count[lo, t) >= k*total/n (within ``tol``)."""
+    lo: int, hi: int, n: int, total: int, count_many: CountMany, fanout: int, per_round: int, tol: int
+) -> tuple[list[int], dict[int, int]]:
+    """For k in 1..n-1: the smallest second t with count[lo, t) >= k*total/n (within ``tol``); and cum."""
     targets = [(2 * k * total + n) // (2 * n) for k in range(1, n)]  # round(k*total/n)
     cum: dict[int, int] = {lo: 0, hi: total}  # cum[t] = count of [lo, t)
     found: dict[int, int] = {}
@@ -185,8 +197,10 @@ def _quantile_boundaries(
             break
         queries: list[tuple[int, int]] = []
         spans: list[tuple[int, int, int]] = []  # (a, b, number of queries for this interval)
+        # Spread this level's query budget over the intervals being refined (at least halve each).
+        level_fanout = max(2, min(fanout, 1 + per_round // len(to_split)))
         for a, b in sorted(to_split):
-            parts = min(fanout, b - a)
+            parts = min(level_fanout, b - a)
             cuts = sorted({a + (b - a) * j // parts for j in range(1, parts)})
             queries.extend((a, p) for p in cuts)
             spans.append((a, b, len(cuts)))
@@ -201,4 +215,4 @@ def _quantile_boundaries(
                 running = min(max(cum[a] + c, running), cum[b])
                 cum[p] = running
             pos += m
-    return [found[k] for k in range(len(targets))]
+    return [found[k] for k in range(len(targets))], cum
