@@ -1,7 +1,7 @@
 """One bounded drain: Kafka -> ServiceNow, dead-lettering failures, committing only finished work.
 
 The main thread reads (consumer.poll), resolves each record (pure), and hands
-writes to the per-key lanes (:mod:`sncli.sink.writer`). Each record is in the
+writes to the keyed worker pool (:mod:`sncli.sink.writer`). Each record is in the
 :class:`~sncli.sink.commits.CommitTracker` from the moment it is read until it
 is written, skipped, or *acknowledged* by the DLQ; commits (every few seconds,
 on revoke, and at the end) take the tracker's per-partition low watermark, so
@@ -37,7 +37,7 @@ from sncli.metrics import RunMetrics, push_metrics
 from sncli.sink.commits import CommitTracker
 from sncli.sink.decode import make_decoder
 from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
-from sncli.sink.writer import LanePool, SystemicError, WriteFailed, apply_write
+from sncli.sink.writer import KeyedPool, SystemicError, WriteFailed, apply_write
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def run_drain(
 
 
 class SinkRun:
-    """The engine: read, resolve, write in lanes, dead-letter, commit; one bounded pass."""
+    """The engine: read, resolve, write in a keyed pool, dead-letter, commit; one bounded pass."""
 
     def __init__(
         self,
@@ -237,7 +237,7 @@ class SinkRun:
         self._skipped: Counter[str] = Counter()
         self._dlq: Counter[str] = Counter()
         self._consumer: Any = None
-        self._lanes: LanePool[_Item] | None = None
+        self._pool: KeyedPool[_Item] | None = None
         self._dlq_writer: DlqWriter | None = None
         self._client: Any = None
         self._next_commit = 0.0
@@ -284,7 +284,7 @@ class SinkRun:
 
                 self._client = ServiceNowClient(self.settings.servicenow, metrics=self.metrics, pool_size=self.workers)
                 self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic)
-                self._lanes = LanePool(self.workers, self.settings.sink.max_pending, self._write, name="sink-lane")
+                self._pool = KeyedPool(self.workers, self.settings.sink.max_pending, self._write, name="sink-worker")
             self._start_reading(wanted, present)
             stopped_by = self._loop(started, join_timeout=max(60.0, 2.5 * session_ms / 1000.0))
             self._finish(stopped_by)
@@ -322,8 +322,8 @@ class SinkRun:
             now = time.monotonic()
             if self._fatal is not None:
                 return "error"
-            if self._lanes is not None and self._lanes.crash is not None:
-                self._fail(f"a sink lane crashed: {self._lanes.crash!r}")
+            if self._pool is not None and self._pool.crash is not None:
+                self._fail(f"a sink worker crashed: {self._pool.crash!r}")
                 return "error"
             if self.stop.is_set():
                 return "signal"
@@ -381,15 +381,15 @@ class SinkRun:
         summary.stopped_by = stopped_by
         if stopped_by == "signal":
             log.warning("stop requested: finishing the records being written, leaving queued ones for the next run")
-        if self._lanes is not None:
+        if self._pool is not None:
             self._pause_all()
             self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
-            self._lanes.close(
+            self._pool.close(
                 abandon=stopped_by in ("signal", "error") or self._fatal is not None,
                 abandon_if=self._finishing_tick,
             )
-            if self._lanes.crash is not None:
-                self._fail(f"a sink lane crashed: {self._lanes.crash!r}")
+            if self._pool.crash is not None:
+                self._fail(f"a sink worker crashed: {self._pool.crash!r}")
             if self.stop.is_set() and summary.stopped_by != "signal":
                 summary.stopped_by = "signal"  # asked to stop while finishing: queued records were left
         if self._dlq_writer is not None:
@@ -442,8 +442,8 @@ class SinkRun:
 
     def _close(self) -> None:
         self._closing = True
-        if self._lanes is not None:
-            self._lanes.close(abandon=True, timeout=5.0)
+        if self._pool is not None:
+            self._pool.close(abandon=True, timeout=5.0)
         if self._consumer is not None:
             try:
                 self._consumer.close()
@@ -497,10 +497,10 @@ class SinkRun:
         if self.options.dry_run:
             self._done(tp, offset, generation)
             return
-        assert self._lanes is not None
+        assert self._pool is not None
         item = _Item(job, plan, topic, generation)
         # False: stopping. The record stays unfinished, so nothing is committed past it.
-        self._lanes.submit(lane_key(job.record, plan), item, keep_waiting=self._keep_waiting)
+        self._pool.submit(lane_key(job.record, plan), item, keep_waiting=self._keep_waiting)
 
     def _keep_waiting(self) -> bool:
         if self._dlq_writer is not None:
@@ -530,7 +530,7 @@ class SinkRun:
         except Exception as exc:  # the partition was revoked meanwhile: nothing to pause
             log.debug("pause %s: %s", tp, exc)
 
-    # ------------------------------------------------------------------ writing (lane threads)
+    # ------------------------------------------------------------------ writing (worker threads)
 
     def _write(self, item: _Item) -> None:
         job = item.job

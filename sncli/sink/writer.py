@@ -1,10 +1,10 @@
 """Applying resolved writes to ServiceNow: per-key lanes, and the 404 / ambiguous-POST policies.
 
-Lanes: ``workers`` threads, each with its own bounded queue. A record goes to
-lane ``crc32(lane key) % workers``, so records that share a key are applied one
-after another in the order they were read, and records with different keys
-run in parallel. A full lane queue blocks the reader (backpressure), which
-bounds memory to about ``max_pending`` records.
+Workers: :class:`KeyedPool` runs ``workers`` threads; records that share a key
+are applied one after another in the order they were read, records with
+different keys run in parallel, and any idle worker takes any ready key. A
+full pool blocks the reader (backpressure), bounding memory to ``max_pending``
+records.
 
 :func:`apply_write` is the single place that talks to ServiceNow for the sink
 (the drain and ``dlq replay`` both use it). It returns what happened, raises
@@ -16,12 +16,10 @@ the topic into the DLQ.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 import time
-import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -244,57 +242,72 @@ def _lookup(
     return found_id
 
 
-# --------------------------------------------------------------------------- lanes
+# --------------------------------------------------------------------------- keyed worker pool
 
 
-class _Stop:
-    pass
+class KeyedPool(Generic[T]):
+    """``workers`` threads that run items in parallel, but one key at a time and in submit order.
 
+    Items of one key wait in that key's queue while an item of the key runs;
+    any idle worker takes the next key that is ready. Unlike fixed lanes
+    (``hash(key) % workers``), no worker idles while another lane has a
+    backlog, so throughput stays near ``workers / latency`` whatever the key
+    distribution. At most ``max_pending`` items are queued or running: a
+    submit beyond that blocks (backpressure).
+    """
 
-_STOP = _Stop()
-
-
-class LanePool(Generic[T]):
-    """``workers`` threads, one bounded queue each; items with one key always land in one lane."""
-
-    def __init__(self, workers: int, max_pending: int, handle: Callable[[T], None], *, name: str = "lane") -> None:
+    def __init__(self, workers: int, max_pending: int, handle: Callable[[T], None], *, name: str = "sink") -> None:
         self.workers = max(1, workers)
-        capacity = max(1, max_pending // self.workers)
+        self._capacity = max(1, max_pending)
         self._handle = handle
-        self._queues: list[queue.Queue[T | _Stop]] = [queue.Queue(maxsize=capacity) for _ in range(self.workers)]
-        self._abandon = threading.Event()
+        lock = threading.Lock()
+        self._work = threading.Condition(lock)  # workers wait here for a ready key
+        self._space = threading.Condition(lock)  # submitters wait here for room
+        self._queues: dict[bytes, deque[T]] = {}  # keys queued or running -> their waiting items
+        self._ready: deque[bytes] = deque()  # keys with a waiting item and none running
+        self._pending = 0  # items queued or running
+        self._closing = False
+        self._abandoned = False
         self._crash: BaseException | None = None
         self._threads = [
-            threading.Thread(target=self._run, args=(q,), name=f"{name}-{i}", daemon=True)
-            for i, q in enumerate(self._queues)
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(self.workers)
         ]
         for thread in self._threads:
             thread.start()
 
     @property
     def crash(self) -> BaseException | None:
-        """An exception that escaped the handler (a bug); the pool stops taking work after it."""
+        """An exception that escaped the handler (a bug); the pool drops its queued work after it."""
         return self._crash
 
-    def lane_of(self, key: bytes) -> int:
-        return zlib.crc32(key) % self.workers
+    @property
+    def pending(self) -> int:
+        with self._work:
+            return self._pending
 
     def submit(self, key: bytes, item: T, *, keep_waiting: Callable[[], bool] = lambda: True) -> bool:
-        """Queue ``item`` on its key's lane, blocking while that lane is full.
+        """Queue ``item`` behind the earlier items of ``key``, blocking while the pool is full.
 
-        ``keep_waiting`` is called while blocked (to serve callbacks, check for a
-        stop); returning False gives up, and submit returns False.
+        ``keep_waiting`` is called (without the pool's lock) while blocked, to
+        serve callbacks and check for a stop; False gives up and submit returns False.
         """
-        lane = self._queues[self.lane_of(key)]
         while True:
-            if self._abandon.is_set():
-                return False
-            try:
-                lane.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                if not keep_waiting():
+            with self._space:
+                if self._abandoned or self._closing:
                     return False
+                if self._pending < self._capacity:
+                    waiting = self._queues.get(key)
+                    if waiting is None:
+                        self._queues[key] = deque((item,))
+                        self._ready.append(key)
+                        self._work.notify()
+                    else:
+                        waiting.append(item)  # the key is running or ready: it is picked up in turn
+                    self._pending += 1
+                    return True
+                self._space.wait(0.05)
+            if not keep_waiting():
+                return False
 
     def close(
         self,
@@ -303,59 +316,66 @@ class LanePool(Generic[T]):
         timeout: float | None = None,
         abandon_if: Callable[[], bool] = lambda: False,
     ) -> bool:
-        """Stop the lanes: finish queued items, or with ``abandon`` drop the ones not started yet.
+        """Stop: finish queued items, or with ``abandon`` drop the ones not started yet.
 
         ``abandon_if`` is called about every 50 ms while waiting (the caller also
         uses it to commit progress and serve callbacks); True cuts the queued
-        work short. Returns True when every lane thread ended within ``timeout``.
+        work short. Returns True when every worker ended within ``timeout``.
         """
+        with self._work:
+            self._closing = True
+            self._work.notify_all()
+            self._space.notify_all()
         if abandon:
-            self._abandon_now()
-        for lane in self._queues:
-            while True:
-                try:
-                    lane.put(_STOP, timeout=0.05)
-                    break
-                except queue.Full:
-                    if not self._abandon.is_set() and abandon_if():
-                        self._abandon_now()
-                    if self._abandon.is_set():
-                        _drain(lane)
+            self._abandon()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             while thread.is_alive():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 thread.join(0.05)
-                if not self._abandon.is_set() and abandon_if():
-                    self._abandon_now()
+                if not self._abandoned and abandon_if():
+                    self._abandon()
         return not any(thread.is_alive() for thread in self._threads)
 
-    def _abandon_now(self) -> None:
-        self._abandon.set()
-        for lane in self._queues:
-            _drain(lane)  # this also removes a stop marker queued behind the items: queue it again
-            with contextlib.suppress(queue.Full):
-                lane.put_nowait(_STOP)
+    def _abandon(self) -> None:
+        with self._work:
+            self._abandoned = True
+            dropped = 0
+            for key in list(self._queues):
+                waiting = self._queues[key]
+                dropped += len(waiting)
+                waiting.clear()
+                if key in self._ready:  # queued, not running: forget the key
+                    del self._queues[key]
+            self._ready.clear()
+            self._pending -= dropped
+            self._work.notify_all()
+            self._space.notify_all()
 
-    def _run(self, lane: queue.Queue[T | _Stop]) -> None:
+    def _run(self) -> None:
         while True:
-            item = lane.get()
-            if isinstance(item, _Stop):
-                return
-            if self._abandon.is_set():
-                continue
+            with self._work:
+                while not self._ready:
+                    if (self._closing and self._pending == 0) or self._abandoned:
+                        return
+                    self._work.wait(0.5)
+                key = self._ready.popleft()
+                item = self._queues[key].popleft()
             try:
                 self._handle(item)
             except BaseException as exc:  # a bug in the handler: stop cleanly instead of hanging
-                log.exception("sink lane crashed")
+                log.exception("sink worker crashed")
                 self._crash = exc
-                self._abandon.set()
-
-
-def _drain(lane: queue.Queue[Any]) -> None:
-    while True:
-        try:
-            lane.get_nowait()
-        except queue.Empty:
-            return
+                self._abandon()
+            with self._work:
+                self._pending -= 1
+                waiting = self._queues.get(key)
+                if waiting:
+                    self._ready.append(key)  # its next item, behind the other ready keys
+                    self._work.notify()
+                elif waiting is not None:
+                    del self._queues[key]
+                if self._closing and self._pending == 0:
+                    self._work.notify_all()
+                self._space.notify()
