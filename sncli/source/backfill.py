@@ -70,6 +70,7 @@ from sncli.source.windows import Window, plan_windows, range_id, to_epoch, to_sn
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
     from sncli.kafka.producer import PageProducer
+    from sncli.offsets.lock import RunLock
     from sncli.offsets.model import StoredOffset
     from sncli.offsets.store import OffsetStore
     from sncli.servicenow.client import ServiceNowClient
@@ -350,6 +351,7 @@ def run_window(
     progress: Progress,
     outcome: WindowOutcome,
     producer: PageProducer | None = None,
+    lock: RunLock | None = None,
 ) -> None:
     """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing."""
     from sncli.offsets.model import StoredOffset, check_offset
@@ -379,6 +381,8 @@ def run_window(
             deliver, prepare = kafka.deliver, kafka.prepare
 
             def commit(cursor: Cursor) -> None:
+                if lock is not None:
+                    lock.ensure_held()  # an S3 lease lost meanwhile: stop without writing
                 store.save(StoredOffset.new(key, cursor.timestamp, cursor.sys_id, fingerprint))
                 outcome.cursor_after = cursor
         else:
@@ -408,6 +412,8 @@ def run_window(
         if parquet is not None:
             outcome.files = [str(p) for p in parquet.finish()]
         done = Cursor(window.hi_text, "")
+        if lock is not None:
+            lock.ensure_held()
         store.save(StoredOffset.new(key, done.timestamp, done.sys_id, fingerprint))
         outcome.cursor_after, outcome.done, outcome.stopped = done, True, "caught_up"
     except Exception as exc:
@@ -500,16 +506,20 @@ def _run(
     selected = [request.window[0]] if request.window else list(range(n))
     counter = RangeCounter(client, table, threads=COUNT_THREADS)
 
+    held: dict[int, RunLock] = {}
     with ExitStack() as locks:
         if not request.dry_run:
             for i in selected:
-                locks.enter_context(run_lock(settings, window_key(table.name, rid, i, n)))
+                held[i] = locks.enter_context(run_lock(settings, window_key(table.name, rid, i, n)))
             if request.set_cursor:
                 locks.enter_context(run_lock(settings, table.name))
         producers: dict[int, PageProducer] = {}
         if not request.dry_run and request.output is None:
             producers = {i: new_producer(settings) for i in selected}  # warm up while planning
             locks.callback(_close_all, producers)
+            from sncli.kafka.admin import ensure_topics
+
+            ensure_topics(settings.kafka, {table.topic: table.partitions})
         with ExitStack() as planning:
             if not request.dry_run:
                 planning.enter_context(run_lock(settings, f"backfill/{table.name}/{rid}/plan"))
@@ -548,7 +558,7 @@ def _run(
                 kwargs={"settings": settings, "table": table, "client": client, "store": store, "rid": rid,
                         "window": w, "fingerprint": fingerprint, "output": request.output, "stop": stop,
                         "metrics": metrics, "progress": progress, "outcome": o,
-                        "producer": producers.pop(w.index, None)},
+                        "producer": producers.pop(w.index, None), "lock": held.get(w.index)},
             )
             for w, o in zip(windows, outcomes, strict=True)
         ]

@@ -183,3 +183,27 @@ def test_sigkill_after_random_pages_loses_nothing_full(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     _crash_loop(emulator, kafka_bootstrap, tmp_path, records=50_000, page_size=500, kills=20, seed=11)
+
+
+def test_every_repeats_cycles_until_sigterm(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    emulator.state.generate("incident", 50, at=NOW - timedelta(hours=1), spread_seconds=10, seed=20)
+    config = _config(tmp_path, emulator, kafka_bootstrap, unique_topic)
+    proc = start_sncli("--json", "--config", str(config), "source", "poll", "--every", "0.5")
+    deadline = time.monotonic() + 60
+    while stored_cursor(tmp_path / "offsets.json", "incident") is None:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    later = emulator.state.generate("incident", 5, at=NOW - timedelta(minutes=1), spread_seconds=0, seed=21)
+    while len(read_all(kafka_bootstrap, unique_topic, timeout=30)) < 55:  # a later cycle picks them up
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    summaries = [json.loads(doc) for doc in out.replace("}\n{", "}\x00{").split("\x00")]
+    assert len(summaries) >= 2
+    assert sum(s["tables"]["incident"]["records"] for s in summaries) == 55
+    got = {orjson.loads(r.value)["sys_id"] for r in read_all(kafka_bootstrap, unique_topic, timeout=30)}
+    assert set(later) <= got
