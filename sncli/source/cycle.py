@@ -448,7 +448,7 @@ def _no_commit(cursor: Cursor) -> None:
 
 
 def _count(records: Records, prepared: Any) -> int:
-    return len(records)
+    return 0  # --dry-run: counted as fetched, nothing produced
 
 
 def _show(cursor: Cursor | None) -> str:

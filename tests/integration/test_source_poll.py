@@ -274,7 +274,7 @@ def test_dry_run_fetches_and_counts_but_stores_and_produces_nothing(
     )
     summary = run_poll(settings, dry_run=True)
     assert summary.exit_code == 0 and summary.tables["incident"].records == 130
-    assert summary.tables["incident"].produced == 130  # counted, not produced
+    assert summary.tables["incident"].produced == 0  # counted, not produced
     assert not offsets.exists()
     from sncli.kafka.admin import existing_topics
 
