@@ -95,7 +95,7 @@ def test_stopped_backfill_resumes_per_window_without_until(
     assert first.extra["range_done"] is False
     emulator.state.update_settings(read_latency_ms=0)
     # New records arrive meanwhile; the resumed backfill keeps its own `until` and does not take them.
-    emulator.state.generate("incident", 10, at=NOW + timedelta(seconds=30), spread_seconds=0, seed=3)
+    emulator.state.generate("incident", 10, at=datetime.now(UTC) + timedelta(hours=1), spread_seconds=0, seed=3)
 
     second = run_backfill(settings, BackfillRequest(table="incident", parallel=4))
 

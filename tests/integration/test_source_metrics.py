@@ -40,7 +40,8 @@ def _value(text: str, name: str, job: str, **labels: str) -> float | None:
 def test_poll_metrics_are_pushed_and_readable(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, pushgateway_url: str, unique_topic: str, tmp_path: Path
 ) -> None:
-    emulator.state.generate("incident", 130, at=NOW - timedelta(hours=1), spread_seconds=60, seed=1)
+    now = datetime.now(UTC).replace(microsecond=0)
+    emulator.state.generate("incident", 130, at=now - timedelta(hours=1), spread_seconds=60, seed=1)
     job = f"sncli-test-{uuid.uuid4().hex[:8]}"
     data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json",
                        [{"name": "incident", "topic": unique_topic},
