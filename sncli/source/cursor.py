@@ -29,6 +29,7 @@ is applied); only an empty page is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,13 @@ SN_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 class CursorOrderError(ValueError):
     """A page did not come back in keyset order; trusting it could skip records."""
+
+
+class CursorValueError(ValueError):
+    """A record's timestamp is not 'YYYY-MM-DD HH:MM:SS': it cannot be a cursor (nor be stored as one)."""
+
+
+_SN_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -131,6 +139,11 @@ def advance(cursor: Cursor, records: Sequence[dict[str, Any]], ts_field: str) ->
                 f"{prev[0]} {prev[1] or '(start)'}; refusing to move the cursor"
             )
         prev = key
+    if not _SN_TIMESTAMP.match(prev[0]):
+        raise CursorValueError(
+            f"{ts_field} of record {prev[1] or '(no sys_id)'} is {prev[0]!r}, not 'YYYY-MM-DD HH:MM:SS': "
+            f"it cannot be a cursor (use a date-time field as timestamp_field, and display_value false or all)"
+        )
     return Cursor(prev[0], prev[1])
 
 

@@ -19,6 +19,7 @@ from sncli.servicenow.query import QueryError, split_encoded
 from sncli.source.cursor import (
     Cursor,
     CursorOrderError,
+    CursorValueError,
     UpperBound,
     advance,
     cursor_of,
@@ -116,8 +117,8 @@ def test_upper_bound_admits() -> None:
 # --------------------------------------------------------------------------- advancing
 
 
-def _rec(ts: str, sys_id: str, **extra: Any) -> dict[str, Any]:
-    return {TS: ts, "sys_id": sys_id, **extra}
+def _rec(ts: str, sys_id: str, field: str = TS) -> dict[str, Any]:
+    return {field: ts, "sys_id": sys_id}
 
 
 def test_advance_moves_to_the_last_record() -> None:
@@ -141,6 +142,11 @@ def test_advance_refuses_a_page_that_repeats_the_cursor() -> None:
     cur = Cursor("2024-01-01 00:00:01", A)
     with pytest.raises(CursorOrderError):
         advance(cur, [_rec("2024-01-01 00:00:01", A)], TS)
+
+
+def test_advance_refuses_a_timestamp_that_cannot_be_stored() -> None:
+    with pytest.raises(CursorValueError, match="not 'YYYY-MM-DD HH:MM:SS'"):
+        advance(Cursor.at_start("2024-01-01 00:00:00"), [_rec("2024-01-02", A, "u_due_date")], "u_due_date")
 
 
 def test_display_value_all_fields_are_unwrapped() -> None:
