@@ -229,3 +229,14 @@ def test_window_needs_until_and_locks_are_honoured(
         locked = run_backfill(settings, BackfillRequest(table="incident", until=until, set_cursor=True))
     assert locked.exit_code == 75
     assert not offsets.exists()
+
+
+def test_progress_bar_on_a_terminal_shows_count_rate_and_eta(capfd: pytest.CaptureFixture[str]) -> None:
+    from sncli.source.backfill import Progress
+
+    progress = Progress("backfill incident", 1_000, tty=True)
+    for _ in range(10):
+        progress.add(100)
+    progress.close()
+    err = capfd.readouterr().err
+    assert "backfill incident" in err and "1000/1000" in err and "rec/s" in err
