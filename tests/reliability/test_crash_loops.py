@@ -151,11 +151,12 @@ def test_sink_drain_crash_loop_ci_subset(emulator: ServiceNowEmulator, kafka_boo
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_sink_drain_crash_loop_50000_messages_20_kills(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     _sink_crash_loop(emulator, kafka_bootstrap, tmp_path, messages=50_000, keys=2_000, kills=20, seed=22,
-                     progress_range=(200, 4_000), max_delay=2.0, write_latency_ms=5)
+                     progress_range=(500, 6_000), max_delay=1.0, write_latency_ms=5)
 
 
 # --------------------------------------------------------------------------- backfill --parallel 4
@@ -163,7 +164,7 @@ def test_sink_drain_crash_loop_50000_messages_20_kills(
 
 def _backfill_crash_loop(
     emulator: ServiceNowEmulator, bootstrap: str, tmp_path: Path, *, records: int, kills: int, seed: int,
-    page_size: int, progress_range: tuple[int, int], read_latency_ms: int,
+    page_size: int, progress_range: tuple[int, int], read_latency_ms: int, max_delay: float,
 ) -> None:
     rng = random.Random(seed)
     topic = f"h9-bf-{uuid.uuid4().hex[:8]}"
@@ -201,7 +202,7 @@ def _backfill_crash_loop(
             checked.append(len(covered))
 
     result = crash_loop(argv, kills=kills, rng=rng, progress=page_requests, progress_range=progress_range,
-                        max_delay=0.6, after_kill=after_kill, workdir=tmp_path)
+                        max_delay=max_delay, after_kill=after_kill, workdir=tmp_path)
     assert len(checked) >= kills, f"too few stored window cursors to check after the kills: {checked}"
     got = read_all(bootstrap, topic, timeout=120, expected=len(expected))
     counts = Counter((v["sys_updated_on"], v["sys_id"]) for v in (orjson.loads(r.value or b"null") for r in got))
@@ -216,12 +217,13 @@ def test_backfill_parallel_4_crash_loop_ci_subset(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     _backfill_crash_loop(emulator, kafka_bootstrap, tmp_path, records=16_000, kills=5, seed=31, page_size=200,
-                         progress_range=(4, 24), read_latency_ms=20)
+                         progress_range=(4, 24), read_latency_ms=20, max_delay=0.6)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_backfill_parallel_4_crash_loop_50000_records_20_kills(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    _backfill_crash_loop(emulator, kafka_bootstrap, tmp_path, records=50_000, kills=20, seed=32, page_size=250,
-                         progress_range=(4, 20), read_latency_ms=20)
+    _backfill_crash_loop(emulator, kafka_bootstrap, tmp_path, records=50_000, kills=20, seed=32, page_size=100,
+                         progress_range=(4, 16), read_latency_ms=20, max_delay=0.3)
