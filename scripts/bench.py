@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def main(argv: list[str]) -> int:
     runs = args.runs or (1 if args.quick else 3)
     sizes = QUICK if args.quick else FULL
     port_base = int(os.environ.get("SNCLI_PORT_BASE") or DEFAULT_PORT_BASE)
+    own_dir = not os.environ.get("SNCLI_SERVICES_DIR")
     services_dir = Path(os.environ.get("SNCLI_SERVICES_DIR") or tempfile.mkdtemp(prefix="sncli-bench-svc-"))
     services = Services(port_base=port_base, directory=services_dir)
     needs_services = any(s != 6 for s in args.scenario_list)
@@ -110,7 +112,9 @@ def main(argv: list[str]) -> int:
             interrupted = True
             log("interrupted: stopping the services and printing what was measured")
         finally:
-            services.stop()
+            stopped = services.stop()
+            if own_dir and not args.keep and stopped:
+                shutil.rmtree(services_dir, ignore_errors=True)  # PID files and service logs of this run
     elapsed = time.perf_counter() - started
     _print(rows, info, args, runs, elapsed, interrupted)
     _write_json(args.output, rows, info, args, runs, elapsed)

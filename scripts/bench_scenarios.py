@@ -200,7 +200,7 @@ def _poll_row(ctx: Context, page_size: int, ids: list[str]) -> Row:
         row.runs.append(n / result.seconds)
         in_process.append(n / summary["duration_seconds"])
         row.extra.setdefault("process_seconds", []).append(round(result.seconds, 3))
-        row.extra.setdefault("max_rss_mb", []).append(round(result.max_rss_mb, 1))
+        row.extra.setdefault("peak_rss_mb", []).append(round(result.peak_rss_mb, 1))
         if i == 0:
             row.notes.append(_compare_queries(ctx, raw_queries))
             row.notes.append(_verify_keys(ctx, run.topic, ids))
@@ -494,7 +494,7 @@ def scenario_memory(ctx: Context) -> list[Row]:
                 args += ["--output", f"parquet:{target}"] if output == "parquet" else []
                 result = sncli(run, *args)
                 _check_ok(result)
-                row.runs.append(result.max_rss_mb)
+                row.runs.append(result.peak_rss_mb)
                 row.extra.setdefault("seconds", []).append(round(result.seconds, 2))
                 if i == 0:
                     if output == "kafka":
@@ -507,7 +507,7 @@ def scenario_memory(ctx: Context) -> list[Row]:
 
             interleaved(ctx.runs, step)
             row.notes.append(
-                f"figure = the worst run's peak RSS (ru_maxrss of the sncli process, from wait4); "
+                f"figure = the worst run's peak RSS (VmHWM of the sncli process, sampled every 10 ms); "
                 f"{n / median(row.extra['seconds']):,.0f} rec/s"
                 + (" (--quick: a smaller count than the target's 1 000 000)" if ctx.quick else "")
             )
