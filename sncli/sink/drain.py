@@ -233,6 +233,7 @@ class SinkRun:
         self._fatal: str | None = None
         self._closing = False
         self._assigned_once = False
+        self._rebalancing = False  # partitions revoked, the next assignment not received yet
         self._written: Counter[str] = Counter()
         self._skipped: Counter[str] = Counter()
         self._dlq: Counter[str] = Counter()
@@ -327,7 +328,9 @@ class SinkRun:
                 return "error"
             if self.stop.is_set():
                 return "signal"
-            if self._assigned_once and (not self._ends.assigned or self._ends.all_finished()):
+            if self._assigned_once and not self._rebalancing and (
+                not self._ends.assigned or self._ends.all_finished()
+            ):
                 return "end"
             if max_messages is not None and self.summary.messages >= max_messages:
                 return "max_messages"
@@ -646,9 +649,18 @@ class SinkRun:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned_once = True
+        self._rebalancing = False
         with self._lock:
             for p in partitions:
                 self._tracker.forget((p.topic, p.partition))
+        if partitions:
+            # A partition paused at its end before a rebalance stays paused in librdkafka;
+            # assigned again, it must be read again from its committed offset.
+            try:
+                consumer.assign(partitions)
+                consumer.resume(partitions)
+            except Exception as exc:
+                log.warning("resuming re-assigned partitions: %s", exc)
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions")
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -657,6 +669,8 @@ class SinkRun:
         if not revoked:
             return
         if not self._closing:
+            self._rebalancing = True  # an empty assignment now is not the end of the run
+            log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)))
             deadline = time.monotonic() + REVOKE_WAIT_SECONDS
             while time.monotonic() < deadline and self._fatal is None:
                 with self._lock:
