@@ -7,6 +7,7 @@ row with ``error`` saying why instead of raising, so the table is always printed
 
 from __future__ import annotations
 
+import queue
 import re
 import shutil
 import subprocess
@@ -369,22 +370,32 @@ def _sink_messages(keys: list[str], count: int, tag: str) -> list[tuple[str, int
 
 
 def raw_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) -> float:
-    """The emulator's write limit: ``workers`` threads, each a requests.Session PATCHing its keys in order."""
-    lanes: dict[int, list[tuple[str, bytes]]] = {}
+    """The emulator's write limit: ``workers`` threads with a requests.Session each, taking whole keys from
+    a shared queue (so no thread idles while keys are left) and PATCHing each key's messages in order."""
+    by_key: dict[str, list[bytes]] = {}
     for key, _seq, value in messages:
-        lanes.setdefault(hash(key) % workers, []).append((key, value))
+        by_key.setdefault(key, []).append(value)
+    todo: queue.SimpleQueue[tuple[str, list[bytes]]] = queue.SimpleQueue()
+    for item in by_key.items():
+        todo.put(item)
 
-    def lane(items: list[tuple[str, bytes]]) -> None:
+    def worker() -> None:
         session = requests.Session()
         session.auth = (USER, PASSWORD)
-        for key, value in items:
-            response = session.patch(f"{url}/api/now/table/{TABLE}/{key}", data=value,
-                                      headers={"Content-Type": "application/json", "Accept": "application/json"})
-            response.raise_for_status()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        while True:
+            try:
+                key, values = todo.get_nowait()
+            except queue.Empty:
+                return
+            for value in values:
+                response = session.patch(f"{url}/api/now/table/{TABLE}/{key}", data=value, headers=headers)
+                response.raise_for_status()
 
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lane, lanes.values()))
+        for future in [pool.submit(worker) for _ in range(workers)]:
+            future.result()
     return len(messages) / (time.perf_counter() - started)
 
 
