@@ -178,14 +178,11 @@ def test_sink_drain_with_a_broker_restart_mid_run_loses_nothing_after_a_rerun(
     assert scenario.committed() == scenario.ends
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when the group session times out (broker/coordinator away longer than session.timeout.ms) the "
-    "drain's partitions are revoked as lost, the revoke-time commit fails ('Unknown member'), and "
-    "SinkRun._loop then sees no assigned partitions and returns 'end': exit 0 with nothing committed "
-    "(sncli/sink/drain.py _loop `not self._ends.assigned` + _on_revoke). The next run rewrites everything."))
 def test_a_drain_that_lost_its_partitions_does_not_exit_0_without_committing(
     emulator: ServiceNowEmulator, kafka_broker_s3: KafkaBroker, tmp_path: Path
 ) -> None:
+    """Regression (found here, fixed in d078d1f): losing the partitions on a session timeout made the drain
+    return 'end' with exit 0 and nothing committed, so the next run rewrote everything."""
     scenario = _RestartScenario(emulator, kafka_broker_s3, tmp_path, messages=1_500)
     code, summary = scenario.first_run()
     committed = scenario.committed()
