@@ -234,6 +234,9 @@ class SinkRun:
         self._closing = False
         self._assigned_once = False
         self._rebalancing = False  # partitions revoked, the next assignment not received yet
+        self._unsaved: dict[TopicPart, int] = {}  # lost partitions -> the commit that failed for them
+        self._finishing = False  # waiting for queued writes with every partition paused
+        self._backlog: list[Any] = []  # records fetched while finishing, read when reading resumes
         self._written: Counter[str] = Counter()
         self._skipped: Counter[str] = Counter()
         self._dlq: Counter[str] = Counter()
@@ -287,7 +290,14 @@ class SinkRun:
                 self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic)
                 self._pool = KeyedPool(self.workers, self.settings.sink.max_pending, self._write, name="sink-worker")
             self._start_reading(wanted, present)
-            stopped_by = self._loop(started, join_timeout=max(60.0, 2.5 * session_ms / 1000.0))
+            join_timeout = max(60.0, 2.5 * session_ms / 1000.0)
+            stopped_by = self._loop(started, join_timeout=join_timeout)
+            while self._settle(stopped_by):
+                # A rebalance while the last writes finished handed this run partitions it has
+                # not read to their end yet: they are part of this run, read them too.
+                log.info("reading partitions assigned while finishing")
+                self._resume_all()
+                stopped_by = self._loop(started, join_timeout=join_timeout)
             self._finish(stopped_by)
         finally:
             self._close()
@@ -319,6 +329,10 @@ class SinkRun:
         next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         last_progress = time.monotonic()
         last_error: str | None = None
+        backlog, self._backlog = self._backlog, []
+        for early in backlog:
+            if self._fatal is None and not self.stop.is_set():
+                self._read(early)
         while True:
             now = time.monotonic()
             if self._fatal is not None:
@@ -385,12 +399,7 @@ class SinkRun:
         if stopped_by == "signal":
             log.warning("stop requested: finishing the records being written, leaving queued ones for the next run")
         if self._pool is not None:
-            self._pause_all()
-            self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
-            self._pool.close(
-                abandon=stopped_by in ("signal", "error") or self._fatal is not None,
-                abandon_if=self._finishing_tick,
-            )
+            self._pool.close(abandon=True)  # idle already (see _settle); drops nothing that was started
             if self._pool.crash is not None:
                 self._fail(f"a sink worker crashed: {self._pool.crash!r}")
             if self.stop.is_set() and summary.stopped_by != "signal":
@@ -401,6 +410,10 @@ class SinkRun:
                 self._fail(f"{missing} DLQ records not acknowledged by Kafka{self._dlq_writer.broker_hint}")
         if not self.options.dry_run:
             self._commit(final=True)
+            if self._unsaved:
+                lost = ", ".join(f"{t}[{p}] (up to {o})" for (t, p), o in sorted(self._unsaved.items()))
+                self._fail(f"partitions were lost in a rebalance before their progress was committed: {lost}; "
+                           "the records written for them will be read and written again by the next run")
         with self._lock:
             summary.written = dict(self._written)
             summary.skipped = sum(self._skipped.values())
@@ -419,21 +432,53 @@ class SinkRun:
         else:
             summary.exit_code = int(ExitCode.OK)
 
+    def _settle(self, stopped_by: str) -> bool:
+        """Let the queued writes finish (or drop them on a stop); True when reading must go on.
+
+        Meanwhile the group is served (a rebalance may happen), DLQ acknowledgements
+        are taken and progress is committed every few seconds.
+        """
+        if self._pool is None:
+            return False
+        self._pause_all()
+        self._finishing = True
+        self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+        try:
+            self._pool.wait_idle(
+                abandon=stopped_by in ("signal", "error") or self._fatal is not None,
+                tick=self._finishing_tick,
+            )
+        finally:
+            self._finishing = False
+        if stopped_by != "end" or self._fatal is not None or self.stop.is_set():
+            return False
+        return self._rebalancing or (bool(self._ends.assigned) and not self._ends.all_finished())
+
     def _finishing_tick(self) -> bool:
         """While queued writes finish: serve DLQ acks, keep the group membership, commit progress."""
+        from sncli.kafka.consumer import Polled, track
+
         if self._dlq_writer is not None:
             self._dlq_writer.poll(0)
         try:
-            msg = self._consumer.poll(0)  # every partition is paused: this only serves the group
+            msg = self._consumer.poll(0)  # partitions are paused: this serves the group (rebalances)
         except Exception as exc:
             log.debug("poll while finishing: %s", exc)
             msg = None
-        if msg is not None and msg.error() is None:
-            log.debug("ignoring %s[%d]@%d read while finishing", msg.topic(), msg.partition(), msg.offset())
+        if msg is not None and track(self._consumer, self._ends, msg) is Polled.DATA:
+            self._backlog.append(msg)  # read once reading resumes; never dropped (commits would pass it)
         if time.monotonic() >= self._next_commit:
             self._commit(final=False)
             self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         return self.stop.is_set() or self._fatal is not None
+
+    def _resume_all(self) -> None:
+        try:
+            assignment = self._consumer.assignment()
+            if assignment:
+                self._consumer.resume(assignment)
+        except Exception as exc:
+            log.debug("resuming: %s", exc)
 
     def _pause_all(self) -> None:
         try:
@@ -622,7 +667,8 @@ class SinkRun:
 
     # ------------------------------------------------------------------ commits and rebalances
 
-    def _commit(self, *, final: bool, only: set[TopicPart] | None = None) -> None:
+    def _commit(self, *, final: bool, only: set[TopicPart] | None = None) -> bool:
+        """Commit the finished prefix of each partition; False when Kafka refused it."""
         from confluent_kafka import KafkaException, TopicPartition
 
         with self._lock:
@@ -632,7 +678,7 @@ class SinkRun:
                 if (only is None or tp in only) and self._committed.get(tp) != offset
             }
         if not ready:
-            return
+            return True
         try:
             self._consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(ready.items())], asynchronous=False
@@ -641,11 +687,17 @@ class SinkRun:
             text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
             if final:
                 self._fail(f"committing offsets failed: {text}")
-            else:
+            elif only is None:
                 log.warning("committing offsets failed (will retry): %s", text)
-            return
+            else:
+                log.warning("committing offsets of revoked partitions failed: %s", text)
+            return False
         with self._lock:
             self._committed.update(ready)
+            for tp, offset in ready.items():
+                if tp in self._unsaved and offset >= self._unsaved[tp]:
+                    del self._unsaved[tp]  # read again after the rebalance and committed: healed
+        return True
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned_once = True
@@ -658,7 +710,10 @@ class SinkRun:
             # assigned again, it must be read again from its committed offset.
             try:
                 consumer.assign(partitions)
-                consumer.resume(partitions)
+                if self._finishing:
+                    consumer.pause(partitions)  # read once the queued writes are done
+                else:
+                    consumer.resume(partitions)
             except Exception as exc:
                 log.warning("resuming re-assigned partitions: %s", exc)
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions")
@@ -681,7 +736,16 @@ class SinkRun:
                     self._dlq_writer.poll(0.05)
                 else:
                     time.sleep(0.05)
-            self._commit(final=False, only=revoked)
+            with self._lock:
+                progress = {
+                    tp: offset for tp in revoked
+                    if (offset := self._tracker.committable(tp)) is not None and self._committed.get(tp) != offset
+                }
+            if not self._commit(final=False, only=revoked):
+                # Lost (session expired): the new owner writes these records again. Unless this
+                # run gets them back and commits past them, it must not report success.
+                with self._lock:
+                    self._unsaved.update(progress)
         with self._lock:
             for tp in revoked:
                 self._tracker.forget(tp)

@@ -309,6 +309,21 @@ class KeyedPool(Generic[T]):
             if not keep_waiting():
                 return False
 
+    def wait_idle(self, *, abandon: bool = False, tick: Callable[[], bool] = lambda: False) -> None:
+        """Wait until nothing is queued or running; ``tick`` runs every ~50 ms, True drops the queue.
+
+        The pool stays open: more work may be submitted afterwards.
+        """
+        if abandon:
+            self._drop_queued()
+        while True:
+            with self._space:
+                if self._pending == 0:
+                    return
+                self._space.wait(0.05)
+            if tick():
+                self._drop_queued()
+
     def close(
         self,
         *,
@@ -341,6 +356,11 @@ class KeyedPool(Generic[T]):
     def _abandon(self) -> None:
         with self._work:
             self._abandoned = True
+        self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        """Forget every item not started yet (their keys included); running ones finish."""
+        with self._work:
             dropped = 0
             for key in list(self._queues):
                 waiting = self._queues[key]
@@ -378,4 +398,4 @@ class KeyedPool(Generic[T]):
                     del self._queues[key]
                 if self._closing and self._pending == 0:
                     self._work.notify_all()
-                self._space.notify()
+                self._space.notify_all()
