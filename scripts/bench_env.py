@@ -305,13 +305,18 @@ def run_timed(
     for reader in readers:
         reader.start()
     deadline = started + timeout
-    while proc.poll() is None:
-        hwm = _vm_hwm_kib(proc.pid)
-        if hwm is not None:
-            peak_kib = max(peak_kib, hwm)
-        if time.perf_counter() > deadline:
-            proc.kill()
-        time.sleep(0.01)
+    try:
+        while proc.poll() is None:
+            hwm = _vm_hwm_kib(proc.pid)
+            if hwm is not None:
+                peak_kib = max(peak_kib, hwm)
+            if time.perf_counter() > deadline:
+                proc.kill()
+            time.sleep(0.01)
+    except BaseException:  # Ctrl-C / SIGTERM of the bench: leave no child running
+        proc.kill()
+        proc.wait()
+        raise
     seconds = time.perf_counter() - started
     for reader in readers:
         reader.join(timeout=30)
