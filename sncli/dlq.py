@@ -324,6 +324,18 @@ def _text_or_none(raw: bytes | None) -> str | None:
 # --------------------------------------------------------------------------- writing (I/O)
 
 
+#: librdkafka properties that only consumers know (CONFIGURATION.md, scope "C").
+CONSUMER_ONLY_KEYS = frozenset({
+    "group.id", "group.instance.id", "partition.assignment.strategy", "session.timeout.ms",
+    "heartbeat.interval.ms", "group.protocol.type", "group.protocol", "group.remote.assignor",
+    "coordinator.query.interval.ms", "max.poll.interval.ms", "enable.auto.commit", "auto.commit.interval.ms",
+    "enable.auto.offset.store", "queued.min.messages", "queued.max.messages.kbytes", "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms", "fetch.message.max.bytes", "max.partition.fetch.bytes", "fetch.max.bytes",
+    "fetch.min.bytes", "fetch.error.backoff.ms", "isolation.level", "enable.partition.eof", "check.crcs",
+    "auto.offset.reset",
+})
+
+
 class DlqWriter:
     """Produces DLQ records; each ``send`` reports its broker acknowledgement (or failure) by callback.
 
@@ -343,7 +355,9 @@ class DlqWriter:
 
         from sncli.kafka.conf import delivery_timeout_ms, producer_config
 
-        config = producer_config(kafka)
+        # kafka.client serves consumers and producers alike; consumer-only keys would make
+        # librdkafka warn (CONFWARN) on every run.
+        config = {k: v for k, v in producer_config(kafka).items() if k not in CONSUMER_ONLY_KEYS}
         self.timeout_seconds = delivery_timeout_ms(config) / 1000.0
         config["error_cb"] = self._on_error
         self._producer = Producer(config)
