@@ -207,3 +207,31 @@ def test_sigterm_stops_cleanly_commits_and_a_rerun_finishes(
     assert rerun.returncode == 0, rerun.stderr
     assert set(seqs_written(emulator)) == set(range(total))
     assert committed_offsets(kafka_bootstrap, data["sink"]["group_id"], unique_topic, 1) == ends
+
+
+def test_every_repeats_drains_until_sigterm(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, unique_topic, 1)
+    produce(kafka_bootstrap, unique_topic, [(None, json_value({"n": "first"}), None)])
+    data = config_dict(emulator.url, kafka_bootstrap, [{"topic": unique_topic, "table": "incident"}])
+    config = write_config(tmp_path / "sncli.yaml", data)
+    proc = start("--json", "sink", "drain", "--every", "0.5", "--config", str(config))
+    try:
+        wait_for(lambda: len(emulator.state.records("incident")) == 1, 60, "the first drain")
+        produce(kafka_bootstrap, unique_topic, [(None, json_value({"n": "second"}), None)])
+        wait_for(lambda: len(emulator.state.records("incident")) == 2, 60, "a later drain")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    decoder, summaries, at = json.JSONDecoder(), [], 0
+    while at < len(out.strip()):
+        doc, at = decoder.raw_decode(out, at)
+        summaries.append(doc)
+        while at < len(out) and out[at].isspace():
+            at += 1
+    assert len(summaries) >= 2  # one summary per drain
+    assert sum(s["messages"] for s in summaries) == 2
