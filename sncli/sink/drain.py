@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL_SECONDS = 2.0  # bounds the rework after a crash; a commit costs one round trip
 REVOKE_WAIT_SECONDS = 30.0
 STALL_SECONDS = 120.0
+#: Consecutive records that exhausted their retries before the run stops (at least ``workers``).
+BREAKER_MIN = 5
 TopicPart = tuple[str, int]
 
 
@@ -245,6 +247,8 @@ class SinkRun:
         self._dlq_writer: DlqWriter | None = None
         self._client: Any = None
         self._next_commit = 0.0
+        self._exhausted_in_a_row = 0
+        self.breaker_threshold = max(BREAKER_MIN, self.workers)
 
     def run_and_push(self, grouping_key: dict[str, str]) -> DrainSummary:
         """Run, then push the metrics (a dry run pushes nothing: it did nothing)."""
@@ -588,10 +592,12 @@ class SinkRun:
             outcome = apply_write(self._client, item.write, item.topic)
         except WriteFailed as exc:
             self._dead_letter(job, exc.failure, item.generation, op=item.write.op.lower())
+            self._breaker(exc.failure.error_class == "retries_exhausted", exc.failure.message)
             return
         except SystemicError as exc:
             self._fail(str(exc))
             return
+        self._breaker(False, "")
         if outcome.outcome == "written":
             self.metrics.sink_records.labels(table=item.write.table, op=outcome.op, outcome="written").inc()
             with self._lock:
@@ -599,6 +605,20 @@ class SinkRun:
         else:
             self._count_skip(item.write.table, outcome.op, outcome.reason or "skipped")
         self._done(job.tp, job.offset, item.generation)
+
+    def _breaker(self, exhausted: bool, message: str) -> None:
+        """Stop when ServiceNow keeps failing for every record: that is an outage, not bad records.
+
+        Without it an outage would move the whole topic into the DLQ, one retry
+        budget per record. The records that tripped it are in the DLQ (replayable);
+        the rest stay unread, and the commit stays below them.
+        """
+        with self._lock:
+            self._exhausted_in_a_row = self._exhausted_in_a_row + 1 if exhausted else 0
+            tripped = self._exhausted_in_a_row >= self.breaker_threshold
+        if tripped:
+            self._fail(f"ServiceNow failed {self.breaker_threshold} records in a row after all retries "
+                       f"(last: {message[:300]}); stopping instead of dead-lettering the rest")
 
     def _dead_letter(self, job: Job, failure: Failure, generation: int, *, op: str) -> None:
         if self.options.dry_run:

@@ -279,3 +279,19 @@ def test_broker_refusing_the_dlq_write_fails_the_run(
     assert rerun.exit_code == 3 and rerun.dlq == {"permission": 1}
     assert committed_offsets(broker.bootstrap, settings.sink.group_id, topic, 1) == {0: 10}
     assert len(read_all(broker.bootstrap, "dlq-accepting", expected=1)) == 1
+
+
+def test_a_servicenow_outage_stops_the_run_instead_of_dead_lettering_everything(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str
+) -> None:
+    emulator.state.faults.add(Fault(kind="status", status=503, table="incident", times=None))
+    create_topic(kafka_bootstrap, unique_topic, 1)
+    produce(kafka_bootstrap, unique_topic, [(None, json_value({"n": str(n)}), None) for n in range(40)])
+    settings = settings_of(config_dict(emulator.url, kafka_bootstrap, [{"topic": unique_topic, "table": "incident"}],
+                                       workers=2, max_attempts=2))
+    summary = run_drain(settings, DrainOptions())
+    assert summary.exit_code == 1 and "in a row" in (summary.error or "")
+    dead = summary.dlq.get("retries_exhausted", 0)
+    assert 5 <= dead <= 5 + 2  # the breaker's threshold, plus what the other worker had in hand
+    committed = committed_offsets(kafka_bootstrap, settings.sink.group_id, unique_topic, 1)[0]
+    assert committed <= dead  # nothing committed past the records that were not dead-lettered
