@@ -153,11 +153,6 @@ def delete_at(doc: Any, path: Path_) -> None:
     del get_at(doc, path[:-1])[path[-1]]
 
 
-def _tag_shadows_a_key(node: dict[str, Any]) -> bool:
-    """A union tag whose value is also a key of the same mapping (``key: {type: fields, fields: [...]}``)."""
-    return any(isinstance(v, str) and v in node for v in node.values())
-
-
 def config_error(raw: Any, env: dict[str, str] | None = None) -> str | None:
     """None if ``raw`` is valid; else the ConfigError's message, checked to be one line. Nothing else may escape."""
     try:
@@ -232,15 +227,18 @@ def test_a_wrong_value_anywhere_is_a_config_error_about_that_place(kind: str, da
 
 
 @FUZZ
-@given(kind=bases, data=st.data(), key=st.from_regex(r"[A-Za-z0-9_. -]{1,12}", fullmatch=True), value=junk)
+# Keys starting with "[" (shown like a list index) or holding ": " (the message's own separator) would make
+# the path ambiguous to read back here; sncli still names them, so they are left out of this property.
+@given(kind=bases, data=st.data(), value=junk,
+       key=st.text(min_size=1, max_size=12).filter(lambda k: not k.startswith("[") and ": " not in k))
 def test_an_unknown_key_anywhere_is_named_with_its_full_path(
     kind: str, data: st.DataObject, key: str, value: Any
 ) -> None:
     doc = base_doc(kind)
     parent = data.draw(st.sampled_from([p for p in dict_paths(doc) if p[-1:] not in (("client",), ("rename",))]))
     target = get_at(doc, parent)
-    if key in target or _tag_shadows_a_key(target):
-        return  # the second case is a known bug, see test_an_unknown_key_next_to_a_fields_key_is_named_rightly
+    if key in target:
+        return
     target[key] = value
     message = config_error(doc)
     assert message is not None, f"unknown key {render((*parent, key))} was accepted"
