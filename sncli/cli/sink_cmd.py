@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,11 +14,11 @@ import typer
 
 from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
 from sncli.cli.render import print_json, stdout_console
-from sncli.errors import ExitCode
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from sncli.config import Settings
     from sncli.sink.drain import DrainSummary
 
 app = typer.Typer(help="Kafka -> ServiceNow.", no_args_is_help=True)
@@ -62,17 +61,24 @@ def drain(
         topics=list(topic), max_messages=max_messages, max_seconds=max_seconds, workers=workers, dry_run=dry_run
     )
     stop = threading.Event()
+
+    def cycle(current: Settings) -> int:
+        summary = guard(lambda: run_drain(current, options, stop=stop))
+        render_summary(summary, json_output=state.json_output)
+        return summary.exit_code
+
     with stop_on_signals(stop):
-        while True:
-            began = time.monotonic()
-            summary = guard(lambda: run_drain(settings, options, stop=stop))
-            render_summary(summary, json_output=state.json_output)
-            if every is None or stop.is_set() or summary.exit_code == ExitCode.FAILED:
-                break
-            stop.wait(max(0.0, every - (time.monotonic() - began)))
-            if stop.is_set():
-                break
-    exit_with(summary.exit_code)
+        if every is None:
+            code = cycle(settings)
+        else:
+            # One long-lived process: the config is re-read between drains when its content
+            # changed (an invalid edit is logged and the last good config kept).
+            from sncli.config import resolve_config_path
+            from sncli.repeat import ConfigWatcher, StopFlag, run_every
+
+            watcher = ConfigWatcher(path=resolve_config_path(state.config_path), settings=settings)
+            code = run_every(every, watcher, cycle, StopFlag(event=stop))
+    exit_with(code)
 
 
 @contextmanager
