@@ -542,7 +542,6 @@ def _verify_parquet(target: Path, expected: int) -> str:
 
 def scenario_startup(ctx: Context) -> list[Row]:
     rows = []
-    floor: list[float] = []
 
     def start(args: list[str]) -> float:
         result = run_timed(args, cwd=ROOT)
@@ -555,9 +554,8 @@ def scenario_startup(ctx: Context) -> list[Row]:
                   baseline_name="python -c pass", show_ratio=False)
         try:
             for _ in range(ctx.sizes.startup_runs):
-                floor.append(start([str(PYTHON), "-c", "pass"]))
+                row.baseline_runs.append(start([str(PYTHON), "-c", "pass"]))
                 row.runs.append(start([str(SNCLI), *words]))
-            row.baseline_runs = list(floor)
         except ScenarioError as exc:
             row.error = str(exc)
         row.notes.append(f"median of {ctx.sizes.startup_runs} fresh processes; baseline = the bare interpreter of "
