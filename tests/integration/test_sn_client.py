@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from requests.adapters import HTTPAdapter
 
 from sncli.config import ServiceNowSettings
 from sncli.emulator.faults import Fault
@@ -577,3 +578,61 @@ def test_latency_is_observed_per_call_with_low_cardinality_labels(emulator: Serv
         ("table/incident", "GET"): 2,
         ("table/incident", "PATCH"): 1,
     }
+
+
+# ------------------------------------------------------------------ list_page reads a page's body in one read
+
+
+_BIG_PAGE = [{"sys_id": f"{i:032x}", "description": "é" * 300 + str(i)} for i in range(2_000)]
+
+
+class _GzipChunked(http.server.BaseHTTPRequestHandler):
+    """A large page, gzip-compressed and sent in small chunks (what a proxy or a real instance may do)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        import gzip
+
+        body = gzip.compress(orjson.dumps({"result": _BIG_PAGE}))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Date", formatdate(usegmt=True))
+        self.end_headers()
+        for start in range(0, len(body), 1000):
+            chunk = body[start:start + 1000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_list_page_decodes_a_chunked_gzip_body() -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GzipChunked)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with ServiceNowClient(sn_settings(f"http://127.0.0.1:{httpd.server_address[1]}")) as client:
+            first = client.list_page("incident", query="", limit=2_000)
+            second = client.list_page("incident", query="", limit=2_000)  # same connection, next answer intact
+        assert first.records == _BIG_PAGE and second.records == _BIG_PAGE
+        assert first.server_time is not None
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_list_page_keeps_its_connection_alive(emulator: ServiceNowEmulator) -> None:
+    emulator.state.generate("incident", 300, seed=3)
+    with emu_client(emulator) as client:
+        for _ in range(5):
+            assert len(client.list_page("incident", query="", limit=300).records) == 300
+        client.get("incident", emulator.state.records("incident")[0]["sys_id"])
+        adapter = client._session.get_adapter(emulator.url)
+        assert isinstance(adapter, HTTPAdapter)
+        pools = list(adapter.poolmanager.pools._container.values())
+    # Each body was read to its end, so every call went out on the one pooled connection.
+    assert [pool.num_connections for pool in pools] == [1]
