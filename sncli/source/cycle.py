@@ -328,9 +328,7 @@ class KafkaPageOutput:
 
     def deliver(self, records: Records, prepared: PageMessages | None) -> int:
         msgs = prepared if prepared is not None else self.prepare(records)
-        send, topic = self._producer.send, self._topic
-        for key, value, headers, ts in zip(msgs.keys, msgs.values, msgs.headers, msgs.timestamps, strict=True):
-            send(topic, key, value, headers, ts)
+        self._producer.send_page(self._topic, msgs.keys, msgs.values, msgs.headers, msgs.timestamps)
         acked = self._producer.flush()
         self._produced.inc(acked)
         return acked

@@ -155,3 +155,46 @@ def test_flush_timeout_shorter_than_delivery_reports_outstanding_records(
     started = time.monotonic()
     producer.close(timeout=10)  # a failed producer drops its queue instead of waiting
     assert time.monotonic() - started < 2
+
+
+def test_send_page_queues_parallel_lists_and_flush_counts_them(kafka_bootstrap: str, unique_topic: str) -> None:
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(kafka, {unique_topic: 2})
+    # A small queue: the page does not fit at once, so send_page has to wait for room midway.
+    producer = PageProducer(kafka, queue_buffering_max_messages=100)
+    keys = [f"{i:032x}".encode() for i in range(1_000)]
+    values = [orjson.dumps({"n": i}) for i in range(1_000)]
+    headers = [[("sn.sys_id", k)] for k in keys]
+    timestamps = [1_700_000_000_000 + i for i in range(1_000)]
+    producer.send_page(unique_topic, keys, values, headers, timestamps)
+    assert producer.flush() == 1_000 and producer.pending == 0
+    producer.send_page(unique_topic, keys[:7], values[:7], headers[:7], timestamps[:7])
+    assert producer.flush() == 7  # counted per batch
+    records = read_all(kafka_bootstrap, unique_topic, expected=1_007)
+    assert sorted((r.key, r.value, r.timestamp_ms) for r in records) == sorted(
+        list(zip(keys, values, timestamps, strict=True)) + list(zip(keys[:7], values[:7], timestamps[:7], strict=True))
+    )
+    assert all(r.headers == [("sn.sys_id", r.key)] for r in records)
+    with pytest.raises(ValueError, match="differ in length"):
+        producer.send_page(unique_topic, keys, values[:-1], headers, timestamps)
+
+
+def test_send_page_with_a_record_the_broker_rejects_fails_the_flush(
+    private_tansu: Callable[..., PrivateTansu],
+) -> None:
+    # Delivery reports come only for failures (delivery.report.only.error): the
+    # rejected record must still be reported and fail the flush.
+    broker = private_tansu(schemas={"strict": STRICT_SCHEMA})
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+    ensure_topics(kafka, {"strict": 1})
+    producer = PageProducer(kafka, delivery_timeout_ms=5_000)
+    good = [orjson.dumps({"n": i}) for i in range(50)]
+    producer.send_page("strict", [b"k"] * 50, good, [[] for _ in good], [0] * 50)
+    assert producer.flush() == 50
+    bad = [*good[:10], b'{"no": "n"}', *good[10:20]]
+    producer.send_page("strict", [b"k"] * len(bad), bad, [[] for _ in bad], [0] * len(bad))
+    with pytest.raises(ProduceError, match="validate record") as info:
+        producer.flush()
+    assert info.value.failed >= 1 and info.value.acked == len(bad) - info.value.failed
+    with pytest.raises(ProduceError, match="create a new one"):
+        producer.send_page("strict", [b"k"], [good[0]], [[]], [0])
