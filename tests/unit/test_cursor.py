@@ -235,3 +235,56 @@ def test_paging_yields_every_record_exactly_once_in_order(
     assert len(delivered) - len(unique) <= page_size  # at most one page re-sent after the crash
     if expected:
         assert stored == Cursor(expected[-1][TS], expected[-1]["sys_id"])
+
+
+# --------------------------------------------------------------------------- advance: fast path == the walk
+
+_SECONDS = st.sampled_from(["2024-01-01 00:00:00", "2024-01-01 00:00:01", "2024-01-02 10:00:00", "2024-01-02"])
+_IDS = st.sampled_from(["", "0" * 32, A, "b" * 32, "f" * 32])
+
+
+def _walk(cursor: Cursor, records: list[dict[str, Any]], ts: str) -> Cursor | str:
+    """The definition: every (ts, sys_id) strictly after the previous one; the last must be a storable time."""
+    prev = (cursor.timestamp, cursor.sys_id)
+    for record in records:
+        key = (field_value(record, ts), field_value(record, "sys_id"))
+        if not key > prev:
+            return "order"
+        prev = key
+    if len(prev[0]) != 19:
+        return "value"
+    return Cursor(*prev)
+
+
+@st.composite
+def _pages(draw: st.DrawFn) -> list[dict[str, Any]]:
+    keys = draw(st.lists(st.tuples(_SECONDS, _IDS), max_size=12))
+    if draw(st.booleans()):
+        keys = sorted(set(keys))  # mostly well-formed pages
+    wrap = draw(st.sampled_from(["plain", "display_value_all", "missing"]))
+    page: list[dict[str, Any]] = []
+    for ts, sys_id in keys:
+        if wrap == "display_value_all" and draw(st.booleans()):
+            page.append({TS: {"value": ts, "display_value": "x"}, "sys_id": {"value": sys_id}})
+        elif wrap == "missing" and draw(st.booleans()):
+            page.append({TS: ts})
+        else:
+            page.append({TS: ts, "sys_id": sys_id})
+    return page
+
+
+@settings(max_examples=400, deadline=None)
+@given(page=_pages(), start=st.tuples(_SECONDS, _IDS))
+def test_advance_agrees_with_the_record_by_record_walk(page: list[dict[str, Any]], start: tuple[str, str]) -> None:
+    cursor = Cursor(*start)
+    expected = _walk(cursor, page, TS)
+    if not page:
+        assert advance(cursor, page, TS) is cursor
+    elif expected == "order":
+        with pytest.raises(CursorOrderError):
+            advance(cursor, page, TS)
+    elif expected == "value":
+        with pytest.raises(CursorValueError):
+            advance(cursor, page, TS)
+    else:
+        assert advance(cursor, page, TS) == expected

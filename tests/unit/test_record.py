@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -108,3 +109,51 @@ def test_page_encoder_is_used_for_values() -> None:
     msgs = build_page(_page(), SHAPE, extracted_at=EXTRACTED, cache=TimestampCache(),
                       encode_page=lambda rs: [r["number"].encode() + b"!" for r in rs])
     assert msgs.values == [b"INC1!", b"INC2!"]
+
+
+def test_millis_many_parses_each_distinct_second_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sncli.source.record as record
+
+    parsed: list[object] = []
+    real = record._parse_millis
+
+    def counting(value: object) -> int:
+        parsed.append(value)
+        return real(value)
+
+    monkeypatch.setattr(record, "_parse_millis", counting)
+    cache = TimestampCache()
+    values = ["1970-01-01 00:00:01"] * 500 + ["1970-01-01 00:00:02", None, "", "1970-01-01 00:00:01"]
+    assert cache.millis_many(values) == [1000] * 500 + [2000, 0, 0, 1000]
+    assert sorted(map(str, parsed)) == sorted(["1970-01-01 00:00:01", "1970-01-01 00:00:02", "None", ""])
+    parsed.clear()
+    assert cache.millis_many(["1970-01-01 00:00:02"]) == [2000] and parsed == []  # cached across pages
+
+
+def test_millis_many_handles_display_value_all_objects_and_stays_bounded() -> None:
+    cache = TimestampCache(limit=3)
+    wrapped = [{"value": "1970-01-01 00:00:05", "display_value": "01/01/1970"}, {"value": None}]
+    assert cache.millis_many(wrapped) == [5000, 0]
+    seconds = [f"1970-01-01 00:00:{s:02d}" for s in range(10)]
+    assert cache.millis_many(seconds) == [s * 1000 for s in range(10)]  # more distinct than the limit: still right
+    assert cache.millis_many(seconds[:2]) == [0, 1000]
+    assert len(cache._cache) <= 3
+
+
+def test_display_value_all_records_get_plain_keys_and_sys_id_headers() -> None:
+    page: list[dict[str, Any]] = [
+        {"sys_id": {"value": A, "display_value": A}, "sys_updated_on": {"value": "2024-01-01 00:00:00"}},
+        {"sys_id": B, "sys_updated_on": "2024-01-01 00:00:01"},
+        {"number": "no sys_id"},
+    ]
+    msgs = build_page(page, SHAPE, extracted_at=EXTRACTED, cache=TimestampCache())
+    assert msgs.keys == [A.encode(), B.encode(), b""]
+    assert [dict(h)["sn.sys_id"] for h in msgs.headers] == [A.encode(), B.encode(), b""]
+    assert msgs.timestamps == [1704067200000, 1704067201000, 0]
+
+
+def test_fields_key_pages_still_carry_the_sys_id_header() -> None:
+    shape = RecordShape(table="incident", instance="x", key=FieldsKey(type="fields", fields=["number"]))
+    msgs = build_page(_page(), shape, extracted_at=EXTRACTED, cache=TimestampCache())
+    assert [dict(h)["sn.sys_id"] for h in msgs.headers] == [A.encode(), B.encode()]
+    assert msgs.keys[0] != A.encode()
