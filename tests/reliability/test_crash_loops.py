@@ -216,8 +216,8 @@ def _backfill_crash_loop(
 def test_backfill_parallel_4_crash_loop_ci_subset(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    _backfill_crash_loop(emulator, kafka_bootstrap, tmp_path, records=16_000, kills=5, seed=31, page_size=200,
-                         progress_range=(4, 24), read_latency_ms=20, max_delay=0.6)
+    _backfill_crash_loop(emulator, kafka_bootstrap, tmp_path, records=30_000, kills=5, seed=31, page_size=200,
+                         progress_range=(4, 14), read_latency_ms=20, max_delay=0.3)
 
 
 @pytest.mark.slow
