@@ -146,7 +146,7 @@ def _sink_crash_loop(
 
 
 def test_sink_drain_crash_loop_ci_subset(emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path) -> None:
-    _sink_crash_loop(emulator, kafka_bootstrap, tmp_path, messages=6_000, keys=150, kills=5, seed=21,
+    _sink_crash_loop(emulator, kafka_bootstrap, tmp_path, messages=7_000, keys=150, kills=5, seed=21,
                      progress_range=(50, 2_500), max_delay=0.3, write_latency_ms=10)
 
 
