@@ -373,6 +373,8 @@ class Settings(_Model):
                 raw = value.get_secret_value()
                 if raw:
                     found.append(raw)
+            elif isinstance(value, str) and (password := _url_password(value)):
+                found.append(password)  # proxy / registry / pushgateway URLs may carry credentials
         for key, val in self.kafka.client.items():
             if _looks_secret(key) and isinstance(val, str) and val:
                 found.append(val)
@@ -411,7 +413,26 @@ def _redact(node: Any, secrets: set[str]) -> Any:
         return [_redact(v, secrets) for v in node]
     if isinstance(node, str) and (node in secrets or node == "**********"):
         return "***"
+    if isinstance(node, str) and _url_password(node):
+        return _mask_url_password(node)
     return node
+
+
+def _url_password(value: str) -> str | None:
+    """The password of a URL's userinfo (``http://user:pw@host``), if the value is such a URL."""
+    if "@" not in value or "://" not in value:
+        return None
+    try:
+        return urlsplit(value).password or None
+    except ValueError:
+        return None
+
+
+def _mask_url_password(value: str) -> str:
+    parts = urlsplit(value)
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 # --------------------------------------------------------------------------- loading

@@ -185,8 +185,13 @@ def local_lock(path: Path, scope: str, *, clock: Clock = _utcnow) -> Iterator[Ru
         except BlockingIOError:
             raise _held(scope, Holder.from_json(_read_fd(fd)), f"lock file {path}") from None
         holder = _new_holder(clock())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder.to_json()).encode() + b"\n", 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder.to_json()).encode() + b"\n", 0)
+        except OSError as exc:
+            # The flock is the lock; the holder line only lets a second run say who holds it.
+            # A full disk must not turn into a traceback here (the offsets write reports it).
+            log.warning("could not record the holder in run lock file %s: %s", path, exc.strerror or exc)
         try:
             yield RunLock(scope, holder, f"lock file {path}")
         finally:

@@ -160,9 +160,6 @@ def test_disk_full_while_storing_keeps_the_old_offsets_and_a_rerun_loses_nothing
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="BUG: on a full disk the run lock's holder write (sncli/offsets/lock.py "
-                                       "local_lock, os.pwrite) raises a bare OSError: `source poll` dies with a "
-                                       "traceback instead of one error line")
 def test_a_completely_full_disk_is_one_clear_error_not_a_traceback(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path, tiny_tmpfs: Path | None
 ) -> None:

@@ -186,10 +186,6 @@ PLACES_WITH_URL_CREDENTIALS = {
 
 
 @pytest.mark.parametrize("place", sorted(PLACES_WITH_URL_CREDENTIALS))
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a password inside a URL's userinfo (proxy/pushgateway/registry URL, the usual way to give proxy "
-    "credentials) is printed by `config show` and not registered for log redaction "
-    "(sncli/config.py Settings.secret_values/_redact only know SecretStr fields and secret-looking keys)"))
 def test_config_show_hides_a_password_inside_a_url(place: str, tmp_path: Path) -> None:
     url, path = PLACES_WITH_URL_CREDENTIALS[place]
     data: dict[str, Any] = {"servicenow": {"instance_url": "https://dev1.service-now.com",
