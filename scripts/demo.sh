@@ -48,6 +48,8 @@ servicenow:
   rate_limit: null
 kafka:
   bootstrap_servers: $bootstrap
+  # The local broker (Tansu) takes about session.timeout.ms / 2 to form a consumer group.
+  client: {session.timeout.ms: 6000}
 offsets: {store: file, path: $work/offsets.json}
 metrics: {pushgateway: ${push_url:-null}, job: sncli-demo}
 source:
