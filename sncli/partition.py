@@ -52,8 +52,12 @@ def key_of(record: dict[str, Any], strategy: KeyStrategy) -> bytes:
 
 
 def keys_of(records: Sequence[dict[str, Any]], strategy: KeyStrategy) -> list[bytes]:
-    """The keys of a page of records, in order."""
+    """The keys of a page of records (dicts, or a RawPage's decoded columns), in order."""
+    from sncli.source.rawpage import column
+
     if isinstance(strategy, SysIdKey):
-        return [(_plain(r.get("sys_id")) or "").encode("utf-8") for r in records]
-    names = strategy.fields
-    return [fields_digest([_plain(r.get(n)) for n in names]).encode("ascii") for r in records]
+        return [(_plain(v) or "").encode("utf-8") for v in column(records, "sys_id")]
+    if not records:
+        return []
+    columns = [list(map(_plain, column(records, n))) for n in strategy.fields]
+    return [fields_digest(values).encode("ascii") for values in zip(*columns, strict=True)]

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlencode
 
 import orjson
@@ -57,6 +57,7 @@ from sncli.servicenow.ratelimit import TokenBucket
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 DisplayValue = Literal["false", "true", "all"]
 
 _TABLE = re.compile(r"^[a-z0-9_]+$")
@@ -81,6 +82,15 @@ class Page:
     total: int | None  # X-Total-Count; None when sysparm_no_count=true
     server_time: datetime | None  # the answer's Date header, UTC
     links: dict[str, str] = field(default_factory=dict)  # Link header: rel -> URL
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedPage(Generic[R]):
+    """One Table API answer whose body went through the caller's decoder (see ``list_page_decoded``)."""
+
+    records: R
+    total: int | None
+    server_time: datetime | None
 
 
 class _Malformed(Exception):
@@ -172,18 +182,38 @@ class ServiceNowClient:
         offset: int | None = None,
     ) -> Page:
         """One page of ``GET /api/now/table/<table>``; records come back exactly as ServiceNow sent them."""
-        params: dict[str, str] = {
-            "sysparm_query": query,
-            "sysparm_limit": str(int(limit)),
-            "sysparm_display_value": _display_value(display_value),
-            "sysparm_exclude_reference_link": _flag(exclude_reference_link),
-            "sysparm_no_count": _flag(no_count),
-        }
-        if fields:
-            params["sysparm_fields"] = ",".join(fields)
-        if offset is not None:
-            params["sysparm_offset"] = str(int(offset))
+        params = _page_params(query, fields, limit, display_value, exclude_reference_link, no_count, offset)
         return self._call("GET", _table_path(table), endpoint=_endpoint(table), params=params, parse=_parse_page,
+                          whole_body=True)
+
+    def list_page_decoded(
+        self,
+        table: str,
+        *,
+        decode: Callable[[bytes], R],
+        query: str,
+        fields: list[str] | tuple[str, ...] | None = None,
+        limit: int,
+        display_value: DisplayValue = "false",
+        exclude_reference_link: bool = True,
+        no_count: bool = True,
+    ) -> DecodedPage[R]:
+        """``list_page`` with the body handed to ``decode`` instead of parsed into dicts.
+
+        For a caller that wants the records in another form (the source keeps each
+        record's JSON bytes). ``decode`` raising ValueError means a malformed answer:
+        retried like one, then MalformedResponseError.
+        """
+        params = _page_params(query, fields, limit, display_value, exclude_reference_link, no_count, None)
+
+        def parse(resp: requests.Response) -> DecodedPage[R]:
+            try:
+                records = decode(resp.content)
+            except ValueError as exc:
+                raise _Malformed(str(exc)) from None
+            return DecodedPage(records, _total(resp), parse_http_date(resp.headers.get("Date")))
+
+        return self._call("GET", _table_path(table), endpoint=_endpoint(table), params=params, parse=parse,
                           whole_body=True)
 
     def get(
@@ -519,15 +549,41 @@ def _parse_page(resp: requests.Response) -> Page:
     result = data.get("result") if isinstance(data, dict) else None
     if not isinstance(result, list):
         raise _Malformed("no 'result' list")
-    total_header = resp.headers.get("X-Total-Count")
-    total: int | None = None
-    if total_header is not None:
-        try:
-            total = int(total_header)
-        except ValueError:
-            total = None
     links = {rel: str(link.get("url", "")) for rel, link in resp.links.items()} if "Link" in resp.headers else {}
-    return Page(records=result, total=total, server_time=parse_http_date(resp.headers.get("Date")), links=links)
+    return Page(records=result, total=_total(resp), server_time=parse_http_date(resp.headers.get("Date")), links=links)
+
+
+def _total(resp: requests.Response) -> int | None:
+    total_header = resp.headers.get("X-Total-Count")
+    if total_header is None:
+        return None
+    try:
+        return int(total_header)
+    except ValueError:
+        return None
+
+
+def _page_params(
+    query: str,
+    fields: list[str] | tuple[str, ...] | None,
+    limit: int,
+    display_value: str,
+    exclude_reference_link: bool,
+    no_count: bool,
+    offset: int | None,
+) -> dict[str, str]:
+    params: dict[str, str] = {
+        "sysparm_query": query,
+        "sysparm_limit": str(int(limit)),
+        "sysparm_display_value": _display_value(display_value),
+        "sysparm_exclude_reference_link": _flag(exclude_reference_link),
+        "sysparm_no_count": _flag(no_count),
+    }
+    if fields:
+        params["sysparm_fields"] = ",".join(fields)
+    if offset is not None:
+        params["sysparm_offset"] = str(int(offset))
+    return params
 
 
 def _parse_record(resp: requests.Response) -> dict[str, Any]:

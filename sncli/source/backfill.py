@@ -400,7 +400,8 @@ def run_window(
             outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
 
         result = page_loop(
-            start=start, fetch=make_fetch(client, settings, table, hi, metrics), deliver=deliver, commit=commit,
+            start=start, fetch=make_fetch(client, settings, table, hi, metrics, kafka.decoder if kafka else None),
+            deliver=deliver, commit=commit,
             ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, prepare=prepare,
             on_page=on_page, name=f"{table.name}-w{window.index}",
         )

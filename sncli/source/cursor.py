@@ -34,10 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from operator import itemgetter, lt
+from operator import lt
 from typing import Any
 
 from sncli.servicenow.query import Query, and_each_clause, check_field
+from sncli.source.rawpage import column
 
 SN_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -154,11 +155,8 @@ def _last_if_ordered(cursor: Cursor, records: Sequence[dict[str, Any]], ts_field
     The same check as the walk in :func:`advance`, with C-level loops only (a page
     is 1 000 to 10 000 records and this runs for each).
     """
-    try:
-        stamps = list(map(itemgetter(ts_field), records))
-        ids = list(map(itemgetter("sys_id"), records))
-    except KeyError:
-        return None
+    stamps = column(records, ts_field)
+    ids = column(records, "sys_id")
     if set(map(type, stamps)) != {str} or set(map(type, ids)) != {str}:
         return None
     keys = list(zip(stamps, ids, strict=True))

@@ -40,7 +40,16 @@ from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
 from sncli.metrics import RunMetrics
 from sncli.source.cursor import Cursor, UpperBound, page_query, parse_sn_time, upper_bound
 from sncli.source.poller import Budget, LoopResult, Records, StopControl, page_loop
-from sncli.source.record import PageMessages, RecordShape, TimestampCache, build_page, instance_name
+from sncli.source.rawpage import Decoder as RawDecoder
+from sncli.source.rawpage import raw_page_decoder
+from sncli.source.record import (
+    PageMessages,
+    RecordShape,
+    TimestampCache,
+    build_page,
+    decoded_fields,
+    instance_name,
+)
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
@@ -321,6 +330,8 @@ class KafkaPageOutput:
             avro.prepare()
             self._encode_page = avro.encode_page
         self._produced = metrics.source_produced.labels(table=table.name)
+        # JSON values: keep each record's bytes as received (sncli.source.rawpage) when msgspec is there.
+        self.decoder = raw_page_decoder(decoded_fields(self._shape)) if self._encode_page is None else None
 
     def prepare(self, records: Records) -> PageMessages:
         return build_page(records, self._shape, extracted_at=datetime.now(UTC), cache=self._cache,
@@ -338,17 +349,28 @@ class KafkaPageOutput:
 
 
 def make_fetch(
-    client: ServiceNowClient, settings: Settings, table: SourceTable, hi: UpperBound, metrics: RunMetrics
+    client: ServiceNowClient,
+    settings: Settings,
+    table: SourceTable,
+    hi: UpperBound,
+    metrics: RunMetrics,
+    decoder: RawDecoder | None = None,
 ) -> Callable[[Cursor, int], Records]:
+    """The page fetch of a table; with ``decoder`` pages come as RawPages (only for a JSON Kafka output)."""
     fetched = metrics.source_records.labels(table=table.name)
     fields = list(table.fields) if table.fields is not None else None
 
     def fetch(cursor: Cursor, limit: int) -> Records:
         query = page_query(cursor, hi, ts_field=table.timestamp_field, base_query=table.query)
-        page = client.list_page(table.name, query=query, fields=fields, limit=limit,
-                                display_value=settings.source.display_value)
-        fetched.inc(len(page.records))
-        return page.records
+        records: Records
+        if decoder is not None:
+            records = client.list_page_decoded(table.name, decode=decoder, query=query, fields=fields, limit=limit,
+                                               display_value=settings.source.display_value).records
+        else:
+            records = client.list_page(table.name, query=query, fields=fields, limit=limit,
+                                       display_value=settings.source.display_value).records
+        fetched.inc(len(records))
+        return records
 
     return fetch
 
@@ -407,7 +429,7 @@ def poll_table(
 
         result = page_loop(
             start=start,
-            fetch=make_fetch(client, settings, table, hi, metrics),
+            fetch=make_fetch(client, settings, table, hi, metrics, output.decoder if output is not None else None),
             deliver=deliver,
             commit=commit,
             ts_field=table.timestamp_field,

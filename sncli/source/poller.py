@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from sncli.source.cursor import Cursor, advance
 
 log = logging.getLogger("sncli.source")
 
-Records = list[dict[str, Any]]
+Records = Sequence[dict[str, Any]]  # a list of dicts, or a RawPage (sncli.source.rawpage)
 Fetch = Callable[[Cursor, int], Records]
 Prepare = Callable[[Records], Any]
 Deliver = Callable[[Records, Any], int]  # (records, what prepare made of them or None) -> delivered

@@ -22,14 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from sncli.config import SysIdKey
+from sncli.config import FieldsKey, SysIdKey
 from sncli.partition import KeyStrategy, keys_of
+from sncli.source.rawpage import column, page_values
 
 Header = tuple[str, bytes]
 Encoder = Callable[[dict[str, Any]], bytes]
@@ -138,7 +138,13 @@ def build_page(
     encode_page: PageEncoder | None = None,
 ) -> PageMessages:
     """Convert one fetched page; ``encode`` (per record) or ``encode_page`` (Avro) makes the values."""
-    values = encode_page(records) if encode_page is not None else list(map(encode, records))
+    raw_values = page_values(records)
+    if raw_values is not None:
+        if encode_page is not None:
+            raise TypeError("a RawPage holds JSON values; an encoder needs decoded records")
+        values = raw_values
+    else:
+        values = encode_page(records) if encode_page is not None else list(map(encode, records))
     sys_ids = _sys_id_bytes(records)
     keys = sys_ids if isinstance(shape.key, SysIdKey) and sys_ids is not None else keys_of(records, shape.key)
     if sys_ids is None:
@@ -152,12 +158,10 @@ def build_page(
     return PageMessages(keys, values, headers, timestamps)
 
 
-def column(records: Sequence[dict[str, Any]], name: str) -> list[Any]:
-    """``record.get(name)`` of every record; one C-level loop when every record has the field."""
-    try:
-        return list(map(itemgetter(name), records))
-    except KeyError:
-        return [r.get(name) for r in records]
+def decoded_fields(shape: RecordShape) -> list[str]:
+    """The fields :func:`build_page` and the cursor read: what a RawPage must decode."""
+    keys = list(shape.key.fields) if isinstance(shape.key, FieldsKey) else []
+    return ["sys_id", shape.ts_field, KAFKA_TIMESTAMP_FIELD, *keys]
 
 
 def _sys_id_bytes(records: Sequence[dict[str, Any]]) -> list[bytes] | None:
