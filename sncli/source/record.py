@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,22 +74,17 @@ class TimestampCache:
         return ms
 
     def millis_many(self, values: list[Any]) -> list[int]:
-        """``millis`` of each value, parsing each distinct value once and looking the rest up in C."""
-        cache = self._cache
+        """``millis`` of each value of a page, parsing each distinct value of the page once.
+
+        Per page rather than through the cache: when seconds are mostly distinct (the
+        common case) lookups in a cache of every second seen cost more than they
+        save; a bulk update's shared second is still parsed once per page.
+        """
         try:
-            missing = set(values).difference(cache)
+            table = {value: _parse_millis(value) for value in set(values)}
         except TypeError:  # unhashable: display_value=all gives {"value", "display_value"} objects
             return [self.millis(v) for v in values]
-        if missing:
-            if len(cache) + len(missing) > self._limit:
-                cache.clear()
-                missing = set(values)
-                if len(missing) > self._limit:  # more distinct seconds in one page than the cache holds
-                    table = {value: _parse_millis(value) for value in missing}
-                    return list(map(table.__getitem__, values))
-            for value in missing:
-                cache[value] = _parse_millis(value)
-        return list(map(cache.__getitem__, values))
+        return list(map(table.__getitem__, values))
 
 
 def _parse_millis(value: Any) -> int:
@@ -100,9 +95,13 @@ def _parse_millis(value: Any) -> int:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return 0
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:  # ServiceNow's UTC wall time: a quarter of the cost of replace() + timestamp()
+        return (parsed - _EPOCH) // _MILLISECOND
     return int(parsed.timestamp() * 1000)
+
+
+_EPOCH = datetime(1970, 1, 1)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
