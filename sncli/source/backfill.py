@@ -54,6 +54,7 @@ from sncli.errors import LockHeldError, OffsetsError, SncliError, UsageError
 from sncli.metrics import RunMetrics
 from sncli.source.cursor import Cursor, UpperBound, field_value, range_query, upper_bound
 from sncli.source.cycle import (
+    Background,
     KafkaPageOutput,
     RunSummary,
     TableOutcome,
@@ -63,6 +64,7 @@ from sncli.source.cycle import (
     finish_metrics,
     make_client,
     new_producer,
+    start_topic_check,
 )
 from sncli.source.poller import Records, StopControl, page_loop
 from sncli.source.windows import Window, plan_windows, range_id, to_epoch, to_sn, windows_from_boundaries
@@ -515,12 +517,11 @@ def _run(
             if request.set_cursor:
                 locks.enter_context(run_lock(settings, table.name))
         producers: dict[int, PageProducer] = {}
+        topics: Background | None = None
         if not request.dry_run and request.output is None:
             producers = {i: new_producer(settings) for i in selected}  # warm up while planning
             locks.callback(_close_all, producers)
-            from sncli.kafka.admin import ensure_topics
-
-            ensure_topics(settings.kafka, {table.topic: table.partitions})
+            topics = start_topic_check(settings, [table])  # overlaps with planning; awaited before any window
         with ExitStack() as planning:
             if not request.dry_run:
                 planning.enter_context(run_lock(settings, f"backfill/{table.name}/{rid}/plan"))
@@ -531,12 +532,16 @@ def _run(
             plan = load_plan(stored, table.name, rid, since, until, n)
             if plan is None:
                 plan = make_plan(counter, since, until, n)
+                if topics is not None:
+                    topics.wait()  # a topic that cannot be used stops the run before a plan is stored
                 if not request.dry_run:
                     save_plan(store, table.name, rid, plan, fingerprint)
                 log.info("backfill %s %s: %d windows %s", table.name, rid, n,
                          ", ".join(f"[{w.lo_text}, {w.hi_text})" for w in plan))
             else:
                 log.info("backfill %s %s: using the stored plan of %d windows", table.name, rid, n)
+        if topics is not None:
+            topics.wait()
         windows = [plan[i] for i in selected]
         # Counts for the progress bar: known from planning, else (a stored plan) counted now.
         unknown = [w for w in windows if w.records is None]

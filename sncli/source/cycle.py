@@ -281,6 +281,41 @@ def make_client(settings: Settings, metrics: RunMetrics, threads: int) -> Servic
     return ServiceNowClient(settings.servicenow, metrics=metrics, pool_size=max(4, 2 * threads + 2))
 
 
+class Background:
+    """One job on a daemon thread, started at once; ``wait()`` returns when it is done or re-raises its error.
+
+    For start-up work that nothing needs until the first page is produced (topic
+    creation: ~60 ms of admin round trips), so it overlaps with the first fetch.
+    """
+
+    def __init__(self, job: Callable[[], object], name: str) -> None:
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._job = job
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._job()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+def start_topic_check(settings: Settings, tables: list[SourceTable]) -> Background:
+    """``ensure_topics`` for the tables' topics, in the background (see :class:`Background`)."""
+    from sncli.kafka.admin import ensure_topics
+
+    topics = {t.topic: t.partitions for t in tables}
+    return Background(lambda: ensure_topics(settings.kafka, topics), name="ensure-topics")
+
+
 def new_producer(settings: Settings) -> PageProducer:
     """A producer, created as early as possible in a run.
 
@@ -392,8 +427,14 @@ def poll_table(
     outcome: TableOutcome,
     dry_run: bool = False,
     producer: PageProducer | None = None,
+    topics: Background | None = None,
 ) -> None:
-    """Poll one table up to ``hi``; fills ``outcome`` (raises nothing)."""
+    """Poll one table up to ``hi``; fills ``outcome`` (raises nothing).
+
+    ``topics``: the run's topic check, still running maybe; awaited before the
+    first record is produced and before the table is reported done, so a topic
+    that cannot be used fails the table even when it had nothing to send.
+    """
     from sncli.offsets import model as offsets_model
 
     key = offsets_model.poll_key(table.name)
@@ -417,6 +458,8 @@ def poll_table(
             output = KafkaPageOutput(settings, table, client, metrics, producer)
             producer = None  # owned (and closed) by the output now
             deliver, prepare = output.deliver, output.prepare
+            if topics is not None:
+                deliver = _after(topics.wait, deliver)
 
             def commit(cursor: Cursor) -> None:
                 if lock is not None:
@@ -441,6 +484,8 @@ def poll_table(
             name=table.name,
         )
         on_page(result)
+        if topics is not None and output is not None:
+            topics.wait()
         outcome.stopped = result.stopped or "caught_up"
         log.info(
             "%s: %d records in %d pages%s; cursor %s",
@@ -461,6 +506,14 @@ def poll_table(
                 closing.close()
             except Exception as exc:  # never mask the table's own outcome
                 log.warning("%s: closing the producer: %s", table.name, exc)
+
+
+def _after(gate: Callable[[], None], deliver: Callable[[Records, Any], int]) -> Callable[[Records, Any], int]:
+    def gated(records: Records, prepared: Any) -> int:
+        gate()
+        return deliver(records, prepared)
+
+    return gated
 
 
 def _no_commit(cursor: Cursor) -> None:
@@ -537,21 +590,21 @@ def _run_tables(
     clock0 = time.monotonic()
     server_now = datetime.now(UTC)  # replaced by ServiceNow's clock as soon as it answers
     producers: dict[str, PageProducer] = {}
+    topics: Background | None = None
     try:
         try:
             if not dry_run:
                 producers = {t.name: new_producer(settings) for t in selected}
+                topics = start_topic_check(settings, selected)  # awaited before the first record is sent
             server_now = client.server_time(selected[0].name)
             clock0 = time.monotonic()
             hi = upper_bound(server_now, settings.source.safety_lag_seconds)
             summary.upper_bound = hi.value
             store = None
             if not dry_run:
-                from sncli.kafka.admin import ensure_topics
                 from sncli.offsets.store import open_store
 
                 store = open_store(settings)
-                ensure_topics(settings.kafka, {t.topic: t.partitions for t in selected})
         except Exception as exc:
             message, code = describe_error(exc)
             log.error("cycle cannot start: %s", message)
@@ -568,7 +621,7 @@ def _run_tables(
                     "settings": settings, "table": table, "client": client, "store": store,
                     "lock": locks.get(table.name), "hi": hi, "stop": stop, "budget": budget, "metrics": metrics,
                     "outcome": summary.tables[table.name], "dry_run": dry_run,
-                    "producer": producers.pop(table.name, None),
+                    "producer": producers.pop(table.name, None), "topics": topics,
                 },
             )
             thread.start()
