@@ -19,13 +19,18 @@ cheap enough for that: one connection per broker.
 
 Delivery reports only for failures (``delivery.report.only.error``): a report
 per record costs a Python call and a copy of the record into a Message object,
-about 1 µs each on the hot path, and it needs the GIL that the next page's
-decoding holds. librdkafka still reports every record that fails, and
-``flush`` returns only once no record and no report is outstanding
-(``rd_kafka_flush`` serves the reports while it waits), so after a flush with
-nothing outstanding, "acknowledged" is exactly "sent and not reported failed".
-The delivery report callback must stay configured: without one, librdkafka
-drops failures silently.
+about 1 µs each on the hot path. confluent-kafka applies the setting in its C
+delivery handler, which still runs for every record and calls the callback for
+each failed one; ``flush`` returns only once no record and no report is
+outstanding (``rd_kafka_flush`` serves the reports while it waits), so after a
+flush with nothing outstanding, "acknowledged" is exactly "sent and not
+reported failed". The delivery report callback must stay configured: without
+one, failures are dropped silently.
+
+A cost that remains (confluent-kafka 2.16): that C handler takes the GIL once
+per record, so a flush waits for any other thread's Python work (the source's
+next-page decoding) once per record it serves. Measured with a thread holding
+the GIL: a 1 000-record flush takes 200+ ms instead of 4 ms.
 
 The hot path is ``send_page``: one loop of ``produce`` calls per page with the
 per-batch counters updated once.
