@@ -528,6 +528,7 @@ def _run(
             producers = {i: new_producer(settings) for i in selected}  # warm up while planning
             locks.callback(_close_all, producers)
             topics = start_topic_check(settings, [table])  # overlaps with planning; awaited before any window
+            locks.callback(topics.settle)  # finished (topics created) even when planning fails
         with ExitStack() as planning:
             if not request.dry_run:
                 planning.enter_context(run_lock(settings, f"backfill/{table.name}/{rid}/plan"))

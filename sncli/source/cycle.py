@@ -307,6 +307,11 @@ class Background:
         if self._error is not None:
             raise self._error
 
+    def settle(self) -> BaseException | None:
+        """Wait for the job and return its error instead of raising it (for clean-up paths)."""
+        self._done.wait()
+        return self._error
+
 
 def start_topic_check(settings: Settings, tables: list[SourceTable]) -> Background:
     """``ensure_topics`` for the tables' topics, in the background (see :class:`Background`)."""
@@ -630,6 +635,12 @@ def _run_tables(
             while thread.is_alive():
                 thread.join(0.2)  # short joins keep the main thread responsive to signals
     finally:
+        if topics is not None:
+            # Finished whatever the tables did (one that failed early never awaited it): topics are
+            # created as before, and a refusal nobody reported is at least logged.
+            error = topics.settle()
+            if error is not None and not any(o.error for o in summary.tables.values()):
+                log.error("topic check: %s", describe_error(error)[0])
         # Lag is measured on ServiceNow's clock (the cursor's timestamps are in it), now.
         now = server_now + timedelta(seconds=time.monotonic() - clock0)
         for leftover in producers.values():  # the cycle could not start: never handed to a table

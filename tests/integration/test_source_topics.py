@@ -3,6 +3,7 @@ fetched, and still stops the table (or the backfill) before anything is produced
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,3 +71,35 @@ def test_backfill_refuses_a_missing_topic_before_storing_a_plan(
     assert summary.exit_code == int(ExitCode.FAILED), summary.to_json()
     assert "does not exist and kafka.topics.create is false" in (summary.error or "")
     assert not offsets.exists() or stored_offsets(offsets) == {}  # no plan, no window cursor
+
+
+def test_a_table_that_fails_before_producing_still_gets_its_topic_created(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The topic check runs in the background; the run waits for it even when no table awaited it.
+    import sncli.kafka.admin as admin
+
+    emulator.state.generate("incident", 20, at=NOW - timedelta(hours=1), spread_seconds=10, seed=14)
+    offsets = tmp_path / "o.json"
+    first_topic = f"first-{uuid.uuid4().hex[:8]}"
+    data = config_dict(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": first_topic}])
+    assert run_poll(parse_settings(data, environ={})).exit_code == 0
+
+    finished: list[str] = []
+    real = admin.ensure_topics
+
+    def slow_ensure_topics(*args: Any, **kwargs: Any) -> list[str]:
+        time.sleep(0.5)  # slower than the table's failure
+        created = real(*args, **kwargs)
+        finished.append("done")
+        return created
+
+    monkeypatch.setattr(admin, "ensure_topics", slow_ensure_topics)
+    topic = f"later-{uuid.uuid4().hex[:8]}"
+    changed = config_dict(emulator.url, kafka_bootstrap, offsets,
+                          [{"name": "incident", "topic": topic, "query": "active=true"}])
+    summary = run_poll(parse_settings(changed, environ={}))
+    assert finished == ["done"]  # when run_poll returned, not some time later
+    assert summary.exit_code == int(ExitCode.USAGE)  # the stored cursor is refused: nothing produced
+    assert "fingerprint" in (summary.tables["incident"].error or "")
+    assert read_all(kafka_bootstrap, topic, timeout=30) == []  # the topic exists, and is empty
