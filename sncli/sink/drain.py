@@ -400,6 +400,10 @@ class SinkRun:
     def _finish(self, stopped_by: str) -> None:
         summary = self.summary
         summary.stopped_by = stopped_by
+        if summary.plan:
+            # Partitions are consumed concurrently; a plan an operator reads should not change
+            # order from one dry run to the next.
+            summary.plan.sort(key=lambda e: (e["topic"], e["partition"], e["offset"]))
         if stopped_by == "signal":
             log.warning("stop requested: finishing the records being written, leaving queued ones for the next run")
         if self._pool is not None:
