@@ -46,12 +46,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sncli.config import source_fingerprint
 from sncli.errors import LockHeldError, OffsetsError, SncliError, UsageError
 from sncli.metrics import RunMetrics
+from sncli.servicenow.query import Query, and_each_clause
 from sncli.source.cursor import Cursor, UpperBound, field_value, range_query, upper_bound
 from sncli.source.cycle import (
     Background,
@@ -237,6 +239,24 @@ class RangeCounter:
         with ThreadPoolExecutor(max_workers=min(self._threads, len(items)), thread_name_prefix="count") as pool:
             return list(pool.map(lambda iv: self.count(*iv), items))
 
+    def first_and_clock(self, since: int) -> tuple[int | None, datetime | None]:
+        """The first record at or after ``since`` (epoch seconds) and ServiceNow's clock, in one request.
+
+        The clock is the answer's ``Date`` (None when it has none): a backfill
+        that needs "now" for its upper bound gets the range's first record with
+        it, which saves planning a round trip.
+        """
+        ts = self._table.timestamp_field
+        query = and_each_clause(self._table.query, [Query().ge(ts, to_sn(since))]) + f"^ORDERBY{ts}"
+        page = self._client.list_page(self._table.name, query=query, fields=["sys_id", ts], limit=1)
+        first: int | None = None
+        if page.records:
+            try:
+                first = to_epoch(field_value(page.records[0], ts))
+            except ValueError:
+                first = None
+        return first, page.server_time
+
     def edge(self, lo: int, hi: int, *, last: bool) -> int | None:
         """The timestamp of the first (or last) record in ``[lo, hi)``, as epoch seconds."""
         ts = self._table.timestamp_field
@@ -251,8 +271,14 @@ class RangeCounter:
             return None
 
 
-def make_plan(counter: RangeCounter, since: int, until: int, n: int) -> list[Window]:
-    """Plan N windows: the range's count and its first record in one round, then the split.
+def make_plan(
+    counter: RangeCounter, since: int, until: int, n: int, *, first: int | None = None, first_known: bool = False
+) -> list[Window]:
+    """Plan N windows: the range's first record (unless ``first_known``), then the split by counts.
+
+    ``first``: the timestamp of the range's first record, None for an empty range,
+    when the caller already knows it (``first_known``). The range's count is asked
+    together with the first refinement level (see :func:`plan_windows`).
 
     Not the last record: finding it sorts the range descending, the one planning
     query whose cost grows with the range (the emulator sorts every record of a
@@ -262,13 +288,11 @@ def make_plan(counter: RangeCounter, since: int, until: int, n: int) -> list[Win
     """
     if n == 1:
         return plan_windows(since, until, 1, counter.count_many)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edges") as pool:
-        total_f = pool.submit(counter.count, since, until)
-        first_f = pool.submit(counter.edge, since, until, last=False)
-        total, first = total_f.result(), first_f.result()
-    if first is None:
-        total = 0
-    return plan_windows(since, until, n, counter.count_many, first=first, total=total)
+    if not first_known:
+        first = counter.edge(since, until, last=False)
+    if first is None or first >= until:  # no record in the range
+        return plan_windows(since, until, n, counter.count_many, total=0)
+    return plan_windows(since, until, n, counter.count_many, first=first)
 
 
 # --------------------------------------------------------------------------- progress
@@ -497,6 +521,9 @@ def _run(
     fingerprint = source_fingerprint(settings, table)
     suffix = output_suffix(request.output)
     since = to_epoch(_normalize(request.since or table.start, "--since"))
+    counter = RangeCounter(client, table, threads=COUNT_THREADS)
+    first: int | None = None
+    first_known = False  # the range's first record, learnt with the clock (saves planning a round trip)
     if request.until is not None:
         until = to_epoch(_normalize(request.until, "--until"))
     else:
@@ -505,7 +532,11 @@ def _run(
             until = resumed
             log.info("resuming the unfinished backfill of %s up to %s", table.name, to_sn(until))
         else:
-            until = to_epoch(upper_bound(client.server_time(table.name), settings.source.safety_lag_seconds).value) + 1
+            first, clock = counter.first_and_clock(since) if n > 1 else (None, None)
+            first_known = clock is not None
+            if clock is None:
+                clock = client.server_time(table.name)
+            until = to_epoch(upper_bound(clock, settings.source.safety_lag_seconds).value) + 1
     if until <= since:
         raise UsageError(f"--until ({to_sn(until)}) must be after --since ({to_sn(since)})")
     rid = range_id(since, until) + suffix
@@ -513,7 +544,6 @@ def _run(
                          output="kafka" if request.output is None else f"parquet:{request.output}")
     summary.upper_bound = to_sn(until)
     selected = [request.window[0]] if request.window else list(range(n))
-    counter = RangeCounter(client, table, threads=COUNT_THREADS)
 
     held: dict[int, RunLock] = {}
     with ExitStack() as locks:
@@ -538,7 +568,7 @@ def _run(
                     check_offset(entry, fingerprint)
             plan = load_plan(stored, table.name, rid, since, until, n)
             if plan is None:
-                plan = make_plan(counter, since, until, n)
+                plan = make_plan(counter, since, until, n, first=first, first_known=first_known)
                 if topics is not None:
                     topics.wait()  # a topic that cannot be used stops the run before a plan is stored
                 if not request.dry_run:

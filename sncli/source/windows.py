@@ -141,7 +141,10 @@ def plan_windows(
     ``first``/``last``: the timestamps of the first and last record in the range,
     when known (two cheap queries); refinement then starts from the data's span
     instead of the whole range, which saves levels for a range like 1970..now.
-    ``total``: the count of ``[since, until)`` when already known.
+    ``total``: the count of the records in the range when already known; when
+    not, it is counted in the first level's batch (the first level's cuts do not
+    depend on it), so it costs no round trip of its own. The windows are the
+    same either way.
     Each window's ``records`` is its count as seen while planning.
     """
     if n < 1:
@@ -152,12 +155,14 @@ def plan_windows(
         return equal_time_windows(since, max(since, until), n)
     lo = since if first is None else min(max(first, since), until)
     hi = until if last is None else min(max(last + 1, lo), until)
+    per_round = max(1, per_round)
+    known: dict[int, int] = {}
     if total is None:
-        total = count_many([(lo, hi)])[0] if hi > lo else 0
+        total, known = _count_with_first_level(lo, hi, count_many, fanout, per_round)
     if total <= 0 or hi <= lo:
         return [_with_records(w, 0) for w in equal_time_windows(since, until, n)]
     tol = max(0, int(total / n * tolerance))
-    inner, cum = _quantile_boundaries(lo, hi, n, total, count_many, fanout, max(1, per_round), tol)
+    inner, cum = _quantile_boundaries(lo, hi, n, total, count_many, fanout, per_round, tol, known)
     windows = windows_from_boundaries(since, until, inner)
     marks = [0, *(cum[b] for b in inner), total]
     return [_with_records(w, marks[i + 1] - marks[i]) for i, w in enumerate(windows)]
@@ -167,12 +172,56 @@ def _with_records(window: Window, records: int) -> Window:
     return Window(window.index, window.count, window.lo, window.hi, records)
 
 
+def _level_cuts(a: int, b: int, parts: int) -> list[int]:
+    parts = min(parts, b - a)
+    return sorted({a + (b - a) * j // parts for j in range(1, parts)})
+
+
+def _count_with_first_level(
+    lo: int, hi: int, count_many: CountMany, fanout: int, per_round: int
+) -> tuple[int, dict[int, int]]:
+    """``count[lo, hi)`` and the first refinement level's ``count[lo, p)``, in one batch.
+
+    The first level splits the one interval ``[lo, hi)`` whatever its count, so its
+    cuts are known before the total: asking for both together saves a round trip.
+    The cuts are those :func:`_quantile_boundaries` would choose (one interval to
+    split), minus one when the total has to fit in the batch too.
+    """
+    if hi <= lo:
+        return 0, {}
+    cuts = _level_cuts(lo, hi, max(2, min(fanout, 1 + per_round, per_round)))
+    queries = [(lo, p) for p in cuts] + [(lo, hi)]
+    counts = count_many(queries)
+    if len(counts) != len(queries):
+        raise ValueError(f"count_many answered {len(counts)} counts for {len(queries)} intervals")
+    total = counts[-1]
+    known: dict[int, int] = {}
+    running = 0
+    for p, c in zip(cuts, counts, strict=False):  # monotone, within [0, total], as a live table may move
+        running = min(max(c, running), total)
+        known[p] = running
+    return total, known
+
+
 def _quantile_boundaries(
-    lo: int, hi: int, n: int, total: int, count_many: CountMany, fanout: int, per_round: int, tol: int
+    lo: int,
+    hi: int,
+    n: int,
+    total: int,
+    count_many: CountMany,
+    fanout: int,
+    per_round: int,
+    tol: int,
+    known: dict[int, int] | None = None,
 ) -> tuple[list[int], dict[int, int]]:
-    """For k in 1..n-1: the smallest second t with count[lo, t) >= k*total/n (within ``tol``); and cum."""
+    """For k in 1..n-1: the smallest second t with count[lo, t) >= k*total/n (within ``tol``); and cum.
+
+    ``known``: counts ``count[lo, p)`` already asked (the first level, see
+    :func:`_count_with_first_level`).
+    """
     targets = [(2 * k * total + n) // (2 * n) for k in range(1, n)]  # round(k*total/n)
     cum: dict[int, int] = {lo: 0, hi: total}  # cum[t] = count of [lo, t)
+    cum.update(known or {})
     found: dict[int, int] = {}
     while len(found) < len(targets):
         points = sorted(cum)
@@ -200,8 +249,7 @@ def _quantile_boundaries(
         # Spread this level's query budget over the intervals being refined (at least halve each).
         level_fanout = max(2, min(fanout, 1 + per_round // len(to_split)))
         for a, b in sorted(to_split):
-            parts = min(level_fanout, b - a)
-            cuts = sorted({a + (b - a) * j // parts for j in range(1, parts)})
+            cuts = _level_cuts(a, b, level_fanout)
             queries.extend((a, p) for p in cuts)
             spans.append((a, b, len(cuts)))
         counts = count_many(queries)

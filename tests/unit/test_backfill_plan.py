@@ -53,3 +53,24 @@ def test_an_empty_range_plans_equal_time_windows() -> None:
     counter = FakeCounter([])
     plan = make_plan(counter, 0, 800, 4)  # type: ignore[arg-type]
     assert [(w.lo, w.hi, w.records) for w in plan] == [(0, 200, 0), (200, 400, 0), (400, 600, 0), (600, 800, 0)]
+
+
+def test_a_first_record_already_known_saves_its_query() -> None:
+    rng = random.Random(5)
+    stamps = [1_735_689_600 + rng.randrange(30 * 86400) for _ in range(5_000)]
+    told, asked = FakeCounter(stamps), FakeCounter(stamps)
+    since, until = 1_600_000_000, 1_800_000_000
+    known = make_plan(told, since, until, 4, first=min(stamps), first_known=True)  # type: ignore[arg-type]
+    probed = make_plan(asked, since, until, 4)  # type: ignore[arg-type]
+    assert known == probed
+    assert not any(name == "edge" for name, _ in told.calls) and ("edge", False) in asked.calls
+    # The range's count rides along with the first refinement level: no count query of its own.
+    assert not any(name == "count" for name, _ in told.calls + asked.calls)
+
+
+def test_a_known_empty_range_asks_nothing() -> None:
+    counter = FakeCounter([5, 6, 7])
+    plan = make_plan(counter, 100, 900, 4, first=None, first_known=True)  # type: ignore[arg-type]
+    assert counter.calls == [] and [w.records for w in plan] == [0, 0, 0, 0]
+    plan = make_plan(counter, 100, 900, 4, first=950, first_known=True)  # type: ignore[arg-type]  # first record after the range
+    assert counter.calls == [] and plan[0].lo == 100 and plan[-1].hi == 900

@@ -182,3 +182,29 @@ def test_range_id_round_trip_and_time_text() -> None:
     assert to_sn(since) == "2024-01-01 00:00:00"
     assert Window(1, 4, since, until).label == "1of4"
     assert Window(1, 4, since, until).hi_text == "2024-02-01 12:30:00"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=datasets(), n=st.integers(2, 12), narrow=st.booleans())
+def test_the_total_is_counted_with_the_first_level_at_no_extra_round_trip(
+    data: tuple[int, int, list[int]], n: int, narrow: bool
+) -> None:
+    since, until, stamps = data
+    in_range = [s for s in stamps if since <= s < until]
+    first = min(in_range) if narrow and in_range else None
+    lo = since if first is None else first
+    told, asked = Counter(stamps), Counter(stamps)
+    given_total = plan_windows(since, until, n, told, first=first, total=told.count(lo, until))
+    counted = plan_windows(since, until, n, asked, first=first)
+    assert counted == given_total  # the same windows, the same record counts
+    assert [w.records for w in counted] == [w.records for w in given_total]
+    assert asked.batches <= max(1, told.batches)  # the total rode along with the first level
+    assert asked.biggest_batch <= 32
+
+
+def test_a_uniform_year_plans_in_three_round_trips_with_the_total_unknown() -> None:
+    rng = random.Random(2)
+    stamps = [rng.randrange(0, 86400 * 365) for _ in range(200_000)]
+    counter = Counter(stamps)
+    windows = plan_windows(0, 86400 * 365, 8, counter, first=min(stamps))
+    assert counter.batches == 3 and sum(w.records or 0 for w in windows) == 200_000
