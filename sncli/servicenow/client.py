@@ -22,19 +22,22 @@ from __future__ import annotations
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from http.client import HTTPException, IncompleteRead
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
+from urllib3.exceptions import ConnectTimeoutError, DecodeError, HTTPError, MaxRetryError, ProtocolError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
+from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from sncli.config import BasicAuth, ServiceNowSettings
 from sncli.metrics import RunMetrics
@@ -53,6 +56,8 @@ from sncli.servicenow.errors import (
 )
 from sncli.servicenow.policy import Decision, Failure, decide_failure, decide_status
 from sncli.servicenow.ratelimit import TokenBucket
+from sncli.servicenow.readahead import Answer, Connections, PendingPage, SentRequest
+from sncli.turn import CPU
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ _FAILURE_TEXT = {
     Failure.TLS: "TLS failure",
     Failure.OTHER: "request failed",
 }
+USER_AGENT = "sncli"
 _JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 _FORM_HEADERS = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
 
@@ -131,6 +137,9 @@ class ServiceNowClient:
         if tls.client_cert is not None:
             self._cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_key else str(tls.client_cert)
         self._proxies = {"http": settings.proxy, "https": settings.proxy} if settings.proxy else {}
+        # Requests sent ahead (start_page_decoded) go straight to the instance; with a proxy, through requests.
+        self._connections = None if settings.proxy else Connections(settings, user_agent=USER_AGENT)
+        self.base_url_path = urlsplit(self.base_url).path  # an instance URL may carry a path prefix
         if not tls.verify:
             log.warning("TLS certificate verification is disabled (servicenow.tls.verify: false)")
         self.auth: Authenticator
@@ -150,13 +159,15 @@ class ServiceNowClient:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        session.headers.update({"User-Agent": "sncli"})
+        session.headers.update({"User-Agent": USER_AGENT})
         return session
 
     # ---------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
         self._session.close()
+        if self._connections is not None:
+            self._connections.close()
 
     def __enter__(self) -> ServiceNowClient:
         return self
@@ -197,6 +208,7 @@ class ServiceNowClient:
         display_value: DisplayValue = "false",
         exclude_reference_link: bool = True,
         no_count: bool = True,
+        _first: SentRequest | None = None,
     ) -> DecodedPage[R]:
         """``list_page`` with the body handed to ``decode`` instead of parsed into dicts.
 
@@ -206,7 +218,7 @@ class ServiceNowClient:
         """
         params = _page_params(query, fields, limit, display_value, exclude_reference_link, no_count, None)
 
-        def parse(resp: requests.Response) -> DecodedPage[R]:
+        def parse(resp: Answer | requests.Response) -> DecodedPage[R]:
             try:
                 records = decode(resp.content)
             except ValueError as exc:
@@ -214,7 +226,39 @@ class ServiceNowClient:
             return DecodedPage(records, _total(resp), parse_http_date(resp.headers.get("Date")))
 
         return self._call("GET", _table_path(table), endpoint=_endpoint(table), params=params, parse=parse,
-                          whole_body=True)
+                          whole_body=True, first=_first)
+
+    def start_page_decoded(
+        self,
+        table: str,
+        *,
+        decode: Callable[[bytes], R],
+        query: str,
+        fields: list[str] | tuple[str, ...] | None = None,
+        limit: int,
+        display_value: DisplayValue = "false",
+    ) -> PendingPage[DecodedPage[R]]:
+        """``list_page_decoded`` with its first attempt sent now and its answer read by ``result()``.
+
+        See :mod:`sncli.servicenow.readahead`. Nothing here raises: the rate limit
+        is waited for now, and an authentication or transport failure surfaces
+        from ``result()``, where the caller is ready for it.
+        """
+        params = _page_params(query, fields, limit, display_value, True, True, None)
+        path = _table_path(table)
+
+        def read(sent: SentRequest | None) -> DecodedPage[R]:
+            return self.list_page_decoded(table, decode=decode, query=query, fields=fields, limit=limit,
+                                          display_value=display_value, _first=sent)
+
+        if self._connections is None:
+            return PendingPage(None, read)  # a proxy: fetched through requests when read
+        self._take_token()
+        try:
+            authorization = self.auth.authorization()
+        except Exception as exc:
+            return PendingPage(None, _raise_later(exc))
+        return PendingPage(SentRequest(self._connections, self.base_url_path + path, params, authorization), read)
 
     def get(
         self,
@@ -295,7 +339,7 @@ class ServiceNowClient:
         path_or_url: str,
         *,
         endpoint: str,
-        parse: Callable[[requests.Response], T],
+        parse: Callable[[Any], T],  # takes a requests.Response or a read-ahead Answer
         params: dict[str, str] | None = None,
         body: bytes | None = None,
         form: bytes | None = None,
@@ -303,11 +347,14 @@ class ServiceNowClient:
         idempotent: bool | None = None,
         answer_statuses: frozenset[int] = frozenset(),
         whole_body: bool = False,
+        first: SentRequest | None = None,
     ) -> T:
         """One logical call with its retries.
 
         ``whole_body``: read the body in one read instead of requests' 10 KiB chunks
         (see :func:`_read_whole_body`); for the large pages of ``list_page``.
+        ``first``: attempt 1, already sent ahead (:mod:`sncli.servicenow.readahead`);
+        its answer or failure is judged like any attempt's.
         """
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.base_url + path_or_url
         policy_method = method if idempotent is None else ("GET" if idempotent else "POST")
@@ -316,26 +363,37 @@ class ServiceNowClient:
         started = self._clock()
         attempts = 0
         reauthenticated = False
+        ahead = first
+        used_auth: str | None = None
         while True:
             attempts += 1
-            if self._bucket is not None:
-                self._bucket.acquire()
-            used_auth = self.auth.authorization() if authenticate else None
-            if used_auth is not None:
-                headers["Authorization"] = used_auth
+            sent, ahead = ahead, None
+            if sent is None:
+                self._take_token()
+                used_auth = self.auth.authorization() if authenticate else None
+                if used_auth is not None:
+                    headers["Authorization"] = used_auth
+            else:
+                used_auth = sent.authorization
             t0 = time.perf_counter()
+            resp: Answer | requests.Response
             try:
-                resp = self._session.request(
-                    method, url, params=params, data=data, headers=headers, timeout=self._timeout,
-                    verify=self._verify, cert=self._cert, proxies=self._proxies, allow_redirects=False,
-                    stream=whole_body,
-                )
-                if whole_body:
-                    _read_whole_body(resp)
-            except (requests.RequestException, OSError) as exc:
-                # OSError: a local problem requests does not wrap (e.g. a ca_bundle path that does not exist).
-                self._observe(endpoint, method, t0)
-                failure = classify_exception(exc)
+                if sent is not None:
+                    resp = sent.answer()
+                else:
+                    with CPU.released():  # a page loop's retry waits without its turn (sncli.turn)
+                        resp = self._session.request(
+                            method, url, params=params, data=data, headers=headers, timeout=self._timeout,
+                            verify=self._verify, cert=self._cert, proxies=self._proxies, allow_redirects=False,
+                            stream=whole_body,
+                        )
+                        if whole_body:
+                            _read_whole_body(resp)
+            except (requests.RequestException, OSError, HTTPError, HTTPException) as exc:
+                # OSError: a local problem requests does not wrap (e.g. a ca_bundle path that does not exist);
+                # urllib3's and http.client's own errors come from an attempt sent ahead.
+                self._observe(endpoint, method, t0, sent)
+                failure = classify_exception(exc) if sent is None else classify_sent_ahead(exc)
                 decision = decide_failure(policy_method, failure)
                 cause = f"{_FAILURE_TEXT[failure]} ({describe_exception(exc)})"
                 if decision is Decision.RETRY:
@@ -347,7 +405,7 @@ class ServiceNowClient:
                         method=method, endpoint=endpoint, attempts=attempts,
                     ) from exc
                 raise TransportError(None, cause, method=method, endpoint=endpoint, attempts=attempts) from exc
-            self._observe(endpoint, method, t0)
+            self._observe(endpoint, method, t0, sent)
 
             status = resp.status_code
             if 200 <= status < 300 or status in answer_statuses:
@@ -426,11 +484,22 @@ class ServiceNowClient:
         log.warning("%s %s: %s; retry %d/%d in %.2f s", method, endpoint, cause, attempts + 1,
                     retry.max_attempts, delay)
         if delay > 0:
-            self._sleep(delay)
+            with CPU.released():
+                self._sleep(delay)
 
-    def _observe(self, endpoint: str, method: str, t0: float) -> None:
+    def _take_token(self) -> None:
+        """The rate limit: wait for a token, giving up a page loop's CPU turn while waiting (sncli.turn)."""
+        if self._bucket is None:
+            return
+        wait = self._bucket.reserve()
+        if wait > 0:
+            with CPU.released():
+                self._sleep(wait)
+
+    def _observe(self, endpoint: str, method: str, t0: float, sent: SentRequest | None = None) -> None:
         if self._metrics is not None:
-            self._metrics.observe_api_call(endpoint, method, time.perf_counter() - t0)
+            seconds = sent.seconds if sent is not None else time.perf_counter() - t0
+            self._metrics.observe_api_call(endpoint, method, seconds)
 
 
 # -------------------------------------------------------------------- helpers (pure)
@@ -455,6 +524,24 @@ def classify_exception(exc: BaseException) -> Failure:
             # NewConnectionError (refused, DNS) is a ConnectTimeoutError subclass in urllib3.
             if isinstance(reason, ConnectTimeoutError):
                 return Failure.CONNECT
+        return Failure.SENT
+    return Failure.OTHER
+
+
+def classify_sent_ahead(exc: BaseException) -> Failure:
+    """:func:`classify_exception` for an attempt sent ahead (:mod:`sncli.servicenow.readahead`).
+
+    Its failures are urllib3's, http.client's and the socket's own, not wrapped by requests.
+    """
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+        return Failure.OTHER  # a local problem, e.g. a ca_bundle or client certificate that cannot be read
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError, Urllib3SSLError)):
+        return Failure.TLS
+    if isinstance(exc, ConnectTimeoutError):  # NewConnectionError and NameResolutionError too
+        return Failure.CONNECT
+    if isinstance(exc, (IncompleteRead, ProtocolError, DecodeError)):
+        return Failure.TRUNCATED
+    if isinstance(exc, (OSError, HTTPException, HTTPError)):  # timeouts, resets, closed before an answer
         return Failure.SENT
     return Failure.OTHER
 
@@ -501,6 +588,13 @@ def _record_path(table: str, sys_id: str) -> str:
         raise BadRequestError(None, f"invalid sys_id {str(sys_id)[:40]!r} (expected 32 lowercase hex digits)",
                               endpoint=_endpoint(table))
     return f"{_table_path(table)}/{sys_id}"
+
+
+def _raise_later(exc: Exception) -> Callable[[SentRequest | None], Any]:
+    def read(sent: SentRequest | None) -> Any:
+        raise exc
+
+    return read
 
 
 def _write_params() -> dict[str, str]:
@@ -553,7 +647,7 @@ def _parse_page(resp: requests.Response) -> Page:
     return Page(records=result, total=_total(resp), server_time=parse_http_date(resp.headers.get("Date")), links=links)
 
 
-def _total(resp: requests.Response) -> int | None:
+def _total(resp: Answer | requests.Response) -> int | None:
     total_header = resp.headers.get("X-Total-Count")
     if total_header is None:
         return None
@@ -586,7 +680,7 @@ def _page_params(
     return params
 
 
-def _parse_record(resp: requests.Response) -> dict[str, Any]:
+def _parse_record(resp: Answer | requests.Response) -> dict[str, Any]:
     data = _loads(resp.content)
     result = data.get("result") if isinstance(data, dict) else None
     if not isinstance(result, dict):
@@ -594,10 +688,10 @@ def _parse_record(resp: requests.Response) -> dict[str, Any]:
     return result
 
 
-def _ignore_body(resp: requests.Response) -> None:
+def _ignore_body(resp: Answer | requests.Response) -> None:
     return None
 
 
-def _parse_date(resp: requests.Response) -> datetime | None:
+def _parse_date(resp: Answer | requests.Response) -> datetime | None:
     return parse_http_date(resp.headers.get("Date"))
 

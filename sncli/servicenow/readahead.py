@@ -1,0 +1,218 @@
+"""Page requests sent now and read later: how one thread overlaps ServiceNow's answer time with its own work.
+
+The source's page loop (:mod:`sncli.source.poller`) sends the request for page
+N+1, produces page N to Kafka, and reads N+1's answer when it gets to it;
+ServiceNow works on N+1 meanwhile and the answer waits in the socket. Why not
+a helper thread that fetches: confluent-kafka takes the GIL once per record
+while it serves delivery reports, and a second thread running Python at that
+moment (requests' own code, JSON decoding) turns every record into a GIL
+hand-over. Measured here: serving 1 000 acknowledgements takes 0.3 ms alone,
+220 ms beside a busy Python thread, 1.2 s beside a thread decoding JSON. With
+the request sent ahead there is no second thread at all.
+
+Only the first attempt of a page is sent ahead. Its answer, or its failure,
+goes into the client's ordinary request loop as attempt 1, so retries, the
+401 refresh, Retry-After, the malformed-body check and the latency metric work
+as for any call; a retry goes through requests as usual.
+
+Connections: urllib3's (requests' own transport), one per request in flight,
+kept alive between pages; TLS is set up as requests sets it (verification
+with certifi's bundle or ``tls.ca_bundle``, a file or a directory; the client
+certificate), with the same ``User-Agent`` and ``Accept-Encoding``. With
+``servicenow.proxy`` set, nothing is sent ahead: the page is fetched through
+requests when it is read (the proxy handling stays requests'; against a real
+instance the answer time dominates anyway, and overlapping it saves only the
+loop's own few milliseconds per page).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+from urllib.parse import urlencode, urlsplit
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.util import make_headers
+
+if TYPE_CHECKING:
+    from sncli.config import ServiceNowSettings
+
+R = TypeVar("R")
+
+#: Idle connections kept for later pages (one per table or window in flight is what a run uses).
+MAX_IDLE_CONNECTIONS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer as the client's request loop reads it (the part of ``requests.Response`` it uses)."""
+
+    status_code: int
+    reason: str
+    headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
+    content: bytes
+
+
+class Connections:
+    """Keep-alive urllib3 connections to the instance, for requests sent ahead (thread-safe)."""
+
+    def __init__(self, settings: ServiceNowSettings, *, user_agent: str) -> None:
+        parts = urlsplit(settings.instance_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._timeout = settings.timeout_seconds
+        self._tls = settings.tls
+        self._lock = threading.Lock()
+        self._idle: list[HTTPConnection] = []
+        self.headers = {
+            "User-Agent": user_agent,
+            **make_headers(accept_encoding=True),  # what urllib3 can decode, as requests sends it
+            "Accept": "application/json",
+            "Connection": "keep-alive",
+        }
+
+    def get(self) -> HTTPConnection:
+        """An idle connection that is still open, or a new (not yet connected) one."""
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.is_connected:  # False once the server closed it (or sent something unasked)
+                    return conn
+                conn.close()
+        return self._new()
+
+    def put(self, conn: HTTPConnection) -> None:
+        """Return a connection whose answer was read in full; a closed one is dropped."""
+        if conn.is_closed:
+            return
+        with self._lock:
+            if len(self._idle) < MAX_IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _new(self) -> HTTPConnection:
+        if not self._https:
+            return HTTPConnection(self._host, self._port, timeout=self._timeout)
+        tls = self._tls
+        ca_file = ca_dir = None
+        if tls.verify:
+            from requests.utils import DEFAULT_CA_BUNDLE_PATH  # certifi's bundle, as requests uses it
+
+            bundle = str(tls.ca_bundle) if tls.ca_bundle else DEFAULT_CA_BUNDLE_PATH
+            if os.path.isdir(bundle):
+                ca_dir = bundle
+            else:
+                ca_file = bundle
+        return HTTPSConnection(
+            self._host, self._port, timeout=self._timeout,
+            cert_reqs="CERT_REQUIRED" if tls.verify else "CERT_NONE",
+            ca_certs=ca_file, ca_cert_dir=ca_dir,
+            cert_file=str(tls.client_cert) if tls.client_cert else None,
+            key_file=str(tls.client_key) if tls.client_key else None,
+        )
+
+
+class SentRequest:
+    """One GET on its own connection: sent at construction, its answer read by :meth:`answer`.
+
+    Never raises at construction: a failure to connect or send is kept and
+    raised by :meth:`answer`, where the request loop classifies it like any
+    attempt's failure (the caller reads answers only where it can handle them).
+    """
+
+    def __init__(self, connections: Connections, path: str, params: Mapping[str, str],
+                 authorization: str | None) -> None:
+        self._connections = connections
+        self._conn: HTTPConnection | None = None
+        self._error: BaseException | None = None
+        self._readable_at: float | None = None
+        self.seconds = 0.0  # send -> answer seen (set by answer(); an upper bound, see ready())
+        self.authorization = authorization  # what a 401 answer refused (the loop refreshes it once)
+        headers = dict(connections.headers)
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        self._sent_at = time.perf_counter()
+        try:
+            self._conn = connections.get()
+            self._conn.request("GET", f"{path}?{urlencode(params)}", headers=headers)
+        except Exception as exc:
+            self._fail(exc)
+
+    def ready(self, timeout: float) -> bool:
+        """True once the answer has started to arrive (or the request failed), waiting up to ``timeout``.
+
+        The moment it is first seen is the end of the call's measured latency, so
+        a loop that waits here measures ServiceNow's time, not its own.
+        """
+        if self._readable_at is not None or self._error is not None:
+            return True
+        conn = self._conn
+        sock = getattr(conn, "sock", None)
+        if sock is None:
+            return True  # nothing to wait for: answer() reports what happened
+        pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted count as arrived
+        if (pending is not None and pending()) or select.select([sock], [], [], max(0.0, timeout))[0]:
+            self._readable_at = time.perf_counter()
+            return True
+        return False
+
+    def answer(self) -> Answer:
+        """Read the whole answer (the body decoded per Content-Encoding), or raise the transport failure."""
+        if self._error is not None:
+            raise self._error
+        conn = self._conn
+        assert conn is not None
+        try:
+            response = conn.getresponse()  # reads the body too (preload_content)
+            answer = Answer(response.status, response.reason or "", response.headers, response.data)
+        except Exception as exc:
+            self._fail(exc)
+            raise
+        finally:
+            self.seconds = (self._readable_at or time.perf_counter()) - self._sent_at
+        self._conn = None
+        self._connections.put(conn)
+        return answer
+
+    def cancel(self) -> None:
+        """Give up on the answer (a page read ahead and dropped): its connection cannot be reused."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self.cancel()
+
+
+class PendingPage(Generic[R]):
+    """A page being fetched: :meth:`ready` to wait for it without reading it, :meth:`result` to get it."""
+
+    def __init__(self, sent: SentRequest | None, read: Callable[[SentRequest | None], R]) -> None:
+        self._sent = sent
+        self._read = read
+
+    def ready(self, timeout: float) -> bool:
+        """True once :meth:`result` would not wait for ServiceNow (always True when nothing was sent ahead)."""
+        return self._sent is None or self._sent.ready(timeout)
+
+    def result(self) -> R:
+        """The page, with the request loop's retries behind it; raises what a direct fetch would raise."""
+        return self._read(self._sent)
+
+    def cancel(self) -> None:
+        if self._sent is not None:
+            self._sent.cancel()
