@@ -68,7 +68,7 @@ from sncli.source.cycle import (
     new_producer,
     start_topic_check,
 )
-from sncli.source.poller import Records, StopControl, page_loop
+from sncli.source.poller import Records, Send, StopControl, page_loop
 from sncli.source.windows import Window, plan_windows, range_id, to_epoch, to_sn, windows_from_boundaries
 
 if TYPE_CHECKING:
@@ -403,14 +403,15 @@ def run_window(
             outcome.done, outcome.stopped = True, "done"
             return
         hi = UpperBound(window.hi_text, inclusive=False)
-        deliver: Callable[[Records, Any], int]
+        send: Send | None = None
+        deliver: Callable[[Records, Any], int] | None = None
         commit: Callable[[Cursor], None]
         prepare: Callable[[Records], Any] | None = None
         if output is None:
             start = outcome.cursor_before or Cursor.at_start(window.lo_text)
             kafka = KafkaPageOutput(settings, table, client, metrics, producer)
             producer = None
-            deliver, prepare = kafka.deliver, kafka.prepare
+            send, prepare = kafka.send, kafka.prepare
 
             def commit(cursor: Cursor) -> None:
                 if lock is not None:
@@ -432,10 +433,11 @@ def run_window(
             outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
 
         result = page_loop(
-            start=start, fetch=make_fetch(client, settings, table, hi, metrics, kafka.decoder if kafka else None),
-            deliver=deliver, commit=commit,
+            start=start,
+            start_fetch=make_fetch(client, settings, table, hi, metrics, kafka.decoder if kafka else None),
+            send=send, deliver=deliver, commit=commit,
             ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, prepare=prepare,
-            on_page=on_page, name=f"{table.name}-w{window.index}",
+            on_page=on_page,
         )
         if result.stopped is not None:
             outcome.stopped = result.stopped

@@ -39,9 +39,19 @@ from sncli.config import source_fingerprint
 from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
 from sncli.metrics import RunMetrics
 from sncli.source.cursor import Cursor, UpperBound, page_query, parse_sn_time, upper_bound
-from sncli.source.poller import Budget, LoopResult, Records, StopControl, page_loop
+from sncli.source.poller import (
+    Budget,
+    LoopResult,
+    PendingFetch,
+    Records,
+    Send,
+    Settle,
+    StartFetch,
+    StopControl,
+    page_loop,
+)
 from sncli.source.rawpage import Decoder as RawDecoder
-from sncli.source.rawpage import raw_page_decoder
+from sncli.source.rawpage import decode_records, raw_page_decoder
 from sncli.source.record import (
     PageMessages,
     RecordShape,
@@ -50,13 +60,15 @@ from sncli.source.record import (
     decoded_fields,
     instance_name,
 )
+from sncli.turn import CPU
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
     from sncli.kafka.producer import PageProducer
     from sncli.offsets.lock import RunLock
     from sncli.offsets.store import OffsetStore
-    from sncli.servicenow.client import ServiceNowClient
+    from sncli.servicenow.client import DecodedPage, ServiceNowClient
+    from sncli.servicenow.readahead import PendingPage
 
 log = logging.getLogger("sncli.source")
 
@@ -377,12 +389,19 @@ class KafkaPageOutput:
         return build_page(records, self._shape, extracted_at=datetime.now(UTC), cache=self._cache,
                           encode_page=self._encode_page)
 
-    def deliver(self, records: Records, prepared: PageMessages | None) -> int:
+    def send(self, records: Records, prepared: PageMessages | None) -> Settle:
+        """Queue the page; the returned call waits for its acknowledgements (see :mod:`sncli.source.poller`)."""
         msgs = prepared if prepared is not None else self.prepare(records)
         self._producer.send_page(self._topic, msgs.keys, msgs.values, msgs.headers, msgs.timestamps)
-        acked = self._producer.flush()
+        return self._settle
+
+    def _settle(self) -> int:
+        acked = self._producer.flush(idle=CPU)  # waits for the broker without the CPU turn
         self._produced.inc(acked)
         return acked
+
+    def deliver(self, records: Records, prepared: PageMessages | None) -> int:
+        return self.send(records, prepared)()
 
     def close(self) -> None:
         self._producer.close()
@@ -395,24 +414,41 @@ def make_fetch(
     hi: UpperBound,
     metrics: RunMetrics,
     decoder: RawDecoder | None = None,
-) -> Callable[[Cursor, int], Records]:
-    """The page fetch of a table; with ``decoder`` pages come as RawPages (only for a JSON Kafka output)."""
+) -> StartFetch:
+    """The page requests of a table (sent ahead, see :mod:`sncli.servicenow.readahead`).
+
+    With ``decoder`` pages come as RawPages (only for a JSON Kafka output), else as dicts.
+    """
     fetched = metrics.source_records.labels(table=table.name)
     fields = list(table.fields) if table.fields is not None else None
+    decode: Callable[[bytes], Records] = decoder if decoder is not None else decode_records
 
-    def fetch(cursor: Cursor, limit: int) -> Records:
+    def start(cursor: Cursor, limit: int) -> PendingFetch:
         query = page_query(cursor, hi, ts_field=table.timestamp_field, base_query=table.query)
-        records: Records
-        if decoder is not None:
-            records = client.list_page_decoded(table.name, decode=decoder, query=query, fields=fields, limit=limit,
-                                               display_value=settings.source.display_value).records
-        else:
-            records = client.list_page(table.name, query=query, fields=fields, limit=limit,
-                                       display_value=settings.source.display_value).records
-        fetched.inc(len(records))
+        pending = client.start_page_decoded(table.name, decode=decode, query=query, fields=fields, limit=limit,
+                                            display_value=settings.source.display_value)
+        return _Counted(pending, fetched)
+
+    return start
+
+
+class _Counted:
+    """A page request whose records are counted in ``bridge_source_records_total`` once read."""
+
+    def __init__(self, pending: PendingPage[DecodedPage[Records]], counter: Any) -> None:
+        self._pending = pending
+        self._counter = counter
+
+    def ready(self, timeout: float) -> bool:
+        return self._pending.ready(timeout)
+
+    def result(self) -> Records:
+        records = self._pending.result().records
+        self._counter.inc(len(records))
         return records
 
-    return fetch
+    def cancel(self) -> None:
+        self._pending.cancel()
 
 
 # --------------------------------------------------------------------------- one table
@@ -453,18 +489,17 @@ def poll_table(
         outcome.cursor_after = outcome.cursor_before
         start = outcome.cursor_before or Cursor.at_start(table.start)
 
-        deliver: Callable[[Records, Any], int]
+        send: Send | None = None
         commit: Callable[[Cursor], None]
         prepare: Callable[[Records], Any] | None = None
         if dry_run or store is None:
-            deliver = _count
             commit = _no_commit
         else:
             output = KafkaPageOutput(settings, table, client, metrics, producer)
             producer = None  # owned (and closed) by the output now
-            deliver, prepare = output.deliver, output.prepare
+            send, prepare = output.send, output.prepare
             if topics is not None:
-                deliver = _after(topics.wait, deliver)
+                send = _after(topics.wait, send)
 
             def commit(cursor: Cursor) -> None:
                 if lock is not None:
@@ -475,10 +510,12 @@ def poll_table(
         def on_page(result: LoopResult) -> None:
             outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
 
+        decoder = output.decoder if output is not None else None
         result = page_loop(
             start=start,
-            fetch=make_fetch(client, settings, table, hi, metrics, output.decoder if output is not None else None),
-            deliver=deliver,
+            start_fetch=make_fetch(client, settings, table, hi, metrics, decoder),
+            send=send,
+            deliver=_count if send is None else None,
             commit=commit,
             ts_field=table.timestamp_field,
             page_size=settings.source.page_size,
@@ -486,7 +523,6 @@ def poll_table(
             budget=budget,
             prepare=prepare,
             on_page=on_page,
-            name=table.name,
         )
         on_page(result)
         if topics is not None and output is not None:
@@ -513,10 +549,10 @@ def poll_table(
                 log.warning("%s: closing the producer: %s", table.name, exc)
 
 
-def _after(gate: Callable[[], None], deliver: Callable[[Records, Any], int]) -> Callable[[Records, Any], int]:
-    def gated(records: Records, prepared: Any) -> int:
+def _after(gate: Callable[[], None], send: Send) -> Send:
+    def gated(records: Records, prepared: Any) -> Settle:
         gate()
-        return deliver(records, prepared)
+        return send(records, prepared)
 
     return gated
 

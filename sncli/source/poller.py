@@ -1,15 +1,30 @@
-"""One table's page loop: fetch -> deliver -> store the cursor, with the next fetch overlapped.
+"""One table's page loop: fetch -> deliver -> store the cursor, with the next fetches overlapped.
 
 The guarantee (DESIGN.md §4): the cursor is stored only after every record of
 a page was delivered (for Kafka: acknowledged, acks=all). A crash anywhere
-re-sends at most the page whose acknowledgement was not yet stored.
+re-sends at most the page whose acknowledgement was not yet stored: page N+1
+is never sent before page N's cursor is stored.
 
 Overlap: the query of page N+1 depends only on the last record of page N, which
-is known as soon as page N is fetched. So the fetch of N+1 starts (on a helper
-thread) before page N is produced; the HTTP wait and JSON decoding of the next
-page run while this page is produced and acknowledged. The cursor still moves
-strictly page by page, after each page's acknowledgement: the overlap changes
-the timing, never the order of "delivered, then stored".
+is known as soon as page N is read. So the request for page N+1 is sent before
+page N is delivered, and ServiceNow works on it meanwhile
+(:mod:`sncli.servicenow.readahead`: sent now, read later, no helper thread).
+The loop runs on one thread, which holds the process's CPU turn
+(:mod:`sncli.turn`) except while it waits. One page, in order:
+
+1. send page N (queued to Kafka, not yet acknowledged);
+2. wait (at most :data:`SETTLE_WAIT_SECONDS`) for N+1's answer, read and
+   decode it, send the request for N+2, and prepare N+1's messages;
+3. collect N's acknowledgements (``settle``) and store N's cursor.
+
+Step 2 comes before step 3 so that the broker acknowledges page N while the
+loop decodes N+1, and N+2 is being answered while N is settled and stored.
+The bound keeps a slow ServiceNow answer from holding N's cursor back: when
+N+1 is late, N is settled and stored first. At most two pages are requested
+ahead of the one being delivered; a page requested ahead but not delivered (a
+stop, a failure) is dropped unread. A failure found in N+1 during step 2 (a
+page out of keyset order, a record the encoder refuses) is raised only once N
+is stored.
 
 Bounds are checked at page boundaries: a shared record budget (``--max-records``;
 each page is fetched with ``limit = min(page_size, what is left)``, so the bound
@@ -24,50 +39,117 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sncli.source.cursor import Cursor, advance
+from sncli.turn import CPU
 
 log = logging.getLogger("sncli.source")
 
 Records = Sequence[dict[str, Any]]  # a list of dicts, or a RawPage (sncli.source.rawpage)
-Fetch = Callable[[Cursor, int], Records]
+
+
+class PendingFetch(Protocol):
+    """A page requested and not yet read (:class:`sncli.servicenow.readahead.PendingPage` is one)."""
+
+    def ready(self, timeout: float) -> bool: ...  # True once result() would not wait for ServiceNow
+
+    def result(self) -> Records: ...
+
+    def cancel(self) -> None: ...
+
+
+Fetch = Callable[[Cursor, int], Records]  # a plain fetch: (cursor, limit) -> the page after cursor
+StartFetch = Callable[[Cursor, int], PendingFetch]  # the same, requested now and read later
 Prepare = Callable[[Records], Any]
 Deliver = Callable[[Records, Any], int]  # (records, what prepare made of them or None) -> delivered
+Settle = Callable[[], int]  # waits until a sent page is delivered -> delivered; raises if it was not
+Send = Callable[[Records, Any], Settle]  # queues a page for delivery
 Commit = Callable[[Cursor], None]
 
+#: How long a sent page's acknowledgements wait for the next page's answer (module doc).
+SETTLE_WAIT_SECONDS = 0.25
+#: How long the loop waits at most for an answer before reading it anyway (the read has its own timeout).
+ANSWER_WAIT_SECONDS = 600.0
 
-class _Prefetch:
-    """One fetch (and its preparation) on a daemon thread; a dropped prefetch never delays process exit.
 
-    Preparing (encoding values, building headers) here too means that work runs
-    while the loop thread waits for the previous page's acknowledgements.
-    """
+class _Now:
+    """A plain fetch as a PendingFetch: it runs when the page is read (no overlap)."""
 
-    def __init__(self, fetch: Fetch, prepare: Prepare | None, cursor: Cursor, limit: int, name: str) -> None:
+    def __init__(self, fetch: Fetch, cursor: Cursor, limit: int) -> None:
+        self._fetch = fetch
+        self._cursor = cursor
+        self._limit = limit
+
+    def ready(self, timeout: float) -> bool:
+        return True
+
+    def result(self) -> Records:
+        return self._fetch(self._cursor, self._limit)
+
+    def cancel(self) -> None:
+        return None
+
+
+class _Request:
+    """One page of the loop: its fetch and its share of the record budget."""
+
+    def __init__(self, pending: PendingFetch, limit: int) -> None:
+        self.pending = pending
         self.limit = limit
-        self._done = threading.Event()
-        self._records: Records = []
-        self._prepared: Any = None
-        self._error: BaseException | None = None
-        threading.Thread(target=self._run, args=(fetch, prepare, cursor, limit), name=f"fetch-{name}",
-                         daemon=True).start()
+        self.taken: int | None = None  # records read (the rest of ``limit`` went back to the budget)
 
-    def _run(self, fetch: Fetch, prepare: Prepare | None, cursor: Cursor, limit: int) -> None:
+
+class _Reader:
+    """Starts and reads the loop's fetches, keeping the record budget exact."""
+
+    def __init__(self, start_fetch: StartFetch, budget: Budget, stop: StopControl, page_size: int) -> None:
+        self._start_fetch = start_fetch
+        self._budget = budget
+        self._stop = stop
+        self._page_size = page_size
+        self.stopped: str | None = None  # why the last ``start`` started nothing
+
+    def start(self, cursor: Cursor) -> _Request | None:
+        """The request for the page after ``cursor``, or None (``stopped`` says why) when a bound is reached."""
+        self.stopped = self._stop.reason()
+        if self.stopped is not None:
+            return None
+        limit = self._budget.take(self._page_size)
+        if limit <= 0:
+            self.stopped = "max_records"
+            return None
         try:
-            self._records = fetch(cursor, limit)
-            if prepare is not None and self._records:
-                self._prepared = prepare(self._records)
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._done.set()
+            return _Request(self._start_fetch(cursor, limit), limit)
+        except BaseException:
+            self._budget.give_back(limit)
+            raise
 
-    def result(self) -> tuple[Records, Any]:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._records, self._prepared
+    def take(self, request: _Request) -> Records:
+        """The page (waiting for ServiceNow without the CPU turn)."""
+        with CPU.released():
+            request.pending.ready(ANSWER_WAIT_SECONDS)
+        records = request.pending.result()
+        request.taken = len(records)
+        self._budget.give_back(request.limit - len(records))
+        return records
+
+    def drop(self, request: _Request | None) -> None:
+        """A page that will not be delivered: its request is abandoned and its budget share goes back."""
+        if request is not None:
+            request.pending.cancel()
+            self._budget.give_back(request.limit if request.taken is None else request.taken)
+
+
+@dataclass
+class _Next:
+    """The page after the one being delivered, read during step 2 (module doc)."""
+
+    records: Records
+    end: Cursor | None = None  # the cursor after it (None: empty, or ``error``)
+    prepared: Any = None
+    following: _Request | None = None  # the request for the page after it
+    error: Exception | None = None  # raised only once the current page is stored
 
 
 class StopControl:
@@ -142,56 +224,131 @@ class LoopResult:
 def page_loop(
     *,
     start: Cursor,
-    fetch: Fetch,
-    deliver: Deliver,
     commit: Commit,
     ts_field: str,
     page_size: int,
     stop: StopControl,
+    fetch: Fetch | None = None,
+    start_fetch: StartFetch | None = None,
+    deliver: Deliver | None = None,
+    send: Send | None = None,
     budget: Budget | None = None,
     prepare: Prepare | None = None,
     on_page: Callable[[LoopResult], None] | None = None,
-    name: str = "source",
 ) -> LoopResult:
-    """Page from ``start`` until an empty page or a bound; see the module doc for the guarantee."""
-    budget = budget or Budget(None)
+    """Page from ``start`` until an empty page or a bound; see the module doc for the order and the guarantee.
+
+    The input is ``start_fetch`` (requests a page, read later) or ``fetch`` (a
+    plain call, run when the page is read); the output is ``send`` (queues a
+    page, returns the wait for its delivery) or ``deliver`` (delivers it before
+    returning). ``prepare`` makes the messages of a page.
+    """
+    if fetch is not None and start_fetch is None:
+        start_fetch = _starting(fetch)
+    elif fetch is not None or start_fetch is None:
+        raise TypeError("page_loop takes one of fetch and start_fetch")
+    if deliver is not None and send is None:
+        send = _sending(deliver)
+    elif deliver is not None or send is None:
+        raise TypeError("page_loop takes one of deliver and send")
+    with CPU:
+        return _loop(_Reader(start_fetch, budget or Budget(None), stop, page_size), start, send, commit, ts_field,
+                     stop, prepare, on_page)
+
+
+def _loop(
+    reader: _Reader,
+    start: Cursor,
+    send: Send,
+    commit: Commit,
+    ts_field: str,
+    stop: StopControl,
+    prepare: Prepare | None,
+    on_page: Callable[[LoopResult], None] | None,
+) -> LoopResult:
     result = LoopResult(cursor=start)
-    result.stopped = stop.reason()
-    if result.stopped is not None:
+    first = reader.start(start)
+    if first is None:
+        result.stopped = reader.stopped
         return result
-    limit = budget.take(page_size)
-    if limit <= 0:
-        result.stopped = "max_records"
-        return result
-    pending: _Prefetch | None = _Prefetch(fetch, prepare, start, limit, name)
-    while pending is not None:
-        records, prepared = pending.result()
-        budget.give_back(pending.limit - len(records))
-        pending = None
-        if not records:
-            break  # caught up: only an empty page ends the cycle
-        cursor = advance(result.cursor, records, ts_field)
-        reason = stop.reason()
-        if reason is None:
-            limit = budget.take(page_size)
-            if limit > 0:
-                pending = _Prefetch(fetch, prepare, cursor, limit, name)  # overlaps with delivering this page
-            else:
-                reason = "max_records"
-        delivered = deliver(records, prepared)
-        commit(cursor)
-        result.cursor = cursor
+    current = _read(reader, first, start, ts_field, prepare)
+    if current.error is not None:
+        raise current.error
+    ahead = current.following
+    while current.end is not None:
+        records, end = current.records, current.end
+        settle = send(records, current.prepared)
+        early = _read(reader, ahead, end, ts_field, prepare) if ahead is not None and _arrives(ahead) else None
+        try:
+            delivered = settle()
+            commit(end)
+        except BaseException:
+            reader.drop(early.following if early is not None else ahead)
+            raise
+        result.cursor = end
         result.records += len(records)
         result.delivered += delivered
         result.pages += 1
         if on_page is not None:
             on_page(result)
-        if pending is None:
-            result.stopped = reason
+        if ahead is None:
+            result.stopped = reader.stopped  # a bound was reached before the next page was requested
             break
         reason = stop.reason()
         if reason is not None:
-            result.stopped = reason  # the prefetched page is dropped unread; nothing of it was delivered
-            budget.give_back(pending.limit)
-            pending = None
+            result.stopped = reason  # pages requested ahead are dropped unread; nothing of them was delivered
+            reader.drop(ahead)
+            reader.drop(early.following if early is not None else None)
+            break
+        current = early if early is not None else _read(reader, ahead, end, ts_field, prepare)
+        if current.error is not None:
+            reader.drop(current.following)
+            raise current.error
+        ahead = current.following
     return result
+
+
+def _arrives(request: _Request) -> bool:
+    """Whether the page's answer is there within the settle wait (waited for without the CPU turn)."""
+    with CPU.released():
+        return request.pending.ready(SETTLE_WAIT_SECONDS)
+
+
+def _read(reader: _Reader, request: _Request, after: Cursor, ts_field: str, prepare: Prepare | None) -> _Next:
+    """Read the page of ``request``, request the one after it, prepare it; a failure is kept in ``error``.
+
+    Reading itself may raise (ServiceNow failed for good): the caller decides when.
+    """
+    try:
+        page = _Next(reader.take(request))
+    except Exception as exc:
+        return _Next([], error=exc)
+    if not page.records:
+        return page  # caught up
+    try:
+        page.end = advance(after, page.records, ts_field)
+        page.following = reader.start(page.end)
+        page.prepared = prepare(page.records) if prepare is not None else None
+    except Exception as exc:
+        page.end = None
+        reader.drop(page.following)
+        page.following = None
+        page.error = exc
+    return page
+
+
+def _starting(fetch: Fetch) -> StartFetch:
+    def start(cursor: Cursor, limit: int) -> PendingFetch:
+        return _Now(fetch, cursor, limit)
+
+    return start
+
+
+def _sending(deliver: Deliver) -> Send:
+    """A ``send`` that delivers at once (an output with nothing to wait for separately)."""
+
+    def send(records: Records, prepared: Any) -> Settle:
+        delivered = deliver(records, prepared)
+        return lambda: delivered
+
+    return send

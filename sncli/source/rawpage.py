@@ -122,3 +122,17 @@ def column(records: Sequence[dict[str, Any]], name: str) -> list[Any]:
         return list(map(itemgetter(name), records))
     except KeyError:
         return [r.get(name) for r in records]
+
+
+def decode_records(body: bytes) -> list[dict[str, Any]]:
+    """A Table API body as its list of records (dicts); ValueError when it is not ``{"result": [object, ...]}``."""
+    import orjson
+
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at byte {exc.pos})") from None
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+        raise ValueError("no 'result' list of records")
+    return result

@@ -1,0 +1,184 @@
+"""The page loop's order of work (sncli.source.poller): pure logic, with in-memory pages and outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sncli.source import poller
+from sncli.source.cursor import Cursor, CursorOrderError
+from sncli.source.poller import Budget, StopControl, page_loop
+
+TS = "sys_updated_on"
+
+
+def records(first: int, count: int) -> list[dict[str, Any]]:
+    return [{TS: "2024-01-01 00:00:00", "sys_id": f"{i:032x}"} for i in range(first, first + count)]
+
+
+class World:
+    """A table of ``total`` records served ``page`` at a time, and an output; every step lands in ``log``."""
+
+    def __init__(self, total: int, *, ready: bool = True, out_of_order_page: int | None = None) -> None:
+        self.rows = records(0, total)
+        self.bad = out_of_order_page  # this page comes back in reverse order
+        self.ready = ready
+        self.log: list[str] = []
+        self.cancelled: list[int] = []
+        self.stored: Cursor | None = None
+        self.pages_started = 0
+
+    # input
+    def start_fetch(self, cursor: Cursor, limit: int) -> Any:
+        world = self
+        number = self.pages_started = self.pages_started + 1
+        self.log.append(f"request {number}")
+
+        class Pending:
+            def ready(self, timeout: float) -> bool:
+                return world.ready
+
+            def result(self) -> list[dict[str, Any]]:
+                world.log.append(f"read {number}")
+                start = 0 if not cursor.sys_id else int(cursor.sys_id, 16) + 1
+                page = [dict(r) for r in world.rows[start:start + limit]]
+                if number == world.bad and len(page) > 1:
+                    page.reverse()
+                return page
+
+            def cancel(self) -> None:
+                world.cancelled.append(number)
+
+        return Pending()
+
+    # output
+    def prepare(self, recs: Any) -> str:
+        self.log.append(f"prepare {self._page(recs)}")
+        return "messages"
+
+    def send(self, recs: Any, prepared: Any) -> Any:
+        page = self._page(recs)
+        self.log.append(f"send {page}")
+
+        def settle() -> int:
+            self.log.append(f"settle {page}")
+            return len(recs)
+
+        return settle
+
+    def commit(self, cursor: Cursor) -> None:
+        self.log.append(f"commit {int(cursor.sys_id, 16) // 10 + 1}")
+        self.stored = cursor
+
+    @staticmethod
+    def _page(recs: Any) -> int:
+        return min(int(r["sys_id"], 16) for r in recs) // 10 + 1
+
+    def run(self, **kwargs: Any) -> poller.LoopResult:
+        options: dict[str, Any] = {"page_size": 10, "stop": StopControl(), **kwargs}
+        return page_loop(start=Cursor.at_start("1970-01-01 00:00:00"), start_fetch=self.start_fetch,
+                         send=self.send, prepare=self.prepare, commit=self.commit, ts_field=TS, **options)
+
+
+def test_the_next_page_is_read_and_prepared_before_this_one_is_settled() -> None:
+    world = World(25)
+    result = world.run()
+    assert world.log == [
+        "request 1", "read 1", "request 2", "prepare 1",
+        "send 1", "read 2", "request 3", "prepare 2", "settle 1", "commit 1",
+        "send 2", "read 3", "request 4", "prepare 3", "settle 2", "commit 2",
+        "send 3", "read 4", "settle 3", "commit 3",  # page 4 is empty: caught up
+    ]
+    assert (result.records, result.pages, result.delivered, result.stopped) == (25, 3, 25, None)
+    assert world.stored == Cursor("2024-01-01 00:00:00", f"{24:032x}")
+
+
+def test_a_page_is_never_sent_before_the_previous_one_is_stored() -> None:
+    world = World(47)
+    world.run()
+    for n in range(2, 6):
+        assert world.log.index(f"commit {n - 1}") < world.log.index(f"send {n}")
+
+
+def test_a_late_next_page_lets_this_one_be_settled_and_stored_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(poller, "SETTLE_WAIT_SECONDS", 0.0)
+    world = World(15, ready=False)  # the next answer is never there in time
+    world.run()
+    assert world.log[:9] == [
+        "request 1", "read 1", "request 2", "prepare 1",
+        "send 1", "settle 1", "commit 1", "read 2", "request 3",
+    ]
+
+
+def test_a_bad_next_page_is_refused_only_after_this_page_is_stored() -> None:
+    world = World(30, out_of_order_page=2)
+    with pytest.raises(CursorOrderError):
+        world.run()
+    assert world.stored is not None and world.stored.sys_id == f"{9:032x}"
+    assert world.log.index("commit 1") > world.log.index("read 2")
+    assert "send 2" not in world.log
+
+
+def test_a_stop_drops_the_pages_requested_ahead_and_returns_their_budget() -> None:
+    world = World(100)
+    budget = Budget(100)
+    stop = StopControl()
+    real_commit = world.commit
+
+    def commit(cursor: Cursor) -> None:
+        real_commit(cursor)
+        stop.request("signal")
+
+    world.commit = commit  # type: ignore[method-assign]
+    result = world.run(stop=stop, budget=budget)
+    assert (result.pages, result.records, result.stopped) == (1, 10, "signal")
+    assert world.cancelled == [2, 3]  # page 2 read ahead (and dropped), page 3 requested
+    assert budget.take(1000) == 90  # only what was delivered is spent
+
+
+def test_max_records_is_exact_and_requests_nothing_past_it() -> None:
+    world = World(100)
+    result = world.run(budget=Budget(25))
+    assert (result.records, result.stopped) == (25, "max_records")
+    assert world.pages_started == 3
+
+
+def test_a_failed_settle_stores_nothing_and_cancels_what_was_requested() -> None:
+    world = World(30)
+
+    def send(recs: Any, prepared: Any) -> Any:
+        def settle() -> int:
+            raise RuntimeError("broker down")
+
+        return settle
+
+    with pytest.raises(RuntimeError):
+        page_loop(start=Cursor.at_start("1970-01-01 00:00:00"), start_fetch=world.start_fetch, send=send,
+                  commit=world.commit, ts_field=TS, page_size=10, stop=StopControl())
+    assert world.stored is None
+    assert world.cancelled == [3]  # page 2 was read during the wait; the request for page 3 is abandoned
+
+
+def test_a_plain_fetch_and_deliver_work_the_same() -> None:
+    world = World(25)
+    delivered: list[str] = []
+
+    def fetch(cursor: Cursor, limit: int) -> list[dict[str, Any]]:
+        return list(world.start_fetch(cursor, limit).result())
+
+    result = page_loop(start=Cursor.at_start("1970-01-01 00:00:00"), fetch=fetch,
+                       deliver=lambda recs, _: delivered.extend(r["sys_id"] for r in recs) or len(recs),
+                       commit=world.commit, ts_field=TS, page_size=10, stop=StopControl())
+    assert result.records == 25 and delivered == [f"{i:032x}" for i in range(25)]
+
+
+def test_page_loop_refuses_two_inputs_or_two_outputs() -> None:
+    world = World(1)
+    with pytest.raises(TypeError):
+        page_loop(start=Cursor.at_start("1970-01-01 00:00:00"), fetch=lambda c, n: [],
+                  start_fetch=world.start_fetch, send=world.send, commit=world.commit, ts_field=TS, page_size=10,
+                  stop=StopControl())
+    with pytest.raises(TypeError):
+        page_loop(start=Cursor.at_start("1970-01-01 00:00:00"), start_fetch=world.start_fetch, send=world.send,
+                  deliver=lambda r, p: 0, commit=world.commit, ts_field=TS, page_size=10, stop=StopControl())
