@@ -46,8 +46,11 @@ _PRODUCER_DEFAULTS: dict[str, ConfigValue] = {
     # for 2 cores), accepted by Kafka >= 0.10 and by Tansu (measured: none, gzip,
     # snappy, lz4 and zstd all round-trip there).
     "compression.type": "lz4",
-    # A page arrives at once, so a short linger is enough to fill large batches.
-    "linger.ms": 10,
+    # A page arrives at once (thousands of records in a few ms), so batches fill without
+    # lingering; a longer linger only delays the page's last, partial batch until the
+    # flush, which the source waits for. Measured on a 200k-record poll: 10 ms -> 1 ms
+    # cut the run by a quarter.
+    "linger.ms": 1,
     # 1 000 000 bytes is the largest batch a broker with default max.message.bytes
     # (1 048 588) accepts; bigger would be refused as MSG_SIZE_TOO_LARGE.
     "batch.size": 1_000_000,
