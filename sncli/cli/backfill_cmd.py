@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
+from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, state_of
 
 if TYPE_CHECKING:
     from sncli.source.cycle import RunSummary
@@ -50,6 +50,7 @@ def backfill(
 
     request = guard(build)
     settings = state.settings()
+    prepare_for_run()
     stop = StopControl()
     with stop_on_signals(stop):
         summary = guard(lambda: run_backfill(settings, request, stop=stop))

@@ -80,3 +80,27 @@ def guard(job: Callable[[], T]) -> T:
 def not_built(what: str) -> NoReturn:
     error_line(f"{what} is not built yet")
     exit_with(ExitCode.USAGE)
+
+
+#: Young-generation threshold of the collector during a run (CPython's default is 700).
+RUN_GC_THRESHOLD = (50_000, 20, 20)
+
+
+def prepare_for_run() -> None:
+    """Set the garbage collector up for a run's hot loop; call once, after the config is loaded.
+
+    A page of 10 000 records allocates tens of thousands of small containers
+    (each record's header list) that live until the page is acknowledged, so
+    with the default thresholds the collector ran full collections over them
+    and over every object of the imported libraries again and again: 10-20%
+    of a 200k-record poll. ``gc.freeze()`` moves what start-up created out of
+    the collector's sight, and a higher threshold collects the young
+    generation every 50 000 allocations instead of every 700; cycles are still
+    collected, only less often. Measured: a 200k-record poll at page 10 000,
+    3.8 s -> 3.1 s, the same as with the collector off.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*RUN_GC_THRESHOLD)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
+from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, state_of
 from sncli.cli.render import print_json, stdout_console
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ def drain(
     """
     state = state_of(ctx, config)
     settings = state.settings()
+    prepare_for_run()
     from sncli.sink.drain import DrainOptions, run_drain
 
     options = DrainOptions(

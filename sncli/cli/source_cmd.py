@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sncli.cli.common import CONFIG_OPTION, exit_with, guard, state_of
+from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, state_of
 
 if TYPE_CHECKING:
     from sncli.config import Settings
@@ -39,6 +39,7 @@ def poll(
 
     state = state_of(ctx, config)
     settings = state.settings()
+    prepare_for_run()
     stop = StopControl()
 
     def cycle(current: Settings) -> int:
