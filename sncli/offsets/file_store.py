@@ -2,7 +2,8 @@
 
 Every save is a read-modify-write of its own key only, done under an ``flock`` on
 ``<path>.lock`` (so another process's keys written in between are kept) and a
-thread lock (so a process's table threads take turns). The new document goes
+thread lock (so a process's table threads take turns; saves that arrive while
+another is written go out together in the next write, see ``FileStore.save``). The new document goes
 to a temporary file in the same directory, is fsynced, renamed over the old
 one, and the directory is fsynced: a reader sees the old or the new document,
 never half of one. A file that does not parse is reported and never
@@ -19,7 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sncli.errors import OffsetsError
 from sncli.offsets.model import StoredOffset
@@ -48,11 +51,21 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+@dataclass
+class _PendingSave:
+    key: str
+    entry: dict[str, Any]
+    done: bool = False
+    error: OffsetsError | None = None
+
+
 class FileStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._thread_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_PendingSave] = []  # saves waiting for the next write (see save)
         self._seen = SeenValues()
 
     @property
@@ -76,17 +89,55 @@ class FileStore:
     # ------------------------------------------------------------------ writes
 
     def save(self, offset: StoredOffset) -> None:
-        key = offset.key
-        with self._thread_lock, self._write_lock():
-            entries = self._read()
-            entry = offset.to_json()
-            if entries.get(key) == entry:  # already stored (nothing to write)
-                self._seen.remember(key, entry)
-                return
-            if not self._seen.unchanged(key, entries.get(key)):
-                raise moved_error(key, self.location)
-            entries[key] = entry
-            self._write(entries, then=lambda: self._seen.remember(key, entry))
+        """Store one key; returns once it is durable, raises if it could not be stored.
+
+        Group commit: threads that save while another thread is writing wait for
+        that write to finish, and the first of them then writes all of their keys
+        in one replacement of the file (one read, one fsync pair). A backfill's
+        windows and a poll's tables each save after every page; written one by
+        one they queued for the file and its two fsyncs. Each key is still
+        checked against what this store last saw of it, and each caller gets its
+        own outcome.
+        """
+        pending = _PendingSave(offset.key, offset.to_json())
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._thread_lock:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._save_batch(batch)
+        if pending.error is not None:
+            raise pending.error
+
+    def _save_batch(self, batch: list[_PendingSave]) -> None:
+        try:
+            with self._write_lock():
+                entries = self._read()
+                changed: list[_PendingSave] = []
+                for item in batch:
+                    current = entries.get(item.key)
+                    if current == item.entry:  # already stored (nothing to write)
+                        self._seen.remember(item.key, item.entry)
+                    elif not self._seen.unchanged(item.key, current):
+                        item.error = moved_error(item.key, self.location)
+                    else:
+                        entries[item.key] = item.entry
+                        changed.append(item)
+                if changed:
+
+                    def remember() -> None:
+                        for item in changed:
+                            self._seen.remember(item.key, item.entry)
+
+                    self._write(entries, then=remember)
+        except OffsetsError as exc:
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+        finally:
+            for item in batch:
+                item.done = True
 
     def delete(self, key: str) -> None:
         with self._thread_lock, self._write_lock():

@@ -228,3 +228,67 @@ def test_file_mode_is_kept(tmp_path: Path) -> None:
     path.chmod(0o600)
     store.save(make("incident", 2))
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_concurrent_saves_are_written_together_and_each_gets_its_own_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "o.json"
+    store = FileStore(path)
+    rival = FileStore(path)
+    rival.save(make("incident", 1))  # moved behind the first store's back: its save of this key must fail
+    writes: list[int] = []
+    real_write = FileStore._write
+    started = threading.Event()
+
+    def slow_write(self: FileStore, entries: dict[str, object], *, then: object) -> None:
+        writes.append(len(entries))
+        started.set()
+        threading.Event().wait(0.2)  # long enough for the other threads to queue behind this write
+        real_write(self, entries, then=then)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FileStore, "_write", slow_write)
+    keys = [backfill_key("incident", "r", i, 8) for i in range(8)]
+    errors: dict[str, BaseException] = {}
+
+    def save(key: str, second: int) -> None:
+        try:
+            store.save(make(key, second))
+        except BaseException as exc:
+            errors[key] = exc
+
+    first = threading.Thread(target=save, args=(keys[0], 1))
+    first.start()
+    started.wait(5)
+    threads = [threading.Thread(target=save, args=(k, 2)) for k in keys[1:]]
+    threads.append(threading.Thread(target=save, args=("incident", 3)))
+    for t in threads:
+        t.start()
+    for t in [first, *threads]:
+        t.join(10)
+    assert set(errors) == {"incident"} and isinstance(errors["incident"], OffsetConflictError)
+    assert len(writes) == 2  # the first save alone, then the eight that queued behind it in one write
+    stored = FileStore(path).load_all()
+    assert all(stored[k].timestamp == f"2024-05-01 12:00:0{1 if k == keys[0] else 2}" for k in keys)
+    assert stored["incident"].timestamp == "2024-05-01 12:00:01"  # the rival's value, kept
+
+
+def test_a_failed_group_write_fails_every_save_in_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileStore(tmp_path / "o.json")
+    monkeypatch.setattr(file_store, "_write_fully", lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC,
+                                                                                                   "No space")))
+    errors: list[BaseException] = []
+
+    def save(i: int) -> None:
+        try:
+            store.save(make(backfill_key("incident", "r", i, 4)))
+        except OffsetsError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 4 and all("previous offsets are intact" in str(e) for e in errors)
+    assert not (tmp_path / "o.json").exists()
