@@ -58,7 +58,7 @@ _BACKPRESSURE_POLL_SECONDS = 0.05
 #: A flush in turns (see ``flush``): the pause while others use the turn, the wait slice while none does.
 WARM_UP_TIMEOUT_SECONDS = 10.0
 ACK_PAUSE_SECONDS = 0.0005
-ACK_SLICE_SECONDS = 0.005
+ACK_SLICE_SECONDS = 0.001
 
 
 class Idle(Protocol):

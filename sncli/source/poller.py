@@ -281,7 +281,8 @@ def _loop(
         early = _read(reader, ahead, end, ts_field, prepare) if ahead is not None and _arrives(ahead) else None
         try:
             delivered = settle()
-            commit(end)
+            with CPU.released():  # storing is mostly waiting (fsync, S3): another loop may work meanwhile
+                commit(end)
         except BaseException:
             reader.drop(early.following if early is not None else ahead)
             raise
