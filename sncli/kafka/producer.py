@@ -101,7 +101,7 @@ class PageProducer:
 
     # ------------------------------------------------------------------ callbacks
 
-    def warm_up(self, topic: str) -> None:
+    def warm_up(self) -> None:
         """Have the producer id ready for the first flush: two metadata requests on a helper thread.
 
         librdkafka asks for an idempotent producer's id when a broker connection
@@ -109,15 +109,18 @@ class PageProducer:
         the timer, a new producer's first flush waited 500 ms, sometimes 1 s
         (measured against Tansu); a metadata answer that arrives once the broker
         connection is up gets the id in about 60 ms. The first request opens
-        that connection, the second answers over it. Failures are ignored: the
-        flush reports a broker that is down, in bounded time.
+        that connection, the second answers over it. The requests name no topic:
+        asking for a missing topic's metadata can create it (Tansu does, and so
+        does Kafka with ``auto.create.topics.enable``), which the run's topic
+        check may be there to refuse. Failures are ignored: the flush reports a
+        broker that is down, in bounded time.
         """
-        threading.Thread(target=self._metadata_twice, args=(topic,), name="kafka-warm-up", daemon=True).start()
+        threading.Thread(target=self._metadata_twice, name="kafka-warm-up", daemon=True).start()
 
-    def _metadata_twice(self, topic: str) -> None:
+    def _metadata_twice(self) -> None:
         try:
             for _ in range(2):
-                self._producer.list_topics(topic, timeout=WARM_UP_TIMEOUT_SECONDS)
+                self._producer.list_topics(timeout=WARM_UP_TIMEOUT_SECONDS)
                 time.sleep(0.01)
         except Exception as exc:  # the broker is down or refuses: the produce path says so
             log.debug("producer warm-up: %s", _kafka_message(exc))

@@ -27,6 +27,7 @@ loop's own few milliseconds per page).
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import threading
@@ -112,10 +113,14 @@ class Connections:
             from requests.utils import DEFAULT_CA_BUNDLE_PATH  # certifi's bundle, as requests uses it
 
             bundle = str(tls.ca_bundle) if tls.ca_bundle else DEFAULT_CA_BUNDLE_PATH
+            _must_exist(bundle, "TLS CA certificate bundle")
             if os.path.isdir(bundle):
                 ca_dir = bundle
             else:
                 ca_file = bundle
+        for path, what in ((tls.client_cert, "TLS client certificate"), (tls.client_key, "TLS client key")):
+            if path is not None:
+                _must_exist(str(path), what)
         return HTTPSConnection(
             self._host, self._port, timeout=self._timeout,
             cert_reqs="CERT_REQUIRED" if tls.verify else "CERT_NONE",
@@ -125,29 +130,47 @@ class Connections:
         )
 
 
+def _must_exist(path: str, what: str) -> None:
+    """Name a missing TLS file (as requests does) instead of letting the handshake fail vaguely."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"Could not find a suitable {what}, invalid path: {path}")
+
+
 class SentRequest:
-    """One GET on its own connection: sent at construction, its answer read by :meth:`answer`.
+    """One request on its own connection: sent at construction, its answer read by :meth:`answer`.
 
     Never raises at construction: a failure to connect or send is kept and
     raised by :meth:`answer`, where the request loop classifies it like any
     attempt's failure (the caller reads answers only where it can handle them).
+    A failure to connect is raised as urllib3's ``NewConnectionError`` (nothing
+    was sent); anything later means the request may have reached ServiceNow.
     """
 
-    def __init__(self, connections: Connections, path: str, params: Mapping[str, str],
-                 authorization: str | None) -> None:
+    def __init__(
+        self,
+        connections: Connections,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        authorization: str | None = None,
+    ) -> None:
         self._connections = connections
         self._conn: HTTPConnection | None = None
         self._error: BaseException | None = None
         self._readable_at: float | None = None
         self.seconds = 0.0  # send -> answer seen (set by answer(); an upper bound, see ready())
         self.authorization = authorization  # what a 401 answer refused (the loop refreshes it once)
-        headers = dict(connections.headers)
+        sent_headers = {**connections.headers, **(headers or {})}
         if authorization is not None:
-            headers["Authorization"] = authorization
+            sent_headers["Authorization"] = authorization
+        target = f"{path}?{urlencode(params)}" if params else path
         self._sent_at = time.perf_counter()
         try:
             self._conn = connections.get()
-            self._conn.request("GET", f"{path}?{urlencode(params)}", headers=headers)
+            self._conn.request(method, target, body=body, headers=sent_headers)
         except Exception as exc:
             self._fail(exc)
 

@@ -557,7 +557,7 @@ def _run(
         producers: dict[int, PageProducer] = {}
         topics: Background | None = None
         if not request.dry_run and request.output is None:
-            producers = {i: new_producer(settings, table.topic) for i in selected}  # warm up while planning
+            producers = {i: new_producer(settings) for i in selected}  # warm up while planning
             locks.callback(_close_all, producers)
             topics = start_topic_check(settings, [table])  # overlaps with planning; awaited before any window
             locks.callback(topics.settle)  # finished (topics created) even when planning fails

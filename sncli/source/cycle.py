@@ -333,8 +333,8 @@ def start_topic_check(settings: Settings, tables: list[SourceTable]) -> Backgrou
     return Background(lambda: ensure_topics(settings.kafka, topics), name="ensure-topics")
 
 
-def new_producer(settings: Settings, topic: str) -> PageProducer:
-    """A producer for ``topic``, created as early as possible in a run.
+def new_producer(settings: Settings) -> PageProducer:
+    """A producer, created as early as possible in a run.
 
     An idempotent producer needs its producer id before its first flush
     (:meth:`PageProducer.warm_up`, about 60 ms); created before the run's first
@@ -343,7 +343,7 @@ def new_producer(settings: Settings, topic: str) -> PageProducer:
     from sncli.kafka.producer import PageProducer
 
     producer = PageProducer(settings.kafka)
-    producer.warm_up(topic)
+    producer.warm_up()
     return producer
 
 
@@ -373,7 +373,7 @@ class KafkaPageOutput:
         )
         self._cache = TimestampCache()
         self._encode_page: Callable[[Any], list[bytes]] | None = None
-        self._producer = producer or new_producer(settings, table.topic)
+        self._producer = producer or new_producer(settings)
         if settings.source.format == "avro":
             from sncli.source.schema import AvroPageEncoder
 
@@ -634,7 +634,7 @@ def _run_tables(
     try:
         try:
             if not dry_run:
-                producers = {t.name: new_producer(settings, t.topic) for t in selected}
+                producers = {t.name: new_producer(settings) for t in selected}
                 topics = start_topic_check(settings, selected)  # awaited before the first record is sent
             server_now = client.server_time(selected[0].name)
             clock0 = time.monotonic()

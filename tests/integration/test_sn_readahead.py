@@ -176,7 +176,7 @@ def test_a_missing_ca_bundle_is_a_transport_error_at_once(tls_server: tuple[_Ser
     client = ServiceNowClient(settings, clock=t.clock, sleep=t.sleep)
     with client, pytest.raises(TransportError) as caught:
         start(client).result()
-    assert caught.value.attempts == 1 and t.sleeps == []
+    assert caught.value.attempts == 1 and t.sleeps == [] and "server.crt.missing" in str(caught.value)
 
 
 def test_the_client_certificate_is_presented(tmp_path: Path) -> None:
