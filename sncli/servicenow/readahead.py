@@ -30,8 +30,8 @@ from __future__ import annotations
 import errno
 import os
 import select
-import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-#: Idle connections kept for later pages (one per table or window in flight is what a run uses).
-MAX_IDLE_CONNECTIONS = 16
+#: Idle connections kept for later calls (a run uses one per table, window or sink worker).
+MAX_IDLE_CONNECTIONS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class Answer:
 
 
 class Connections:
-    """Keep-alive urllib3 connections to the instance, for requests sent ahead (thread-safe)."""
+    """Keep-alive urllib3 connections to the instance (thread-safe)."""
 
     def __init__(self, settings: ServiceNowSettings, *, user_agent: str) -> None:
         parts = urlsplit(settings.instance_url)
@@ -69,8 +69,7 @@ class Connections:
         self._port = parts.port
         self._timeout = settings.timeout_seconds
         self._tls = settings.tls
-        self._lock = threading.Lock()
-        self._idle: list[HTTPConnection] = []
+        self._idle: deque[HTTPConnection] = deque()
         self.headers = {
             "User-Agent": user_agent,
             **make_headers(accept_encoding=True),  # what urllib3 can decode, as requests sends it
@@ -80,29 +79,30 @@ class Connections:
 
     def get(self) -> HTTPConnection:
         """An idle connection that is still open, or a new (not yet connected) one."""
-        with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.is_connected:  # False once the server closed it (or sent something unasked)
-                    return conn
-                conn.close()
-        return self._new()
+        while True:
+            try:
+                conn = self._idle.pop()  # deque.pop/append are atomic: no lock for 16 workers to queue on
+            except IndexError:
+                return self._new()
+            if conn.is_connected:  # False once the server closed it (or sent something unasked)
+                return conn
+            conn.close()
 
     def put(self, conn: HTTPConnection) -> None:
         """Return a connection whose answer was read in full; a closed one is dropped."""
         if conn.is_closed:
             return
-        with self._lock:
-            if len(self._idle) < MAX_IDLE_CONNECTIONS:
-                self._idle.append(conn)
-                return
-        conn.close()
+        if len(self._idle) < MAX_IDLE_CONNECTIONS:
+            self._idle.append(conn)
+        else:
+            conn.close()
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        while True:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return
 
     def _new(self) -> HTTPConnection:
         if not self._https:
