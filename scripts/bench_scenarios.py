@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import requests
@@ -399,6 +400,48 @@ def raw_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) -
     return len(messages) / (time.perf_counter() - started)
 
 
+def bare_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) -> float:
+    """The emulator's own ceiling: like :func:`raw_writes`, on urllib3 connections with no client library on top.
+
+    Not the scenario's baseline (the issue names the plain requests loop); it
+    shows how close ``workers / latency`` the emulator lets any client get on
+    this machine, since its own time per write adds to the configured latency.
+    """
+    import base64
+
+    from urllib3.connection import HTTPConnection
+
+    by_key: dict[str, list[bytes]] = {}
+    for key, _seq, value in messages:
+        by_key.setdefault(key, []).append(value)
+    todo: queue.SimpleQueue[tuple[str, list[bytes]]] = queue.SimpleQueue()
+    for item in by_key.items():
+        todo.put(item)
+    parts = urlsplit(url)
+    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    headers = {"Authorization": auth, "Content-Type": "application/json", "Accept": "application/json"}
+
+    def worker() -> None:
+        conn = HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
+        while True:
+            try:
+                key, values = todo.get_nowait()
+            except queue.Empty:
+                return
+            for value in values:
+                conn.request("PATCH", f"/api/now/table/{TABLE}/{key}", body=value, headers=headers)
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    raise ScenarioError(f"bare PATCH answered {answer.status}")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(worker) for _ in range(workers)]:
+            future.result()
+    return len(messages) / (time.perf_counter() - started)
+
+
 def scenario_sink(ctx: Context) -> list[Row]:
     m, k = ctx.sizes.sink_messages, ctx.sizes.sink_keys
     target = 0.9 * WORKERS / (WRITE_LATENCY_MS / 1000)
@@ -414,8 +457,11 @@ def scenario_sink(ctx: Context) -> list[Row]:
         ctx.emulator.settings(write_latency_ms=WRITE_LATENCY_MS)
         wall: list[float] = []
 
+        bare: list[float] = []
+
         def baseline(i: int) -> None:
             row.baseline_runs.append(raw_writes(ctx.services.snow_url, _sink_messages(keys, m, f"raw{i}"), WORKERS))
+            bare.append(bare_writes(ctx.services.snow_url, _sink_messages(keys, m, f"bare{i}"), WORKERS))
 
         def measured(i: int) -> None:
             tag = f"run{i}-{uuid.uuid4().hex[:6]}"
@@ -448,6 +494,13 @@ def scenario_sink(ctx: Context) -> list[Row]:
             f"figure = messages / (process end - the 'assigned' log line), i.e. after the consumer-group join "
             f"(join {median(row.extra['join_seconds']):.1f}s with session.timeout.ms 6000); "
             f"whole process incl. start and join: {median(wall):.0f} writes/s"
+        )
+        ceiling = median(bare)
+        row.extra["bare_urllib3_writes_per_s"] = [round(b, 1) for b in bare]
+        row.notes.append(
+            f"the emulator's ceiling, same run: a bare {WORKERS}-thread urllib3 PATCH loop reaches {ceiling:.0f} "
+            f"writes/s ({WORKERS / ceiling * 1000:.1f} ms per write against {WRITE_LATENCY_MS} ms of configured "
+            f"latency); sncli = {median(row.runs) / ceiling:.2f}x of it"
         )
     except ScenarioError as exc:
         row.error = str(exc)
