@@ -292,3 +292,17 @@ def test_a_failed_group_write_fails_every_save_in_it(tmp_path: Path, monkeypatch
         t.join(10)
     assert len(errors) == 4 and all("previous offsets are intact" in str(e) for e in errors)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_store_sees_every_change_another_writer_makes_between_its_saves(tmp_path: Path) -> None:
+    path = tmp_path / "o.json"
+    ours, theirs = FileStore(path), FileStore(path)
+    ours.save(make("incident", 1))
+    theirs.save(make("problem", 2))  # another process's key, written after ours was read
+    ours.save(make("incident", 3))
+    assert set(FileStore(path).load_all()) == {"incident", "problem"}
+    text = path.read_text()
+    path.write_text("x" * len(text))  # corrupted in place, same size
+    with pytest.raises(OffsetsCorruptError):
+        ours.save(make("incident", 4))
+    assert path.read_text() == "x" * len(text)  # never overwritten
