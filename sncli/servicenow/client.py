@@ -29,12 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.client import HTTPException, IncompleteRead
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import orjson
-import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, DecodeError, HTTPError, MaxRetryError, ProtocolError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.exceptions import SSLError as Urllib3SSLError
@@ -58,6 +56,9 @@ from sncli.servicenow.policy import Decision, Failure, decide_failure, decide_st
 from sncli.servicenow.ratelimit import TokenBucket
 from sncli.servicenow.readahead import Answer, Connections, PendingPage, SentRequest
 from sncli.turn import CPU
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,11 @@ class ServiceNowClient:
             if settings.rate_limit is not None
             else None
         )
-        self._session = self._make_session(max(1, pool_size))
+        # requests is imported and its session made only when a call needs it (a retry, a proxy):
+        # first attempts go out on urllib3 directly, and importing requests costs 50 ms at start.
+        self._pool_size = max(1, pool_size)
+        self._session_lock = threading.Lock()
+        self._requests_session: requests.Session | None = None
         tls = settings.tls
         self._verify: bool | str = str(tls.ca_bundle) if tls.verify and tls.ca_bundle else tls.verify
         self._cert: str | tuple[str, str] | None = None
@@ -148,8 +153,18 @@ class ServiceNowClient:
         else:
             self.auth = OAuthAuthenticator(settings.auth, self.base_url, self._token_transport, clock=clock)
 
+    @property
+    def _session(self) -> requests.Session:
+        with self._session_lock:
+            if self._requests_session is None:
+                self._requests_session = self._make_session(self._pool_size)
+            return self._requests_session
+
     @staticmethod
     def _make_session(pool_size: int) -> requests.Session:
+        import requests
+        from requests.adapters import HTTPAdapter
+
         session = requests.Session()
         # Deterministic: no ~/.netrc (it would replace our Authorization header), no
         # *_PROXY / REQUESTS_CA_BUNDLE from the environment; the config says it all.
@@ -165,7 +180,8 @@ class ServiceNowClient:
     # ---------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        self._session.close()
+        if self._requests_session is not None:
+            self._requests_session.close()
         if self._connections is not None:
             self._connections.close()
 
@@ -396,7 +412,9 @@ class ServiceNowClient:
                         )
                         if whole_body:
                             _read_whole_body(resp)
-            except (requests.RequestException, OSError, HTTPError, HTTPException) as exc:
+            except Exception as exc:
+                if not isinstance(exc, _transport_errors()):
+                    raise
                 # OSError: a local problem requests does not wrap (e.g. a ca_bundle path that does not exist);
                 # urllib3's and http.client's own errors come from an attempt sent ahead.
                 self._observe(endpoint, method, t0, sent)
@@ -518,8 +536,17 @@ class ServiceNowClient:
 # -------------------------------------------------------------------- helpers (pure)
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What an attempt can raise that the request loop judges: requests', urllib3's, http.client's, OSError."""
+    import requests
+
+    return (requests.RequestException, OSError, HTTPError, HTTPException)
+
+
 def classify_exception(exc: BaseException) -> Failure:
     """Where in the exchange a requests exception happened, which decides if a POST may be retried."""
+    import requests
+
     if isinstance(exc, requests.exceptions.SSLError):
         return Failure.TLS
     if isinstance(exc, requests.exceptions.ConnectTimeout):
