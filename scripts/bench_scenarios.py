@@ -370,15 +370,29 @@ def _sink_messages(keys: list[str], count: int, tag: str) -> list[tuple[str, int
     return out
 
 
-def raw_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) -> float:
-    """The emulator's write limit: ``workers`` threads with a requests.Session each, taking whole keys from
-    a shared queue (so no thread idles while keys are left) and PATCHing each key's messages in order."""
+def _keys_queue(messages: list[tuple[str, int, bytes]]) -> queue.SimpleQueue[tuple[str, list[bytes]]]:
+    """Each key with its messages in order, as one item of a queue the writer threads share."""
     by_key: dict[str, list[bytes]] = {}
     for key, _seq, value in messages:
         by_key.setdefault(key, []).append(value)
     todo: queue.SimpleQueue[tuple[str, list[bytes]]] = queue.SimpleQueue()
     for item in by_key.items():
         todo.put(item)
+    return todo
+
+
+def _writes_per_second(count: int, workers: int, worker: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(worker) for _ in range(workers)]:
+            future.result()
+    return count / (time.perf_counter() - started)
+
+
+def raw_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) -> float:
+    """The emulator's write limit: ``workers`` threads with a requests.Session each, taking whole keys from
+    a shared queue (so no thread idles while keys are left) and PATCHing each key's messages in order."""
+    todo = _keys_queue(messages)
 
     def worker() -> None:
         session = requests.Session()
@@ -393,11 +407,7 @@ def raw_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) -
                 response = session.patch(f"{url}/api/now/table/{TABLE}/{key}", data=value, headers=headers)
                 response.raise_for_status()
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        for future in [pool.submit(worker) for _ in range(workers)]:
-            future.result()
-    return len(messages) / (time.perf_counter() - started)
+    return _writes_per_second(len(messages), workers, worker)
 
 
 def bare_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) -> float:
@@ -411,12 +421,7 @@ def bare_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) 
 
     from urllib3.connection import HTTPConnection
 
-    by_key: dict[str, list[bytes]] = {}
-    for key, _seq, value in messages:
-        by_key.setdefault(key, []).append(value)
-    todo: queue.SimpleQueue[tuple[str, list[bytes]]] = queue.SimpleQueue()
-    for item in by_key.items():
-        todo.put(item)
+    todo = _keys_queue(messages)
     parts = urlsplit(url)
     auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     headers = {"Authorization": auth, "Content-Type": "application/json", "Accept": "application/json"}
@@ -435,11 +440,7 @@ def bare_writes(url: str, messages: list[tuple[str, int, bytes]], workers: int) 
                 if answer.status != 200:
                     raise ScenarioError(f"bare PATCH answered {answer.status}")
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        for future in [pool.submit(worker) for _ in range(workers)]:
-            future.result()
-    return len(messages) / (time.perf_counter() - started)
+    return _writes_per_second(len(messages), workers, worker)
 
 
 def scenario_sink(ctx: Context) -> list[Row]:

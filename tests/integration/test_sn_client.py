@@ -195,7 +195,9 @@ def test_a_missing_ca_bundle_file_is_a_transport_error_not_a_traceback(tls_serve
     assert caught.value.attempts == 1 and "server.crt.missing" in str(caught.value)  # names the file
 
 
-def test_client_certificate_is_presented_for_mutual_tls(tmp_path: Path) -> None:
+@pytest.fixture
+def mtls_server(tmp_path: Path) -> Iterator[tuple[_Server, dict[str, str]]]:
+    """A server that requires a client certificate, and the ``tls`` settings that present one."""
     server_cert, server_key = _self_signed(tmp_path, "server")
     client_cert, client_key = _self_signed(tmp_path, "client")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -203,18 +205,20 @@ def test_client_certificate_is_presented_for_mutual_tls(tmp_path: Path) -> None:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(client_cert)
     server = _Server(ctx)
-    try:
-        url = f"https://127.0.0.1:{server.port}"
-        mtls = {"ca_bundle": str(server_cert), "client_cert": str(client_cert), "client_key": str(client_key)}
-        with ServiceNowClient(sn_settings(url, tls=mtls)) as client:
-            assert len(client.list_page("incident", query="", limit=1).records) == 1
-        t = FakeTime()
-        no_cert = sn_settings(url, tls={"ca_bundle": str(server_cert)}, retry={"max_attempts": 2})
-        with ServiceNowClient(no_cert, clock=t.clock, sleep=t.sleep) as client, pytest.raises(TransportError):
-            client.list_page("incident", query="", limit=1)
-        assert len(server.seen) == 1
-    finally:
-        server.stop()
+    yield server, {"ca_bundle": str(server_cert), "client_cert": str(client_cert), "client_key": str(client_key)}
+    server.stop()
+
+
+def test_client_certificate_is_presented_for_mutual_tls(mtls_server: tuple[_Server, dict[str, str]]) -> None:
+    server, mtls = mtls_server
+    url = f"https://127.0.0.1:{server.port}"
+    with ServiceNowClient(sn_settings(url, tls=mtls)) as client:
+        assert len(client.list_page("incident", query="", limit=1).records) == 1
+    t = FakeTime()
+    no_cert = sn_settings(url, tls={"ca_bundle": mtls["ca_bundle"]}, retry={"max_attempts": 2})
+    with ServiceNowClient(no_cert, clock=t.clock, sleep=t.sleep) as client, pytest.raises(TransportError):
+        client.list_page("incident", query="", limit=1)
+    assert len(server.seen) == 1
 
 
 def test_proxy_setting_routes_requests_through_the_proxy() -> None:

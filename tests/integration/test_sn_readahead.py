@@ -9,7 +9,6 @@ with the same attempt counts, gzip, keep-alive, the latency metric.
 from __future__ import annotations
 
 import http.server
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -27,17 +26,17 @@ from tests.integration.test_sn_client import (
     _BIG_PAGE,
     FakeTime,
     _GzipChunked,
-    _self_signed,
     _Server,
     calls,
     emu_client,
+    mtls_server,
     settled,
     sn_settings,
     tls_server,
 )
 
 pytestmark = pytest.mark.integration
-__all__ = ["tls_server"]  # the fixture, imported to be used here
+__all__ = ["mtls_server", "tls_server"]  # fixtures, imported to be used here
 
 
 def start(client: ServiceNowClient, **kwargs: Any) -> Any:
@@ -179,21 +178,11 @@ def test_a_missing_ca_bundle_is_a_transport_error_at_once(tls_server: tuple[_Ser
     assert caught.value.attempts == 1 and t.sleeps == [] and "server.crt.missing" in str(caught.value)
 
 
-def test_the_client_certificate_is_presented(tmp_path: Path) -> None:
-    server_cert, server_key = _self_signed(tmp_path, "server")
-    client_cert, client_key = _self_signed(tmp_path, "client")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(server_cert, server_key)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(client_cert)
-    server = _Server(ctx)
-    try:
-        mtls = {"ca_bundle": str(server_cert), "client_cert": str(client_cert), "client_key": str(client_key)}
-        with ServiceNowClient(sn_settings(f"https://127.0.0.1:{server.port}", tls=mtls)) as client:
-            assert len(start(client).result().records) == 1
-        assert len(server.seen) == 1
-    finally:
-        server.stop()
+def test_the_client_certificate_is_presented(mtls_server: tuple[_Server, dict[str, str]]) -> None:
+    server, mtls = mtls_server
+    with ServiceNowClient(sn_settings(f"https://127.0.0.1:{server.port}", tls=mtls)) as client:
+        assert len(start(client).result().records) == 1
+    assert len(server.seen) == 1
 
 
 def test_with_a_proxy_the_page_goes_through_the_proxy() -> None:
