@@ -181,6 +181,14 @@ class Table:
             total = sum(hi - lo for lo, hi in merged)
             page = [r for start, stop in take_slices(merged, offset, limit) for r in self.rows[start:stop]]
             return page, total
+        if reverse_index_ordered(compiled.order) and all(r.pure for r in ranges):
+            # Descending by the index (a "last record" probe): read the index backwards, as a
+            # database reads its index either way, instead of sorting every match.
+            merged = merge_ranges([(r.lo, r.hi) for r in ranges])
+            backwards = [(len(self.rows) - hi, len(self.rows) - lo) for lo, hi in reversed(merged)]
+            rows = self.rows
+            page = [rows[len(rows) - 1 - pos] for pos in take_positions(backwards, offset, limit)]
+            return page, sum(hi - lo for lo, hi in merged)
         if in_index_order and offset == 0 and not want_count:
             page = []
             if limit > 0:
@@ -237,6 +245,14 @@ def index_ordered(order: Sequence[OrderBy]) -> bool:
     if order[0] != OrderBy(TS, False):
         return False
     return len(order) == 1 or order[1] == OrderBy(ID, False)
+
+
+def reverse_index_ordered(order: Sequence[OrderBy]) -> bool:
+    """True when the requested order is the index order reversed: descending timestamp, then descending sys_id.
+
+    Not descending timestamp alone: ties then keep ascending sys_id order (a stable sort).
+    """
+    return list(order) == [OrderBy(TS, True), OrderBy(ID, True)]
 
 
 def group_range(index: Sequence[Key], group: CompiledGroup) -> tuple[int, int, bool]:

@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from sncli.offsets.lock import RunLock
     from sncli.offsets.model import StoredOffset
     from sncli.offsets.store import OffsetStore
-    from sncli.servicenow.client import ServiceNowClient
+    from sncli.servicenow.client import Page, ServiceNowClient
 
 log = logging.getLogger("sncli.backfill")
 
@@ -239,60 +239,75 @@ class RangeCounter:
         with ThreadPoolExecutor(max_workers=min(self._threads, len(items)), thread_name_prefix="count") as pool:
             return list(pool.map(lambda iv: self.count(*iv), items))
 
-    def first_and_clock(self, since: int) -> tuple[int | None, datetime | None]:
-        """The first record at or after ``since`` (epoch seconds) and ServiceNow's clock, in one request.
+    def first_and_clock(self, since: int) -> tuple[int | None, int | None, datetime | None]:
+        """The first and the last record at or after ``since`` (epoch seconds) and ServiceNow's clock.
 
-        The clock is the answer's ``Date`` (None when it has none): a backfill
-        that needs "now" for its upper bound gets the range's first record with
-        it, which saves planning a round trip.
+        Two requests at once, one round trip. The clock is the first answer's
+        ``Date`` (None when it has none): a backfill that needs "now" for its
+        upper bound gets the range's edges with it, which saves planning round trips.
         """
         ts = self._table.timestamp_field
-        query = and_each_clause(self._table.query, [Query().ge(ts, to_sn(since))]) + f"^ORDERBY{ts}"
-        page = self._client.list_page(self._table.name, query=query, fields=["sys_id", ts], limit=1)
-        first: int | None = None
-        if page.records:
-            try:
-                first = to_epoch(field_value(page.records[0], ts))
-            except ValueError:
-                first = None
-        return first, page.server_time
+        query = and_each_clause(self._table.query, [Query().ge(ts, to_sn(since))])
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge") as pool:
+            last = pool.submit(self._edge_page, query, last=True)
+            first_page = self._edge_page(query, last=False)
+            last_page = last.result()
+        return _edge_of(first_page.records, ts), _edge_of(last_page.records, ts), first_page.server_time
 
-    def edge(self, lo: int, hi: int, *, last: bool) -> int | None:
-        """The timestamp of the first (or last) record in ``[lo, hi)``, as epoch seconds."""
+    def edges(self, lo: int, hi: int) -> tuple[int | None, int | None]:
+        """The timestamps of the first and the last record in ``[lo, hi)``, as epoch seconds (one round trip)."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge") as pool:
+            last = pool.submit(self._edge_page, self._query(lo, hi), last=True)
+            first = self._edge_page(self._query(lo, hi), last=False)
+            ts = self._table.timestamp_field
+            return _edge_of(first.records, ts), _edge_of(last.result().records, ts)
+
+    def _edge_page(self, query: str, *, last: bool) -> Page:
+        """The first (or last) record of ``query`` in keyset order: ascending, or its exact reverse."""
         ts = self._table.timestamp_field
-        order = f"^ORDERBYDESC{ts}" if last else f"^ORDERBY{ts}"
-        page = self._client.list_page(self._table.name, query=self._query(lo, hi) + order, fields=["sys_id", ts],
-                                      limit=1)
-        if not page.records:
-            return None
-        try:
-            return to_epoch(field_value(page.records[0], ts))
-        except ValueError:
-            return None
+        order = f"^ORDERBYDESC{ts}^ORDERBYDESCsys_id" if last else f"^ORDERBY{ts}^ORDERBYsys_id"
+        return self._client.list_page(self._table.name, query=query + order, fields=["sys_id", ts], limit=1)
+
+
+def _edge_of(records: list[dict[str, Any]], ts: str) -> int | None:
+    if not records:
+        return None
+    try:
+        return to_epoch(field_value(records[0], ts))
+    except ValueError:
+        return None
 
 
 def make_plan(
-    counter: RangeCounter, since: int, until: int, n: int, *, first: int | None = None, first_known: bool = False
+    counter: RangeCounter,
+    since: int,
+    until: int,
+    n: int,
+    *,
+    first: int | None = None,
+    last: int | None = None,
+    edges_known: bool = False,
 ) -> list[Window]:
-    """Plan N windows: the range's first record (unless ``first_known``), then the split by counts.
+    """Plan N windows: the range's first and last record (unless ``edges_known``), then the split by counts.
 
-    ``first``: the timestamp of the range's first record, None for an empty range,
-    when the caller already knows it (``first_known``). The range's count is asked
-    together with the first refinement level (see :func:`plan_windows`).
-
-    Not the last record: finding it sorts the range descending, the one planning
-    query whose cost grows with the range (the emulator sorts every record of a
-    new range: 0.6-0.8 s for 200 000; an instance does too for a timestamp field
-    without an index), and it saves a refinement level (one round trip) only
-    when the range ends long after its data; for a live table it saves nothing.
+    ``first``/``last``: the timestamps of the first record at or after ``since``
+    and of the last one, None when there is none, when the caller already knows
+    them (``edges_known``). A last record at or after ``until`` tells nothing
+    about the range's end and is not used. Refinement then starts from the
+    data's span: a table whose records end long before ``until`` (one that is no
+    longer written to, the bench's) needs two refinement levels fewer; for a
+    live table it saves nothing, and both edges cost one round trip together.
+    The range's count is asked together with the first refinement level (see
+    :func:`plan_windows`).
     """
     if n == 1:
         return plan_windows(since, until, 1, counter.count_many)
-    if not first_known:
-        first = counter.edge(since, until, last=False)
+    if not edges_known:
+        first, last = counter.edges(since, until)
     if first is None or first >= until:  # no record in the range
         return plan_windows(since, until, n, counter.count_many, total=0)
-    return plan_windows(since, until, n, counter.count_many, first=first)
+    return plan_windows(since, until, n, counter.count_many, first=first,
+                        last=last if last is not None and last < until else None)
 
 
 # --------------------------------------------------------------------------- progress
@@ -525,7 +540,8 @@ def _run(
     since = to_epoch(_normalize(request.since or table.start, "--since"))
     counter = RangeCounter(client, table, threads=COUNT_THREADS)
     first: int | None = None
-    first_known = False  # the range's first record, learnt with the clock (saves planning a round trip)
+    last: int | None = None
+    edges_known = False  # the range's first and last record, learnt with the clock (saves a round trip)
     if request.until is not None:
         until = to_epoch(_normalize(request.until, "--until"))
     else:
@@ -534,8 +550,8 @@ def _run(
             until = resumed
             log.info("resuming the unfinished backfill of %s up to %s", table.name, to_sn(until))
         else:
-            first, clock = counter.first_and_clock(since) if n > 1 else (None, None)
-            first_known = clock is not None
+            first, last, clock = counter.first_and_clock(since) if n > 1 else (None, None, None)
+            edges_known = clock is not None
             if clock is None:
                 clock = client.server_time(table.name)
             until = to_epoch(upper_bound(clock, settings.source.safety_lag_seconds).value) + 1
@@ -570,7 +586,7 @@ def _run(
                     check_offset(entry, fingerprint)
             plan = load_plan(stored, table.name, rid, since, until, n)
             if plan is None:
-                plan = make_plan(counter, since, until, n, first=first, first_known=first_known)
+                plan = make_plan(counter, since, until, n, first=first, last=last, edges_known=edges_known)
                 if topics is not None:
                     topics.wait()  # a topic that cannot be used stops the run before a plan is stored
                 if not request.dry_run:

@@ -101,6 +101,7 @@ orders = st.sampled_from(
         "^ORDERBYsys_updated_on^ORDERBYsys_id",
         "^ORDERBYsys_id",
         "^ORDERBYDESCsys_updated_on",
+        "^ORDERBYDESCsys_updated_on^ORDERBYDESCsys_id",
         "^ORDERBYpriority^ORDERBYsys_id",
         "^ORDERBYDESCpriority",
     ]
