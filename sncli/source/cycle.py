@@ -550,7 +550,8 @@ def poll_table(
 
 def _after(gate: Callable[[], None], send: Send) -> Send:
     def gated(records: Records, prepared: Any) -> Settle:
-        gate()
+        with CPU.released():  # waiting for the topic check: other loops may work meanwhile
+            gate()
         return send(records, prepared)
 
     return gated

@@ -323,6 +323,7 @@ def _read(reader: _Reader, request: _Request, after: Cursor, ts_field: str, prep
     try:
         page = _Next(reader.take(request))
     except Exception as exc:
+        reader.drop(request)  # its share of the budget goes back to the other tables
         return _Next([], error=exc)
     if not page.records:
         return page  # caught up

@@ -182,3 +182,24 @@ def test_page_loop_refuses_two_inputs_or_two_outputs() -> None:
     with pytest.raises(TypeError):
         page_loop(start=Cursor.at_start("1970-01-01 00:00:00"), start_fetch=world.start_fetch, send=world.send,
                   deliver=lambda r, p: 0, commit=world.commit, ts_field=TS, page_size=10, stop=StopControl())
+
+
+def test_a_page_servicenow_fails_is_raised_after_the_previous_is_stored_and_its_budget_returned() -> None:
+    world = World(100)
+    budget = Budget(100)
+    real_start = world.start_fetch
+
+    def start_fetch(cursor: Cursor, limit: int) -> Any:
+        pending = real_start(cursor, limit)
+        if world.pages_started == 2:
+            def fail() -> list[dict[str, Any]]:
+                raise RuntimeError("ServiceNow gave up")
+
+            pending.result = fail
+        return pending
+
+    with pytest.raises(RuntimeError, match="gave up"):
+        page_loop(start=Cursor.at_start("1970-01-01 00:00:00"), start_fetch=start_fetch, send=world.send,
+                  commit=world.commit, ts_field=TS, page_size=10, stop=StopControl(), budget=budget)
+    assert world.stored == Cursor("2024-01-01 00:00:00", f"{9:032x}")  # page 1 stored before the failure
+    assert budget.take(1000) == 90  # page 2's share went back
