@@ -416,7 +416,7 @@ class ServiceNowClient:
                 if not isinstance(exc, _transport_errors()):
                     raise
                 # OSError: a local problem requests does not wrap (e.g. a ca_bundle path that does not exist);
-                # urllib3's and http.client's own errors come from an attempt sent ahead.
+                # urllib3's and http.client's own errors come from an attempt on urllib3 directly.
                 self._observe(endpoint, method, t0, sent)
                 failure = classify_exception(exc) if sent is None else classify_sent_ahead(exc)
                 decision = decide_failure(policy_method, failure)
@@ -569,7 +569,7 @@ def classify_exception(exc: BaseException) -> Failure:
 
 
 def classify_sent_ahead(exc: BaseException) -> Failure:
-    """:func:`classify_exception` for an attempt sent ahead (:mod:`sncli.servicenow.readahead`).
+    """:func:`classify_exception` for an attempt on urllib3 directly (:mod:`sncli.servicenow.readahead`).
 
     Its failures are urllib3's, http.client's and the socket's own, not wrapped by requests.
     """

@@ -13,7 +13,9 @@ the request sent ahead there is no second thread at all.
 Only the first attempt of a page is sent ahead. Its answer, or its failure,
 goes into the client's ordinary request loop as attempt 1, so retries, the
 401 refresh, Retry-After, the malformed-body check and the latency metric work
-as for any call; a retry goes through requests as usual.
+as for any call; a retry goes through requests as usual. The client sends the
+first attempt of every other call on these connections too, sent and read at
+once: a third of requests' CPU per call (sink workers share one GIL for it).
 
 Connections: urllib3's (requests' own transport), one per request in flight,
 kept alive between pages; TLS is set up as requests sets it (verification
