@@ -107,6 +107,25 @@ def test_latency_fault_and_global_latency(emulator: ServiceNowEmulator, session:
     assert time.monotonic() - started >= 0.2
 
 
+def test_configured_latency_counts_the_emulators_own_work(
+    emulator: ServiceNowEmulator, session: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The latency is arrival-to-answer: slow work inside it does not make the answer later still."""
+    emulator.state.generate("incident", 5)
+    real_select = emulator.state.select
+
+    def slow_select(*args: object, **kwargs: object) -> object:
+        time.sleep(0.3)
+        return real_select(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(emulator.state, "select", slow_select)
+    emulator.state.update_settings(read_latency_ms=400)
+    started = time.monotonic()
+    assert len(session.get(url(emulator)).json()["result"]) == 5
+    took = time.monotonic() - started
+    assert 0.4 <= took < 0.65  # sleeping first, then working, took 0.7 s
+
+
 def test_timeout_after_write_applies_the_write(emulator: ServiceNowEmulator, session: requests.Session) -> None:
     emulator.state.faults.add(Fault("timeout_after_write", method="POST", latency_ms=1500))
     with pytest.raises(requests.exceptions.ReadTimeout):
