@@ -103,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         the emulator reads only single-valued ones). Anything malformed gets
         the 400 the standard handler would send.
         """
+        self._answer_at = time.monotonic()  # the request line is in; moved on by the latency in _before
         self.command = None  # type: ignore[assignment]  # the base class checks these on errors
         self.request_version = version = self.default_request_version
         self.close_connection = True
@@ -166,7 +167,6 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.emulator.state
 
     def _handle(self, method: str) -> None:
-        self._answer_at = time.monotonic()  # moved on by the configured latency in _before
         try:
             split = urlsplit(self.path)
             path = split.path
