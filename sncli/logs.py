@@ -54,21 +54,33 @@ class RedactingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record; every value that could carry data is masked, the code's own names are not.
+
+    The time, the level and the logger name come from sncli itself and never
+    hold a secret; masking the whole line turned ``sncli.kafka.admin`` into
+    ``sncli.kafka.***`` for a deployment whose password is ``admin``.
+    """
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
-            **_context,
+            "msg": redact(record.getMessage()),
         }
+        for name, value in _context.items():
+            entry[name] = _masked(value)
         table = getattr(record, "table", None)
         if table is not None:
-            entry["table"] = table
+            entry["table"] = _masked(table)
         if record.exc_text:
-            entry["exc"] = record.exc_text
-        return redact(orjson.dumps(entry, default=str).decode())
+            entry["exc"] = redact(record.exc_text)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def _masked(value: Any) -> Any:
+    return value if isinstance(value, (bool, int, float)) or value is None else redact(str(value))
 
 
 def configure(log_format: str | None = None, level: int = logging.INFO) -> None:
