@@ -20,26 +20,12 @@ from sncli.emulator.state import JournalEntry
 from sncli.servicenow.auth import OAuthAuthenticator
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import AuthError, RetriesExhaustedError
+from tests.fixtures.fake_time import FakeTime
 
 pytestmark = pytest.mark.integration
 
 TOKEN_PATH = "/oauth_token.do"
 SECRETS = ("sncli-secret", "s3cr3t-Pa55word")
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 def oauth_settings(url: str, **auth: Any) -> Any:

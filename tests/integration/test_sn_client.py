@@ -41,25 +41,9 @@ from sncli.servicenow.errors import (
     ServerError,
     TransportError,
 )
+from tests.fixtures.fake_time import FakeTime
 
 pytestmark = pytest.mark.integration
-
-
-class FakeTime:
-    """Injected clock and sleep: sleeping advances the clock and is recorded, so retries take no real time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 def sn_settings(url: str, **overrides: Any) -> ServiceNowSettings:

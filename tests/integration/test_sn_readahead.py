@@ -22,9 +22,9 @@ from sncli.metrics import RunMetrics
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import AuthError, RetriesExhaustedError, TransportError
 from sncli.source.rawpage import decode_records
+from tests.fixtures.fake_time import FakeTime
 from tests.integration.test_sn_client import (
     _BIG_PAGE,
-    FakeTime,
     _GzipChunked,
     _Server,
     calls,
