@@ -215,11 +215,19 @@ def test_s3_412_on_a_moved_key_stops_that_table_only_and_leaves_the_object_as_th
         assert time.monotonic() < deadline and runner.is_alive(), "the run did not store both tables"
         time.sleep(0.05)
     # Another writer (ignoring the run lease) moves incident's offset back: an operator's `offsets set`, say.
-    raw = client.get_object(Bucket=s3_bucket, Key="sncli/offsets.json")["Body"].read()
-    doc = orjson.loads(raw)
-    foreign = dict(doc["offsets"]["incident"], timestamp="2000-01-01 00:00:00", sys_id="f" * 32)
-    doc["offsets"]["incident"] = foreign
-    client.put_object(Bucket=s3_bucket, Key="sncli/offsets.json", Body=orjson.dumps(doc))
+    # It changes only that key, with a conditional PUT: an unconditional one could also put back an older
+    # value of problem saved between its read and its write, and then both tables were rightly refused.
+    while True:
+        found = client.get_object(Bucket=s3_bucket, Key="sncli/offsets.json")
+        doc = orjson.loads(found["Body"].read())
+        foreign = dict(doc["offsets"]["incident"], timestamp="2000-01-01 00:00:00", sys_id="f" * 32)
+        doc["offsets"]["incident"] = foreign
+        try:
+            client.put_object(Bucket=s3_bucket, Key="sncli/offsets.json", Body=orjson.dumps(doc),
+                              IfMatch=found["ETag"])
+            break
+        except client.exceptions.ClientError as exc:
+            assert exc.response["Error"]["Code"] in ("PreconditionFailed", "412"), exc
     runner.join(120)
     assert not runner.is_alive()
     summary = result["run"]
