@@ -15,6 +15,8 @@ from sncli.cli.render import error_line
 from sncli.errors import ExitCode, SncliError
 
 if TYPE_CHECKING:
+    import threading
+
     from sncli.config import Settings
 
 T = TypeVar("T")
@@ -75,6 +77,28 @@ def guard(job: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         error_line("interrupted")
         exit_with(ExitCode.FAILED)
+
+
+def run_cycles(
+    state: AppState,
+    settings: Settings,
+    every: float | None,
+    cycle: Callable[[Settings], int],
+    stop: threading.Event,
+) -> int:
+    """One cycle, or with ``--every`` cycles until ``stop`` is set; the last cycle's exit code.
+
+    Between cycles of one long-lived process the config is re-read when its
+    content changed (an invalid edit is logged and the last good config kept),
+    so a ConfigMap update reaches a looping pod without a restart.
+    """
+    if every is None:
+        return cycle(settings)
+    from sncli.config import resolve_config_path
+    from sncli.repeat import ConfigWatcher, StopFlag, run_every
+
+    watcher = ConfigWatcher(path=resolve_config_path(state.config_path), settings=settings)
+    return run_every(every, watcher, cycle, StopFlag(event=stop))
 
 
 def not_built(what: str) -> NoReturn:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, state_of
+from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, run_cycles, state_of
 from sncli.cli.render import print_json, stdout_console
 
 if TYPE_CHECKING:
@@ -69,16 +69,7 @@ def drain(
         return summary.exit_code
 
     with stop_on_signals(stop):
-        if every is None:
-            code = cycle(settings)
-        else:
-            # One long-lived process: the config is re-read between drains when its content
-            # changed (an invalid edit is logged and the last good config kept).
-            from sncli.config import resolve_config_path
-            from sncli.repeat import ConfigWatcher, StopFlag, run_every
-
-            watcher = ConfigWatcher(path=resolve_config_path(state.config_path), settings=settings)
-            code = run_every(every, watcher, cycle, StopFlag(event=stop))
+        code = run_cycles(state, settings, every, cycle, stop)
     exit_with(code)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, state_of
+from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, run_cycles, state_of
 
 if TYPE_CHECKING:
     from sncli.config import Settings
@@ -49,14 +49,7 @@ def poll(
         return summary.exit_code
 
     with stop_on_signals(stop):
-        if every is None:
-            code = cycle(settings)
-        else:
-            from sncli.config import resolve_config_path
-            from sncli.repeat import ConfigWatcher, StopFlag, run_every
-
-            watcher = ConfigWatcher(path=resolve_config_path(state.config_path), settings=settings)
-            code = run_every(every, watcher, cycle, StopFlag(event=stop.event))
+        code = run_cycles(state, settings, every, cycle, stop.event)
     exit_with(code)
 
 
