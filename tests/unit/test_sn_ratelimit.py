@@ -7,26 +7,16 @@ import threading
 import pytest
 
 from sncli.servicenow.ratelimit import TokenBucket
+from tests.fixtures.fake_time import FakeTime
 
 
-class FakeTime:
-    """A clock that only moves when the code under test sleeps (or the test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
+def fake_time() -> FakeTime:
+    """A clock that moves only when the test moves it; the bucket's sleeps are recorded, not slept."""
+    return FakeTime(1000.0, advance=False)
 
 
 def test_burst_is_free_then_each_token_costs_one_interval() -> None:
-    t = FakeTime()
+    t = fake_time()
     bucket = TokenBucket(10, 3, clock=t.clock, sleep=t.sleep)
     assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
     # Empty: the next callers queue up on credit, 0.1 s apart.
@@ -34,7 +24,7 @@ def test_burst_is_free_then_each_token_costs_one_interval() -> None:
 
 
 def test_refill_over_time_is_capped_at_burst() -> None:
-    t = FakeTime()
+    t = fake_time()
     bucket = TokenBucket(2, 4, clock=t.clock, sleep=t.sleep)
     for _ in range(4):
         bucket.reserve()
@@ -48,7 +38,7 @@ def test_refill_over_time_is_capped_at_burst() -> None:
 
 def test_steady_rate_over_a_long_run() -> None:
     """1000 acquisitions at 50/s with burst 5 take (1000 - 5) / 50 seconds of waiting on the fake clock."""
-    t = FakeTime()
+    t = fake_time()
 
     def sleep(seconds: float) -> None:
         t.sleeps.append(seconds)
@@ -62,7 +52,7 @@ def test_steady_rate_over_a_long_run() -> None:
 
 
 def test_acquire_sleeps_only_when_needed() -> None:
-    t = FakeTime()
+    t = fake_time()
     bucket = TokenBucket(4, 1, clock=t.clock, sleep=t.sleep)
     assert bucket.acquire() == 0.0
     assert t.sleeps == []
@@ -72,7 +62,7 @@ def test_acquire_sleeps_only_when_needed() -> None:
 
 def test_threads_share_one_budget() -> None:
     """32 threads x 25 tokens on a frozen clock: waits are exactly the credit schedule, none lost or doubled."""
-    t = FakeTime()
+    t = fake_time()
     bucket = TokenBucket(100, 10, clock=t.clock, sleep=t.sleep)
     waits: list[float] = []
     lock = threading.Lock()
