@@ -31,9 +31,29 @@ from typing import Any
 
 from sncli.kafka.conf import consumer_config
 
-__all__ = ["EndTracker", "PartitionEnd", "Polled", "consumer_config", "rebalance_callbacks", "track"]
+__all__ = [
+    "EndTracker",
+    "PartitionEnd",
+    "Polled",
+    "consumer_config",
+    "rebalance_callbacks",
+    "reset_offset",
+    "start_positions",
+    "track",
+]
 
 TopicPart = tuple[str, int]
+
+#: How long the committed offsets of newly assigned partitions are waited for before
+#: librdkafka is left to look them up itself (the same answer, 100 ms later).
+COMMITTED_TIMEOUT_SECONDS = 10.0
+
+# librdkafka's logical offsets (confluent_kafka.OFFSET_*), kept here so the mapping below is pure.
+_OFFSET_BEGINNING, _OFFSET_END = -2, -1
+_RESET_OFFSETS = {
+    "smallest": _OFFSET_BEGINNING, "earliest": _OFFSET_BEGINNING, "beginning": _OFFSET_BEGINNING,
+    "largest": _OFFSET_END, "latest": _OFFSET_END, "end": _OFFSET_END,
+}
 
 
 @dataclass
@@ -164,6 +184,42 @@ def track(consumer: Any, tracker: EndTracker, msg: Any) -> Polled:
         _low, high = consumer.get_watermark_offsets(TopicPartition(tp[0], tp[1]), cached=True)
         tracker.learn_end(tp, high)
     return Polled.DATA if tracker.on_message(tp, msg.offset()) else Polled.BEYOND_END
+
+
+def reset_offset(policy: str) -> int | None:
+    """The logical offset ``auto.offset.reset`` = ``policy`` starts a partition without a commit at.
+
+    None for ``error`` (or anything unknown): such a partition is left to
+    librdkafka, which then reports the error the policy asks for.
+    """
+    return _RESET_OFFSETS.get(policy.strip().lower())
+
+
+def start_positions(consumer: Any, partitions: list[Any], policy: str) -> list[Any]:
+    """``partitions`` with the offsets to read them from: the group's commit, else where ``policy`` says.
+
+    Why not assign them with no offset and let librdkafka look: for a partition
+    the group never committed, librdkafka resolves ``auto.offset.reset`` on a
+    fixed 100 ms timer (measured on Tansu and in librdkafka 2.16's offset
+    reset path), so every drain of a new group, and every new partition,
+    started 100 ms late. Asking for the commits here is the same OffsetFetch
+    librdkafka would send (with ``read_committed`` it waits for stable offsets
+    alike), and a logical offset given in the assignment is resolved at once.
+    If the commits cannot be read, the partitions are returned as they are.
+    """
+    start = reset_offset(policy)
+    if not partitions or start is None:
+        return partitions
+    try:
+        committed = consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_SECONDS)
+    except Exception:  # the broker is slow or away: librdkafka looks the offsets up itself
+        return partitions
+    for tp in committed:
+        if tp.error is not None:
+            return partitions
+        if tp.offset < 0:  # no commit (OFFSET_INVALID) or a logical one
+            tp.offset = start
+    return list(committed)
 
 
 def rebalance_callbacks(

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from sncli.config import Settings, SinkTopic
 from sncli.dlq import DlqWriter, Failure, Origin, dlq_headers
 from sncli.errors import ExitCode, UsageError
+from sncli.kafka.consumer import start_positions
 from sncli.kafka.errors import KafkaError
 from sncli.metrics import RunMetrics, push_metrics
 from sncli.sink.commits import CommitTracker
@@ -243,6 +244,7 @@ class SinkRun:
         self._skipped: Counter[str] = Counter()
         self._dlq: Counter[str] = Counter()
         self._consumer: Any = None
+        self._reset_policy = "largest"  # auto.offset.reset, librdkafka's default until run() reads the config
         self._pool: KeyedPool[_Item] | None = None
         self._dlq_writer: DlqWriter | None = None
         self._client: Any = None
@@ -284,6 +286,7 @@ class SinkRun:
 
         self._ends = EndTracker()
         config = consumer_config(self.settings.kafka, self.group_id, **self.consumer_overrides)
+        self._reset_policy = str(config.get("auto.offset.reset", "largest"))  # librdkafka's default
         session_ms = int(config.get("session.timeout.ms", 45_000))
         self._consumer = Consumer(config)
         try:
@@ -317,7 +320,7 @@ class SinkRun:
             # Read every partition from the group's committed offset (else the earliest), never join.
             parts = [TopicPartition(t, p) for t in wanted for p in range(present[t])]
             self._ends.assign((tp.topic, tp.partition) for tp in parts)
-            self._consumer.assign(parts)
+            self._consumer.assign(start_positions(self._consumer, parts, self._reset_policy))
             self._assigned_once = True
             return
         self._consumer.subscribe(
@@ -733,7 +736,7 @@ class SinkRun:
             # A partition paused at its end before a rebalance stays paused in librdkafka;
             # assigned again, it must be read again from its committed offset.
             try:
-                consumer.assign(partitions)
+                consumer.assign(start_positions(consumer, partitions, self._reset_policy))
                 if self._finishing:
                     consumer.pause(partitions)  # read once the queued writes are done
                 else:

@@ -14,7 +14,7 @@ import pytest
 
 from sncli.config import KafkaSettings
 from sncli.kafka.admin import ensure_topics
-from sncli.kafka.consumer import EndTracker, Polled, consumer_config, rebalance_callbacks, track
+from sncli.kafka.consumer import EndTracker, Polled, consumer_config, rebalance_callbacks, start_positions, track
 from sncli.kafka.producer import PageProducer
 from tests.fixtures.kafka import read_all
 
@@ -135,3 +135,41 @@ def test_records_produced_after_the_end_was_learned_are_left_for_the_next_run(
     assert kinds.count(Polled.DATA) == TRUE_COUNT
     assert tracker.ends() == {(unique_topic, 0): TRUE_COUNT}
     assert len(read_all(kafka_bootstrap, unique_topic)) == TRUE_COUNT + 10
+
+
+def test_start_positions_take_the_groups_commits_and_the_reset_policy_elsewhere(
+    kafka_bootstrap: str, unique_topic: str
+) -> None:
+    """Committed partitions start at their commit; the others where auto.offset.reset says, resolved at once."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consumer, TopicPartition
+
+    _produce_in_batches(kafka_bootstrap, unique_topic, partitions=2)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    group = f"g-{unique_topic}"
+    committer = Consumer(consumer_config(kafka, group, session_timeout_ms=6000))
+    try:
+        committer.commit(offsets=[TopicPartition(unique_topic, 0, 7)], asynchronous=False)
+    finally:
+        committer.close()
+
+    consumer = Consumer(consumer_config(kafka, group, session_timeout_ms=6000))
+    try:
+        parts = [TopicPartition(unique_topic, 0), TopicPartition(unique_topic, 1)]
+        earliest = {p.partition: p.offset for p in start_positions(consumer, parts, "earliest")}
+        latest = {p.partition: p.offset for p in start_positions(consumer, parts, "latest")}
+        untouched = {p.partition: p.offset for p in start_positions(consumer, parts, "error")}
+
+        consumer.assign(start_positions(consumer, parts, "earliest"))
+        first: dict[int, int] = {}
+        deadline = time.monotonic() + 30
+        while len(first) < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                first.setdefault(msg.partition(), msg.offset())
+    finally:
+        consumer.close()
+
+    assert earliest == {0: 7, 1: OFFSET_BEGINNING}
+    assert latest == {0: 7, 1: OFFSET_END}
+    assert untouched == {0: OFFSET_INVALID, 1: OFFSET_INVALID}  # left to librdkafka
+    assert first == {0: 7, 1: 0}  # read from the commit, and from the start where there is none

@@ -1,11 +1,12 @@
-"""EndTracker: when a bounded drain may consider a partition finished (pure logic)."""
+"""EndTracker: when a bounded drain may consider a partition finished; where a new partition starts (pure logic)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sncli.kafka.consumer import EndTracker
+from sncli.kafka.consumer import EndTracker, reset_offset
 
 A = ("t", 0)
 B = ("t", 1)
@@ -119,3 +120,15 @@ def test_simulated_drain_stops_exactly_at_the_true_end_whatever_listoffsets_says
         position = fetched[-1] + 1
     assert tracker.all_finished()
     assert processed == list(range(true_end))
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("earliest", -2), ("smallest", -2), ("beginning", -2), (" Earliest ", -2),
+     ("latest", -1), ("largest", -1), ("end", -1), ("error", None), ("nonsense", None)],
+)
+def test_reset_offset_maps_every_librdkafka_spelling(policy: str, expected: int | None) -> None:
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+    assert (OFFSET_BEGINNING, OFFSET_END) == (-2, -1)  # the constants the mapping mirrors
+    assert reset_offset(policy) == expected
