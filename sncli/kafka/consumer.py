@@ -25,7 +25,7 @@ to the next run. :func:`track` feeds polled messages into a tracker.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "consumer_config",
     "rebalance_callbacks",
     "reset_offset",
+    "reset_policy",
     "start_positions",
     "track",
 ]
@@ -184,6 +185,11 @@ def track(consumer: Any, tracker: EndTracker, msg: Any) -> Polled:
         _low, high = consumer.get_watermark_offsets(TopicPartition(tp[0], tp[1]), cached=True)
         tracker.learn_end(tp, high)
     return Polled.DATA if tracker.on_message(tp, msg.offset()) else Polled.BEYOND_END
+
+
+def reset_policy(config: Mapping[str, Any]) -> str:
+    """The ``auto.offset.reset`` a consumer built from ``config`` applies (librdkafka's default: largest)."""
+    return str(config.get("auto.offset.reset", "largest"))
 
 
 def reset_offset(policy: str) -> int | None:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from sncli.config import Settings, SinkTopic
 from sncli.dlq import DlqWriter, Failure, Origin, dlq_headers
 from sncli.errors import ExitCode, UsageError
-from sncli.kafka.consumer import start_positions
+from sncli.kafka.consumer import reset_policy, start_positions
 from sncli.kafka.errors import KafkaError
 from sncli.metrics import RunMetrics, push_metrics
 from sncli.sink.commits import CommitTracker
@@ -244,7 +244,7 @@ class SinkRun:
         self._skipped: Counter[str] = Counter()
         self._dlq: Counter[str] = Counter()
         self._consumer: Any = None
-        self._reset_policy = "largest"  # auto.offset.reset, librdkafka's default until run() reads the config
+        self._reset_policy = ""  # auto.offset.reset, set by run(); "" leaves new partitions to librdkafka
         self._pool: KeyedPool[_Item] | None = None
         self._dlq_writer: DlqWriter | None = None
         self._client: Any = None
@@ -286,7 +286,7 @@ class SinkRun:
 
         self._ends = EndTracker()
         config = consumer_config(self.settings.kafka, self.group_id, **self.consumer_overrides)
-        self._reset_policy = str(config.get("auto.offset.reset", "largest"))  # librdkafka's default
+        self._reset_policy = reset_policy(config)
         session_ms = int(config.get("session.timeout.ms", 45_000))
         self._consumer = Consumer(config)
         try:
