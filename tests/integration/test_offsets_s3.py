@@ -341,6 +341,11 @@ def test_offsets_cli_on_the_s3_store_respects_the_lease(
     reset = sncli("offsets", "reset", "--table", "incident", "--yes")
     assert reset.returncode == 0, reset.stderr
     assert json.loads(sncli("--json", "offsets", "show").stdout)[0]["stored"] is False
+    bridge = tmp_path / "bridge-offsets.json"
+    bridge.write_text(json.dumps({"incident": {"timestamp": "2024-07-01 00:00:00", "last_identifier": sid(7)}}))
+    imported = sncli("offsets", "import", "--from-bridge", str(bridge), "--yes")  # over reset's tombstone
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(read_key(client, bucket, "incident")[0])["sys_id"] == sid(7)
 
 
 class _NoConditionalDelete:
