@@ -189,6 +189,9 @@ class S3Offsets(_Model):
     endpoint_url: str | None = None
     region: str | None = None
     lease_seconds: int = Field(default=300, ge=10)
+    # per_key: one object per table / backfill window under ``<key>.d/`` (writers never contend);
+    # single: every key in the one object at ``url`` (sncli before per_key; migrated from on first use).
+    layout: Literal["per_key", "single"] = "per_key"
 
     @field_validator("url")
     @classmethod

@@ -20,8 +20,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -142,6 +142,7 @@ class DlqEntry:
     dead_lettered_at: datetime | None
     replay_count: int
     sys_id: str | None
+    pending: bool | None = None  # still to be handled by a replay (None: not asked, see View)
 
     def original_headers(self) -> list[tuple[str, bytes | None]]:
         """The headers the record had before it was dead-lettered."""
@@ -164,6 +165,7 @@ class DlqEntry:
             "error_timestamp": format_timestamp(self.dead_lettered_at) if self.dead_lettered_at else None,
             "replay_count": self.replay_count,
             "sys_id": self.sys_id,
+            "pending": self.pending,
             "key": _text_or_none(self.key),
             "value": _text_or_none(self.value),
             "headers": {k: _text_or_none(v) for k, v in self.original_headers()},
@@ -321,6 +323,54 @@ def _text_or_none(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8", "replace")
 
 
+# --------------------------------------------------------------------------- pending or history
+
+
+@dataclass(frozen=True)
+class ReplayProgress:
+    """How far a replay group got in each DLQ partition: the records below it are history.
+
+    A replay finishes every record it reads before its commit passes it: the record
+    was written to ServiceNow (fixed), or produced again at the DLQ's end, failed
+    again with ``sncli.replay.count`` raised or carried forward unchanged (a copy
+    that now stands for it). Either way a record below the group's commit is no
+    longer pending, and every copy made for it lies past the end that replay read
+    to, so at or past the commit. A replay killed after a copy was acknowledged but
+    before its commit leaves both pending until the next replay (which re-reads
+    the original: at-least-once, as the sink).
+    """
+
+    group: str
+    committed: Mapping[int, int]  # partition -> the offset the next replay starts at (absent: nothing replayed)
+
+    def start(self, partition: int) -> int:
+        return self.committed.get(partition, 0)
+
+    def pending(self, entry: DlqEntry) -> bool:
+        return entry.offset >= self.start(entry.partition)
+
+
+@dataclass(frozen=True)
+class View:
+    """Which DLQ records a listing (inspect, export) shows.
+
+    ``replay_group`` None: every record, not marked (no replay group is asked).
+    Otherwise only the records still pending for that group's replays, or with
+    ``history`` every record, each marked pending or not.
+    """
+
+    replay_group: str | None = None
+    history: bool = False
+
+
+def mark_pending(entries: Iterable[DlqEntry], progress: ReplayProgress, *, history: bool) -> Iterator[DlqEntry]:
+    """The entries marked pending or not; without ``history`` only the pending ones."""
+    for entry in entries:
+        pending = progress.pending(entry)
+        if pending or history:
+            yield replace(entry, pending=pending)
+
+
 # --------------------------------------------------------------------------- writing (I/O)
 
 
@@ -441,8 +491,14 @@ def _kafka_text(exc: BaseException) -> str:
 READ_STALL_SECONDS = 60.0
 
 
-def read_dlq(kafka: KafkaSettings, topic: str, *, stall_seconds: float = READ_STALL_SECONDS) -> Iterator[DlqEntry]:
-    """Every record of the DLQ topic from the beginning up to its end as seen at start.
+def read_dlq(
+    kafka: KafkaSettings,
+    topic: str,
+    *,
+    start: Mapping[int, int] | None = None,
+    stall_seconds: float = READ_STALL_SECONDS,
+) -> Iterator[DlqEntry]:
+    """Every record of the DLQ topic from the beginning (or ``start[partition]``) up to its end as seen at start.
 
     Reads by assignment (no group join, nothing committed). The end of each
     partition comes from fetch responses (partition EOF / fetch-cached high
@@ -463,7 +519,8 @@ def read_dlq(kafka: KafkaSettings, topic: str, *, stall_seconds: float = READ_ST
     try:
         ends = EndTracker()
         ends.assign((topic, p) for p in range(partitions))
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        first = start or {}
+        consumer.assign([TopicPartition(topic, p, first.get(p, OFFSET_BEGINNING)) for p in range(partitions)])
         last_progress = time.monotonic()
         last_error: str | None = None
         while not ends.all_finished():
@@ -488,10 +545,54 @@ def read_dlq(kafka: KafkaSettings, topic: str, *, stall_seconds: float = READ_ST
         consumer.close()
 
 
-def inspect_dlq(kafka: KafkaSettings, topic: str, filters: Filters, limit: int) -> list[DlqEntry]:
+def read_replay_progress(kafka: KafkaSettings, topic: str, group: str, partitions: int) -> ReplayProgress:
+    """The replay group's committed offsets on ``topic`` (an OffsetFetch: no group join, nothing committed)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from sncli.kafka.conf import consumer_config
+    from sncli.kafka.consumer import COMMITTED_TIMEOUT_SECONDS
+    from sncli.kafka.errors import KafkaError
+
+    # Never assigned nor subscribed: closing it cannot commit, whatever kafka.client says.
+    consumer = Consumer(consumer_config(kafka, group, enable_auto_commit=False))
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
+                                   timeout=COMMITTED_TIMEOUT_SECONDS)
+    except KafkaException as exc:
+        raise KafkaError(f"reading the progress of replay group {group} on {topic}: {_kafka_text(exc)}") from None
+    finally:
+        consumer.close()
+    committed: dict[int, int] = {}
+    for tp in found:
+        if tp.error is not None:
+            raise KafkaError(f"reading the progress of replay group {group} on {topic}[{tp.partition}]: "
+                             f"{tp.error.str()}")
+        if tp.offset >= 0:  # negative: the group never committed this partition
+            committed[tp.partition] = tp.offset
+    return ReplayProgress(group, committed)
+
+
+def read_view(kafka: KafkaSettings, topic: str, view: View) -> Iterator[DlqEntry]:
+    """The DLQ records ``view`` selects; the pending view reads from the replay group's commit on."""
+    if view.replay_group is None:
+        yield from read_dlq(kafka, topic)
+        return
+    from sncli.kafka.admin import existing_topics
+
+    partitions = existing_topics(kafka).get(topic)
+    if not partitions:
+        return
+    progress = read_replay_progress(kafka, topic, view.replay_group, partitions)
+    start = None if view.history else dict(progress.committed)
+    yield from mark_pending(read_dlq(kafka, topic, start=start), progress, history=view.history)
+
+
+def inspect_dlq(
+    kafka: KafkaSettings, topic: str, filters: Filters, limit: int, *, view: View | None = None
+) -> list[DlqEntry]:
     """The ``limit`` most recently dead-lettered records that match, oldest first."""
     newest: list[tuple[tuple[str, int, int], DlqEntry]] = []
-    for entry in read_dlq(kafka, topic):
+    for entry in read_view(kafka, topic, view or View()):
         if not filters.matches(entry):
             continue
         when = format_timestamp(entry.dead_lettered_at) if entry.dead_lettered_at else ""
@@ -510,7 +611,14 @@ EXPORT_FORMATS = ("parquet", "jsonl")
 
 
 def export_dlq(
-    kafka: KafkaSettings, topic: str, filters: Filters, output: Path, fmt: str, *, batch_rows: int = 1000
+    kafka: KafkaSettings,
+    topic: str,
+    filters: Filters,
+    output: Path,
+    fmt: str,
+    *,
+    view: View | None = None,
+    batch_rows: int = 1000,
 ) -> int:
     """Write the matching DLQ records, one row each with the error headers as columns; returns the count.
 
@@ -521,7 +629,7 @@ def export_dlq(
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    entries = (e for e in read_dlq(kafka, topic) if filters.matches(e))
+    entries = (e for e in read_view(kafka, topic, view or View()) if filters.matches(e))
     try:
         count = _write_parquet(entries, partial, batch_rows) if fmt == "parquet" else _write_jsonl(entries, partial)
         os.replace(partial, output)
@@ -566,7 +674,7 @@ def _parquet_schema() -> Any:
         ("error_class", pa.string()), ("error_message", pa.string()), ("error_status", pa.int32()),
         ("error_topic", pa.string()), ("error_partition", pa.int32()), ("error_offset", pa.int64()),
         ("error_table", pa.string()), ("error_attempts", pa.int32()), ("error_timestamp", ts),
-        ("replay_count", pa.int32()), ("sys_id", pa.string()),
+        ("replay_count", pa.int32()), ("sys_id", pa.string()), ("pending", pa.bool_()),
         ("key", pa.binary()), ("value", pa.binary()), ("headers", pa.string()),
     ])
 

@@ -15,7 +15,8 @@ from sncli.cli.sink_cmd import render_summary, stop_on_signals, table_console
 from sncli.errors import ExitCode
 
 if TYPE_CHECKING:
-    from sncli.dlq import Filters
+    from sncli.config import Settings
+    from sncli.dlq import Filters, View
 
 app = typer.Typer(help="Inspect, replay and export the dead letter queue.", no_args_is_help=True)
 
@@ -29,12 +30,27 @@ _SINCE = typer.Option(
 )
 _TOPIC = typer.Option(None, "--topic", help="Only records that came from this source topic.")
 _DLQ_TOPIC = typer.Option(None, "--dlq-topic", help="The DLQ topic to read (default: sink.dlq_topic).")
+_ALL = typer.Option(
+    False, "--all",
+    help="The full history: also records a replay already wrote or re-queued (marked pending=false).",
+)
+_REPLAY_GROUP = typer.Option(
+    None, "--group",
+    help="The replay group whose progress says what is pending (default: <sink.group_id>-dlq-replay, as replay).",
+)
 
 
 def _filters(table: str | None, error_class: str | None, since: str | None, topic: str | None) -> Filters:
     from sncli.dlq import make_filters
 
     return guard(lambda: make_filters(table, error_class, since, now=datetime.now(UTC), topic=topic))
+
+
+def _view(settings: Settings, group: str | None, history: bool) -> View:
+    """Pending for the replay group that ``dlq replay`` would use (``--group`` names another), or everything."""
+    from sncli.dlq import View, replay_group
+
+    return View(replay_group=replay_group(settings.sink.group_id, group), history=history)
 
 
 @app.command()
@@ -45,32 +61,45 @@ def inspect(
     since: str | None = _SINCE,
     topic: str | None = _TOPIC,
     limit: int = typer.Option(100, "--limit", min=1, help="Show the most recent N matching records."),
+    history: bool = _ALL,
+    group: str | None = _REPLAY_GROUP,
     dlq_topic: str | None = _DLQ_TOPIC,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """List DLQ records with their error context; reads from the beginning, commits nothing."""
+    """List the DLQ records still pending, with their error context; commits nothing.
+
+    Pending: neither written by a replay nor re-queued by one (a re-queued copy
+    is listed in their place). ``--all`` lists the full history instead.
+    """
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
     from sncli.dlq import inspect_dlq
 
     name = dlq_topic or settings.sink.dlq_topic
-    entries = guard(lambda: inspect_dlq(settings.kafka, name, filters, limit))
+    view = _view(settings, group, history)
+    entries = guard(lambda: inspect_dlq(settings.kafka, name, filters, limit, view=view))
     if state.json_output:
         print_json([entry.as_row() for entry in entries])
         return
     from rich.table import Table
 
-    view = Table(title=f"{name}: {len(entries)} record{'s' if len(entries) != 1 else ''}")
-    for column in ("offset", "time", "table", "sys_id", "class", "status", "message"):
-        view.add_column(column, overflow="fold")
+    plural = "s" if len(entries) != 1 else ""
+    title = f"{name}: {len(entries)} record{plural}" if history else f"{name}: {len(entries)} pending record{plural}"
+    listing = Table(title=title)
+    columns = ["offset", "time", "table", "sys_id", "class", "status", "message"]
+    for column in [*columns, "pending"] if history else columns:
+        listing.add_column(column, overflow="fold")
     for entry in entries:
         when = entry.dead_lettered_at.strftime("%Y-%m-%d %H:%M:%S") if entry.dead_lettered_at else ""
-        view.add_row(
+        cells = [
             f"{entry.partition}:{entry.offset}", when, entry.table, entry.sys_id or "", entry.error_class,
             "" if entry.status is None else str(entry.status), entry.message,
-        )
-    table_console().print(view)
+        ]
+        if history:
+            cells.append("yes" if entry.pending else "no")
+        listing.add_row(*cells)
+    table_console().print(listing)
 
 
 @app.command()
@@ -118,20 +147,25 @@ def export(
     error_class: str | None = _CLASS,
     since: str | None = _SINCE,
     topic: str | None = _TOPIC,
+    history: bool = _ALL,
+    group: str | None = _REPLAY_GROUP,
     dlq_topic: str | None = _DLQ_TOPIC,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Export DLQ records, one row each, with their error headers as columns."""
+    """Export the pending DLQ records (``--all``: the full history), one row each, error headers as columns."""
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
     from sncli.dlq import export_dlq
 
     name = dlq_topic or settings.sink.dlq_topic
-    count = guard(lambda: export_dlq(settings.kafka, name, filters, output, fmt.lower()))
+    view = _view(settings, group, history)
+    count = guard(lambda: export_dlq(settings.kafka, name, filters, output, fmt.lower(), view=view))
     if state.json_output:
-        print_json({"rows": count, "output": str(output), "format": fmt.lower(), "dlq_topic": name})
+        print_json({"rows": count, "output": str(output), "format": fmt.lower(), "dlq_topic": name,
+                    "view": "all" if history else "pending"})
     else:
-        stdout_console().print(f"exported {count} DLQ record{'s' if count != 1 else ''} from {name} to {output}",
+        what = "" if history else "pending "
+        stdout_console().print(f"exported {count} {what}DLQ record{'s' if count != 1 else ''} from {name} to {output}",
                                highlight=False, markup=False)
     exit_with(ExitCode.OK)

@@ -1,4 +1,4 @@
-"""Offsets in one S3 object, written only with conditional PUTs.
+"""Offsets in one S3 object (`offsets.layout: single`), written only with conditional PUTs.
 
 Every PUT carries ``If-Match: <ETag we read>`` (or ``If-None-Match: *`` when the
 object does not exist yet), so two writers can never silently overwrite each

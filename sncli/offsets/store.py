@@ -1,6 +1,8 @@
 """The offset store contract, the shared JSON document, and choosing a store from the config.
 
-Both stores keep every key in one JSON document::
+The file store and the S3 store's ``single`` layout keep every key in one JSON
+document (the S3 ``per_key`` layout, the default, keeps each key's entry in its
+own object: :mod:`sncli.offsets.s3_key_store`)::
 
     {"version": 1, "offsets": {"incident": {"version": 1, "table": "incident",
      "timestamp": "2024-05-01 12:00:00", "sys_id": "<32 hex>", "fingerprint": "<sha256>",
@@ -56,9 +58,13 @@ def open_store_from(offsets: FileOffsets | S3Offsets) -> OffsetStore:
         from sncli.offsets.file_store import FileStore
 
         return FileStore(offsets.path)
-    from sncli.offsets.s3_store import S3Store
+    if offsets.layout == "single":
+        from sncli.offsets.s3_store import S3Store
 
-    return S3Store(offsets.url, endpoint_url=offsets.endpoint_url, region=offsets.region)
+        return S3Store(offsets.url, endpoint_url=offsets.endpoint_url, region=offsets.region)
+    from sncli.offsets.s3_key_store import S3KeyStore
+
+    return S3KeyStore(offsets.url, endpoint_url=offsets.endpoint_url, region=offsets.region)
 
 
 # --------------------------------------------------------------------------- the document
@@ -79,6 +85,11 @@ def parse_document(data: bytes, where: str) -> Entries:
         raise corrupt(f"not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise corrupt("expected a JSON object")
+    if doc.get("layout") == "per_key":
+        raise OffsetsCorruptError(
+            f"offsets {where} were moved to one object per key under {doc.get('objects')}; "
+            f"remove `layout: single` from the offsets config to use them. sncli will not overwrite it"
+        )
     version = doc.get("version")
     if version != DOCUMENT_VERSION:
         raise OffsetsCorruptError(

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from sncli.config import parse_settings
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.errors import UsageError
 from sncli.offsets.lock import run_lock
@@ -20,7 +21,13 @@ from sncli.source.backfill import BackfillRequest, run_backfill
 from sncli.source.cycle import run_poll
 from sncli.source.poller import StopControl
 from tests.fixtures.kafka import read_all
-from tests.integration.test_source_support import keyset, make_settings, stored_cursor, stored_offsets
+from tests.integration.test_source_support import (
+    config_dict,
+    keyset,
+    make_settings,
+    stored_cursor,
+    stored_offsets,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -240,3 +247,38 @@ def test_progress_bar_on_a_terminal_shows_count_rate_and_eta(capfd: pytest.Captu
     progress.close()
     err = capfd.readouterr().err
     assert "backfill incident" in err and "1000/1000" in err and "rec/s" in err
+
+
+def test_indexed_job_pods_running_at_once_on_the_s3_store_all_finish(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """N pods of an Indexed Job save their own window after every (small) page, all at the same time."""
+    topic = f"bf-{uuid.uuid4().hex[:8]}"
+    emulator.state.generate("incident", 2_400, at=NOW - timedelta(days=2), spread_seconds=86_400, seed=6,
+                            field_count=3, record_bytes=40)
+    data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "unused.json",
+                       [{"name": "incident", "topic": topic}], page_size=10)
+    data["offsets"] = {"store": "s3", "url": f"s3://{s3_bucket}/sncli/offsets.json", "endpoint_url": s3_endpoint,
+                       "region": "us-east-1"}
+    settings = parse_settings(data, environ={})
+    since, until = _ts(NOW - timedelta(days=3)), _ts(NOW - timedelta(hours=1))
+    pods = 8
+    results: dict[int, int] = {}
+
+    def pod(i: int) -> None:
+        for _ in range(100):  # a pod that finds the plan lock held exits 75; the Job starts it again
+            summary = run_backfill(settings, BackfillRequest(table="incident", since=since, until=until,
+                                                             window=(i, pods)))
+            if summary.exit_code != 75:
+                break
+            time.sleep(0.05)
+        results[i] = summary.exit_code
+
+    threads = [threading.Thread(target=pod, args=(i,)) for i in range(pods)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == dict.fromkeys(range(pods), 0)
+    counts = _kafka_keys(kafka_bootstrap, topic, 2_400)
+    assert set(counts) == set(keyset(emulator.state.records("incident"))) and max(counts.values()) == 1

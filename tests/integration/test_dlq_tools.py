@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from sncli.config import Settings
-from sncli.dlq import ERROR_HEADERS, Filters, export_dlq, inspect_dlq, make_filters, replay_group, run_replay
+from sncli.dlq import (
+    ERROR_HEADERS,
+    Filters,
+    View,
+    export_dlq,
+    inspect_dlq,
+    make_filters,
+    replay_group,
+    run_replay,
+)
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.sink.drain import DrainOptions, run_drain
 from tests.fixtures.kafka import read_all
@@ -24,6 +37,7 @@ from tests.integration.sink_support import (
     produce,
     settings_of,
     sid,
+    write_config,
     writes,
 )
 
@@ -187,3 +201,55 @@ def test_export_parquet_and_jsonl_one_row_per_dlq_record(
     assert export_dlq(kafka, dlq, make_filters(None, "conflict", None, now=NOW), empty, "parquet") == 0
     assert pq.read_table(empty).num_rows == 0
     assert not list(tmp_path.glob("*.partial"))
+
+
+def sncli_json(config: Path, *args: str) -> Any:
+    proc = subprocess.run([sys.executable, "-m", "sncli", "--json", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_inspect_and_export_list_what_is_pending_and_the_full_history_with_all(
+    dead_lettered: tuple[Settings, str], emulator: ServiceNowEmulator, tmp_path: Path
+) -> None:
+    settings, _topic = dead_lettered
+    kafka, dlq = settings.kafka, settings.sink.dlq_topic
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    data["servicenow"]["auth"]["password"] = "admin"
+    config = write_config(tmp_path / "sncli.yaml", data)
+    pending = View(replay_group(settings.sink.group_id))
+    history = View(replay_group(settings.sink.group_id), history=True)
+
+    # Still denied: the 3 permission records fail again (re-dead-lettered, replay count 1) and
+    # the decode record, not selected, is carried forward. 8 records, 4 of them pending.
+    again = run_replay(settings, make_filters(None, "permission", None, now=NOW))
+    assert again.exit_code == 3 and again.dlq == {"permission": 3} and again.carried_forward == 1
+    rows = sncli_json(config, "dlq", "inspect")
+    assert sorted((r["error_class"], r["error_offset"], r["replay_count"]) for r in rows) == [
+        ("decode", 2, 0), ("permission", 0, 1), ("permission", 1, 1), ("permission", 4, 1)]
+    assert all(r["pending"] is True for r in rows)
+    everything = sncli_json(config, "dlq", "inspect", "--all")
+    assert len(everything) == 8
+    assert sorted((r["error_offset"], r["pending"]) for r in everything) == [
+        (0, False), (0, True), (1, False), (1, True), (2, False), (2, True), (4, False), (4, True)]
+
+    # Fixed: the replay writes the permission records; the decode record is carried forward again.
+    emulator.state.update_settings(denied_tables=set())
+    fixed = run_replay(settings, make_filters(None, "permission", None, now=NOW))
+    assert fixed.exit_code == 0 and fixed.written == {"post": 3} and fixed.carried_forward == 1
+    left = inspect_dlq(kafka, dlq, Filters(), 100, view=pending)
+    assert [(e.error_class, e.origin.offset if e.origin else None, e.pending) for e in left] == [("decode", 2, True)]
+    assert inspect_dlq(kafka, dlq, make_filters(None, "permission", None, now=NOW), 100, view=pending) == []
+    assert len(inspect_dlq(kafka, dlq, Filters(), 100, view=history)) == 9
+
+    out = tmp_path / "pending.jsonl"
+    assert export_dlq(kafka, dlq, Filters(), out, "jsonl", view=pending) == 1
+    assert [orjson.loads(line)["error_class"] for line in out.read_bytes().splitlines()] == ["decode"]
+    full = tmp_path / "history.parquet"
+    assert export_dlq(kafka, dlq, Filters(), full, "parquet", view=history) == 9
+    table = pq.read_table(full).to_pylist()
+    assert [(r["error_class"], r["replay_count"]) for r in table if r["pending"]] == [("decode", 0)]
+    # A group that never replayed sees everything as pending; reading committed nothing anywhere.
+    assert len(inspect_dlq(kafka, dlq, Filters(), 100, view=View("never-replayed"))) == 9
+    assert committed_offsets(kafka.bootstrap_servers, "never-replayed", dlq, 2) == {0: -1001, 1: -1001}

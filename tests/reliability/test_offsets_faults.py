@@ -15,6 +15,7 @@ file (tests/e2e/test_offsets_cli.py), S3 conditional-write semantics
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -199,12 +200,14 @@ def test_s3_412_on_a_moved_key_stops_that_table_only_and_leaves_the_object_as_th
     settings = parse_settings(data, {})
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
 
+    def object_key(key: str) -> str:
+        return f"sncli/offsets.json.d/{key}.json"  # the per_key layout: one object per table
+
     def document() -> dict[str, Any]:
-        try:
-            body = client.get_object(Bucket=s3_bucket, Key="sncli/offsets.json")["Body"].read()
-        except client.exceptions.NoSuchKey:
-            return {}
-        offsets: dict[str, Any] = orjson.loads(body)["offsets"]
+        offsets: dict[str, Any] = {}
+        for key in ("incident", "problem"):
+            with contextlib.suppress(client.exceptions.NoSuchKey):
+                offsets[key] = orjson.loads(client.get_object(Bucket=s3_bucket, Key=object_key(key))["Body"].read())
         return offsets
 
     result: dict[str, RunSummary] = {}
@@ -214,16 +217,13 @@ def test_s3_412_on_a_moved_key_stops_that_table_only_and_leaves_the_object_as_th
     while not {"incident", "problem"} <= set(document()):
         assert time.monotonic() < deadline and runner.is_alive(), "the run did not store both tables"
         time.sleep(0.05)
-    # Another writer (ignoring the run lease) moves incident's offset back: an operator's `offsets set`, say.
-    # It changes only that key, with a conditional PUT: an unconditional one could also put back an older
-    # value of problem saved between its read and its write, and then both tables were rightly refused.
+    # Another writer (ignoring the run lease) moves incident's offset back: an operator's `offsets set`, say,
+    # with a conditional PUT of incident's object (the run may have moved it in between: then again).
     while True:
-        found = client.get_object(Bucket=s3_bucket, Key="sncli/offsets.json")
-        doc = orjson.loads(found["Body"].read())
-        foreign = dict(doc["offsets"]["incident"], timestamp="2000-01-01 00:00:00", sys_id="f" * 32)
-        doc["offsets"]["incident"] = foreign
+        found = client.get_object(Bucket=s3_bucket, Key=object_key("incident"))
+        foreign = dict(orjson.loads(found["Body"].read()), timestamp="2000-01-01 00:00:00", sys_id="f" * 32)
         try:
-            client.put_object(Bucket=s3_bucket, Key="sncli/offsets.json", Body=orjson.dumps(doc),
+            client.put_object(Bucket=s3_bucket, Key=object_key("incident"), Body=orjson.dumps(foreign),
                               IfMatch=found["ETag"])
             break
         except client.exceptions.ClientError as exc:

@@ -16,8 +16,10 @@ from sncli.dlq import (
     Failure,
     Filters,
     Origin,
+    ReplayProgress,
     dlq_headers,
     make_filters,
+    mark_pending,
     parse_entry,
     parse_since,
 )
@@ -162,3 +164,14 @@ def test_headers_roundtrip(
     assert len(entry.message) <= MAX_MESSAGE_CHARS and "\n" not in entry.message
     kept = [(k, v) for k, v in original if not k.startswith("sncli.error.") and k != REPLAY_COUNT]
     assert entry.original_headers() == kept
+
+
+def test_records_below_the_replay_groups_commit_are_history_the_rest_pending() -> None:
+    entries = [parse_entry(p, o, None, None, b"{}", []) for p, o in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 5), (2, 0)]]
+    progress = ReplayProgress("g", {0: 2, 1: 5})  # partition 2: never replayed
+    assert [(e.partition, e.offset) for e in mark_pending(entries, progress, history=False)] == [
+        (0, 2), (1, 5), (2, 0)]
+    marked = list(mark_pending(entries, progress, history=True))
+    assert [(e.partition, e.offset, e.pending) for e in marked] == [
+        (0, 0, False), (0, 1, False), (0, 2, True), (1, 0, False), (1, 5, True), (2, 0, True)]
+    assert marked[0].as_row()["pending"] is False and entries[0].as_row()["pending"] is None
