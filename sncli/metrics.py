@@ -40,7 +40,11 @@ class RunMetrics:
             registry=r,
         )
         self.offset_lag = Gauge(
-            "bridge_offset_lag_seconds", "Now minus the stored cursor's timestamp.", ["table"], registry=r
+            "bridge_offset_lag_seconds",
+            "How far behind ServiceNow the topic is: now minus the upper bound a caught-up cycle reached, "
+            "else minus the stored cursor's timestamp.",
+            ["table"],
+            registry=r,
         )
         self.sink_records = Counter(
             "bridge_sink_records", "Records handled by the sink.", ["table", "op", "outcome"], registry=r

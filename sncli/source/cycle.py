@@ -256,14 +256,27 @@ def _families_for(families: list[Any], table: str, tables: list[str], code: int)
     return out
 
 
-def set_offset_lag(metrics: RunMetrics, table: str, cursor: Cursor | None, now: datetime) -> None:
-    if cursor is None:
-        return
+def complete_up_to(outcome: TableOutcome, upper: str | None, start: Cursor, *, stored: bool = True) -> str | None:
+    """The ServiceNow time up to which the topic is known to hold the table (None: unknown).
+
+    A table whose cycle caught up (an empty page below ``HI``, its cursor stored)
+    holds everything up to ``HI``, however old its newest record: an idle table is
+    not behind. Otherwise it holds what its stored cursor covers (its ``start``
+    when nothing was ever stored and the run did not fail).
+    """
+    if stored and outcome.error is None and outcome.stopped == "caught_up" and upper is not None:
+        return upper
+    if outcome.cursor_after is not None:
+        return outcome.cursor_after.timestamp
+    return start.timestamp if outcome.error is None else None
+
+
+def lag_seconds(now: datetime, complete: str) -> float | None:
+    """How far behind ServiceNow's ``now`` a table complete up to ``complete`` is (never negative)."""
     try:
-        lag = (now - parse_sn_time(cursor.timestamp)).total_seconds()
+        return max(0.0, (now - parse_sn_time(complete)).total_seconds())
     except ValueError:
-        return
-    metrics.offset_lag.labels(table=table).set(max(0.0, lag))
+        return None
 
 
 def select_tables(settings: Settings, names: list[str]) -> list[SourceTable]:
@@ -682,10 +695,10 @@ def _run_tables(
         for leftover in producers.values():  # the cycle could not start: never handed to a table
             leftover.close(0)
         for name, outcome in summary.tables.items():
-            if outcome.cursor_after is not None:
-                set_offset_lag(metrics, name, outcome.cursor_after, now)
-            elif outcome.error is None:  # nothing stored yet: everything since `start` is lag
-                set_offset_lag(metrics, name, _start_of(settings, name), now)
+            complete = complete_up_to(outcome, summary.upper_bound, _start_of(settings, name), stored=not dry_run)
+            lag = None if complete is None else lag_seconds(now, complete)
+            if lag is not None:
+                metrics.offset_lag.labels(table=name).set(lag)
         client.close()
 
 

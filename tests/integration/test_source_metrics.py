@@ -60,10 +60,11 @@ def test_poll_metrics_are_pushed_and_readable(
     assert _value(text, "bridge_source_records_total", job, **incident) == 130
     assert _value(text, "bridge_source_produce_total", job, **incident) == 130
     assert _value(text, "bridge_source_records_total", job, **problem) == 0
-    lag = _value(text, "bridge_offset_lag_seconds", job, **incident)
-    assert lag is not None and 3000 < lag < 3600 + 120  # the newest record is ~59 min old
-    # Set even for a table that had no record at all (lag since its `start`).
-    assert (_value(text, "bridge_offset_lag_seconds", job, **problem) or 0) > 10**9
+    # Both tables caught up to the cycle's upper bound: no lag, however old their newest record
+    # (~59 min for incident, none at all for problem). Set for both.
+    for group in (incident, problem):
+        lag = _value(text, "bridge_offset_lag_seconds", job, **group)
+        assert lag is not None and 0 <= lag < 60
     calls = _value(text, "bridge_sn_api_latency_seconds_count", job, endpoint="table/incident", method="GET",
                    **incident)
     assert calls is not None and calls >= 3
@@ -124,3 +125,34 @@ def test_pushgateway_down_never_fails_the_run(
     summary = run_poll(parse_settings(data, environ={}))
     assert summary.exit_code == 0 and summary.tables["incident"].records == 5
     assert any("could not push metrics" in r.getMessage() for r in caplog.records)
+
+
+def test_lag_is_behind_servicenow_not_the_age_of_the_newest_record(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, pushgateway_url: str, unique_topic: str, tmp_path: Path
+) -> None:
+    """An idle, caught-up table has (about) the safety lag, cycle after cycle; a bounded one is behind its cursor."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    emulator.state.generate("incident", 30, at=now - timedelta(hours=2), spread_seconds=3600, seed=5)
+    job = f"sncli-test-{uuid.uuid4().hex[:8]}"
+    tables = [{"name": "incident", "topic": unique_topic}]
+    data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json", tables, page_size=10,
+                       pushgateway=pushgateway_url, safety_lag_seconds=5)
+    data["metrics"]["job"] = job
+    settings = parse_settings(data, environ={})
+    group = {"command": "source_poll", "table": "incident"}
+
+    # Stopped by --max-records after 10 of 30 records: behind by the age of the 10th record (~2 h).
+    summary = run_poll(settings, max_records=10)
+    assert summary.exit_code == 0 and summary.tables["incident"].stopped == "max_records"
+    cursor = summary.tables["incident"].cursor_after
+    assert cursor is not None
+    behind = (datetime.now(UTC) - datetime.fromisoformat(cursor.timestamp).replace(tzinfo=UTC)).total_seconds()
+    lag = _value(_scrape(pushgateway_url), "bridge_offset_lag_seconds", job, **group)
+    assert lag is not None and behind - 60 < lag <= behind + 1 and lag > 3600
+
+    # Two cycles that catch up on a table nobody writes to: lag = now - HI = the safety lag, not 1-2 h.
+    for _ in range(2):
+        summary = run_poll(settings)
+        assert summary.exit_code == 0 and summary.tables["incident"].stopped == "caught_up"
+        lag = _value(_scrape(pushgateway_url), "bridge_offset_lag_seconds", job, **group)
+        assert lag is not None and 5 - 1 <= lag < 5 + 30
