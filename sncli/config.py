@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from sncli.errors import ConfigError
+from sncli.logs import register_secrets
 
 DEFAULT_CONFIG_PATH = Path("sncli.yaml")
 CONFIG_ENV_VAR = "SNCLI_CONFIG"
@@ -50,7 +51,8 @@ class _Model(BaseModel):
 def _check_http_url(value: str, *, what: str = "URL") -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} must be an http(s) URL with a host, got {value!r}")
+        shown = _mask_url_password(value) if _url_password(value) else value  # the error is logged
+        raise ValueError(f"{what} must be an http(s) URL with a host, got {shown!r}")
     return value.rstrip("/")
 
 
@@ -486,16 +488,24 @@ def _key_text(key: object) -> str:
 
 
 def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate already-parsed YAML; every failure is a ConfigError naming the key path."""
+    """Validate already-parsed YAML; every failure is a ConfigError naming the key path.
+
+    Every config read registers its secrets for masking in logs
+    (:func:`sncli.logs.register_secrets`) before anyone can log them: the first
+    one of a run, and each one a looping ``--every`` process reloads, so a rotated
+    password is masked like the one the process started with.
+    """
     if raw is None:
         raise ConfigError("<root>: the config is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"<root>: expected a mapping of sections, got {type(raw).__name__}")
     expanded = expand_env(raw, os.environ if environ is None else environ)
     try:
-        return Settings.model_validate(expanded)
+        settings = Settings.model_validate(expanded)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, expanded)) from None
+    register_secrets(settings.secret_values())
+    return settings
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
