@@ -40,6 +40,7 @@ CONFIG_ENV_VAR = "SNCLI_CONFIG"
 SN_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _WHOLE_TOKEN = re.compile(r"^\$\{(?:(?P<file>file:)(?P<path>[^}]+)|(?P<var>[A-Za-z_][A-Za-z0-9_]*))\}$")
+_FILE_TOKEN = re.compile(r"\$\{file:(?P<path>[^}]+)\}")
 _TABLE_NAME = re.compile(r"^[a-z0-9_]+$")
 _DISCRIMINATORS = ("type", "store")  # the keys that select a variant (auth, key, offsets)
 
@@ -445,6 +446,15 @@ def resolve_config_path(path: Path | None) -> Path:
         return path
     env = os.environ.get(CONFIG_ENV_VAR)
     return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def referenced_files(text: str) -> list[Path]:
+    """The files a config's text reads ``${file:...}`` secrets from, in order, once each.
+
+    For a watcher of the config: a secret file rotated in place (a Kubernetes
+    Secret volume) changes the settings as much as an edit of the config does.
+    """
+    return [Path(p) for p in dict.fromkeys(m.group("path") for m in _FILE_TOKEN.finditer(text))]
 
 
 def expand_env(node: Any, environ: Mapping[str, str], path: str = "", _open: frozenset[int] = frozenset()) -> Any:
