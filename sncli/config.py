@@ -33,12 +33,14 @@ from pydantic import (
 )
 
 from sncli.errors import ConfigError
+from sncli.logs import register_secrets
 
 DEFAULT_CONFIG_PATH = Path("sncli.yaml")
 CONFIG_ENV_VAR = "SNCLI_CONFIG"
 SN_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _WHOLE_TOKEN = re.compile(r"^\$\{(?:(?P<file>file:)(?P<path>[^}]+)|(?P<var>[A-Za-z_][A-Za-z0-9_]*))\}$")
+_FILE_TOKEN = re.compile(r"\$\{file:(?P<path>[^}]+)\}")
 _TABLE_NAME = re.compile(r"^[a-z0-9_]+$")
 _DISCRIMINATORS = ("type", "store")  # the keys that select a variant (auth, key, offsets)
 
@@ -50,7 +52,8 @@ class _Model(BaseModel):
 def _check_http_url(value: str, *, what: str = "URL") -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what} must be an http(s) URL with a host, got {value!r}")
+        shown = _mask_url_password(value) if _url_password(value) else value  # the error is logged
+        raise ValueError(f"{what} must be an http(s) URL with a host, got {shown!r}")
     return value.rstrip("/")
 
 
@@ -448,6 +451,15 @@ def resolve_config_path(path: Path | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
+def referenced_files(text: str) -> list[Path]:
+    """The files a config's text reads ``${file:...}`` secrets from, in order, once each.
+
+    For a watcher of the config: a secret file rotated in place (a Kubernetes
+    Secret volume) changes the settings as much as an edit of the config does.
+    """
+    return [Path(p) for p in dict.fromkeys(m.group("path") for m in _FILE_TOKEN.finditer(text))]
+
+
 def expand_env(node: Any, environ: Mapping[str, str], path: str = "", _open: frozenset[int] = frozenset()) -> Any:
     """Replace whole-token ``${VAR}`` / ``${file:PATH}`` scalars; leave every other string alone.
 
@@ -489,16 +501,24 @@ def _key_text(key: object) -> str:
 
 
 def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate already-parsed YAML; every failure is a ConfigError naming the key path."""
+    """Validate already-parsed YAML; every failure is a ConfigError naming the key path.
+
+    Every config read registers its secrets for masking in logs
+    (:func:`sncli.logs.register_secrets`) before anyone can log them: the first
+    one of a run, and each one a looping ``--every`` process reloads, so a rotated
+    password is masked like the one the process started with.
+    """
     if raw is None:
         raise ConfigError("<root>: the config is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"<root>: expected a mapping of sections, got {type(raw).__name__}")
     expanded = expand_env(raw, os.environ if environ is None else environ)
     try:
-        return Settings.model_validate(expanded)
+        settings = Settings.model_validate(expanded)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, expanded)) from None
+    register_secrets(settings.secret_values())
+    return settings
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:

@@ -4,20 +4,62 @@ A bounded run lives seconds, so nothing scrapes it: each run owns a fresh
 registry and pushes it once. ``pushadd`` (HTTP POST) is used, not ``push``:
 a failed run then leaves ``sncli_last_success_timestamp_seconds`` of the last
 good run in place, which is exactly what an alert on staleness needs.
+
+Counters stay monotonic across runs (DESIGN.md §7). The Pushgateway is a
+metrics cache, not an aggregator: a push replaces the group's metrics of the
+same name, so a run that pushed only its own count would make every
+``bridge_*_total`` fall back to one run's figure, and ``increase()`` /
+``rate()`` would miss whatever a scrape did not see drop. So before pushing,
+the group's current values are read back from the gateway (``GET /metrics``)
+and each cumulative series (counters, histogram buckets/sum/count) is pushed
+as *previous + this run's increment*; series of an earlier run that this run
+did not touch are pushed again unchanged (a POST would otherwise drop them),
+and a family this run did not add to is not pushed at all (left as it is).
+
+What cannot be carried restarts, like a restarted process's counter, which
+``rate()`` handles as a reset: a previous value that is not a finite
+non-negative number, a histogram whose buckets changed, or a gateway whose
+``/metrics`` answer cannot be read (logged). A gateway that cannot be reached
+is logged and never fails the run (nothing is pushed).
+
+The read-add-push is not atomic: two runs pushing the *same group* at the same
+time could lose one's increment (or be seen as a reset). ``source poll``
+pushes while it holds the tables' run locks, and each ``backfill --window``
+pod has a group of its own; sink drains of one consumer group and backfills
+of one table over different ranges must not overlap (the CronJob examples use
+``concurrencyPolicy: Forbid``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from http.client import HTTPException
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import pushadd_to_gateway
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: The sample suffixes of the families whose values only grow (carried forward across runs).
+CUMULATIVE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+}
+
+SeriesKey = tuple[str, frozenset[tuple[str, str]]]
+#: One Pushgateway group: its grouping key (job aside) and the metric families pushed into it.
+Group = tuple[Mapping[str, str], Sequence[Metric]]
 
 
 class RunMetrics:
@@ -40,7 +82,11 @@ class RunMetrics:
             registry=r,
         )
         self.offset_lag = Gauge(
-            "bridge_offset_lag_seconds", "Now minus the stored cursor's timestamp.", ["table"], registry=r
+            "bridge_offset_lag_seconds",
+            "How far behind ServiceNow the topic is: now minus the upper bound a caught-up cycle reached, "
+            "else minus the stored cursor's timestamp.",
+            ["table"],
+            registry=r,
         )
         self.sink_records = Counter(
             "bridge_sink_records", "Records handled by the sink.", ["table", "op", "outcome"], registry=r
@@ -73,13 +119,154 @@ def push_metrics(
     grouping_key: Mapping[str, str],
     timeout: float = 5.0,
 ) -> bool:
-    """Push the run's metrics; a gateway that is down is logged and never fails the run."""
+    """Push the run's metrics as one group; a gateway that is down is logged and never fails the run."""
+    return push_groups(gateway, job, [(grouping_key, list(metrics.registry.collect()))], timeout=timeout)
+
+
+def push_groups(gateway: str | None, job: str, groups: Iterable[Group], timeout: float = 5.0) -> bool:
+    """Push each group with its counters carried forward (module doc); False when not (all) pushed."""
     if not gateway:
         return False
     try:
-        pushadd_to_gateway(gateway, job=job, registry=metrics.registry, grouping_key=dict(grouping_key),
-                           timeout=timeout)
-    except Exception as exc:
+        pushed = read_pushed(gateway, timeout)
+    except OSError as exc:
         log.warning("could not push metrics to %s: %s", gateway, exc)
         return False
+    for key, families in groups:
+        previous = None if pushed is None else group_samples(pushed, job, key)
+        carried, restarted = carry_forward(families, previous, key)
+        if restarted and previous is not None:
+            log.warning("metrics %s of %s: the pushed values cannot be carried forward (not a finite count, "
+                        "or other buckets); they restart from this run's", ", ".join(restarted), _show(key))
+        registry = CollectorRegistry()
+        registry.register(_Families(carried))
+        try:
+            pushadd_to_gateway(gateway, job=job, registry=registry, grouping_key=dict(key), timeout=timeout)
+        except Exception as exc:
+            log.warning("could not push metrics to %s: %s", gateway, exc)
+            return False
     return True
+
+
+def read_pushed(gateway: str, timeout: float) -> list[Sample] | None:
+    """Every sample the gateway serves; None when its answer cannot be read. Raises OSError when unreachable."""
+    url = f"{gateway.rstrip('/')}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            text = resp.read().decode("utf-8")
+        return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    except urllib.error.HTTPError as exc:  # reachable, but it would not show what it holds
+        problem = f"HTTP {exc.code}"
+    except (ValueError, HTTPException) as exc:  # a garbled exposition (UnicodeDecodeError is a ValueError)
+        problem = f"{type(exc).__name__}: {exc}"
+    log.warning("could not read the metrics on %s (%s): pushed counters restart from this run's figures",
+                gateway, problem)
+    return None
+
+
+def group_samples(samples: Iterable[Sample], job: str, grouping_key: Mapping[str, str]) -> dict[SeriesKey, Sample]:
+    """The samples of one group (``job`` + ``grouping_key``), by series.
+
+    The gateway adds ``instance=""`` to a group without an instance label, so a
+    sample of another group with an instance of its own is not ours.
+    """
+    wanted = {"instance": "", **grouping_key, "job": job}
+    return {
+        series_key(sample.name, sample.labels): sample
+        for sample in samples
+        if all({"instance": "", **sample.labels}.get(k) == v for k, v in wanted.items())
+    }
+
+
+def series_key(name: str, labels: Mapping[str, str]) -> SeriesKey:
+    """A series as the gateway shows it: without ``job`` or an empty ``instance``; ``le`` by its number.
+
+    The gateway re-renders bucket bounds (``le="1.0"`` comes back as ``le="1"``).
+    """
+    items = set()
+    for k, v in labels.items():
+        if k == "job" or (k == "instance" and v == ""):
+            continue
+        items.add((k, _number_text(v) if k in ("le", "quantile") else v))
+    return name, frozenset(items)
+
+
+def carry_forward(
+    families: Iterable[Metric],
+    previous: Mapping[SeriesKey, Sample] | None,
+    grouping_key: Mapping[str, str],
+) -> tuple[list[Metric], list[str]]:
+    """The families to push, cumulative ones as previous + this run; and the names that restart.
+
+    ``previous``: the group's samples on the gateway, None when they could not be
+    read (then what this run counted is pushed as is, a reset, and what it did not
+    count is left alone). ``_created`` samples are dropped: a carried counter was
+    not created by this run.
+    """
+    out: list[Metric] = []
+    restarted: list[str] = []
+    for family in families:
+        suffixes = CUMULATIVE_SUFFIXES.get(family.type)
+        if suffixes is None:
+            out.append(family)
+            continue
+        names = {family.name + suffix for suffix in suffixes}
+        run = [s for s in family.samples if s.name in names]
+        counted = any(s.value for s in run)
+        before = {} if previous is None else {k: s for k, s in previous.items() if k[0] in names}
+        if (previous is None or before) and not counted:
+            continue  # nothing added: the gateway keeps what it has (or nothing was ever pushed and it stays so)
+        if previous is None or not _carriable(before.values(), run):
+            restarted.append(family.name)
+            out.append(_family(family, run))
+            continue
+        merged: list[Sample] = []
+        seen: set[SeriesKey] = set()
+        for sample in run:
+            key = series_key(sample.name, {**sample.labels, **grouping_key})
+            seen.add(key)
+            old = before.get(key)
+            merged.append(sample._replace(value=sample.value + (old.value if old is not None else 0.0)))
+        for key, old in sorted(before.items(), key=lambda item: (item[0][0], sorted(item[0][1]))):
+            if key not in seen:  # a series of an earlier run that this one did not touch: keep it
+                labels = dict(key[1]) | {k: v for k, v in old.labels.items() if k in ("le", "quantile")}
+                merged.append(Sample(old.name, labels, old.value))
+        out.append(_family(family, merged))
+    return out, restarted
+
+
+def _carriable(before: Iterable[Sample], run: Sequence[Sample]) -> bool:
+    bounds = {_number_text(s.labels["le"]) for s in run if "le" in s.labels}
+    for sample in before:
+        if not math.isfinite(sample.value) or sample.value < 0:
+            return False
+        if "le" in sample.labels and bounds and _number_text(sample.labels["le"]) not in bounds:
+            return False  # the bucket layout changed: merged buckets would not be cumulative
+    return True
+
+
+def _number_text(value: str) -> str:
+    try:
+        return repr(float(value))
+    except ValueError:
+        return value
+
+
+def _family(family: Metric, samples: list[Sample]) -> Metric:
+    copy = Metric(family.name, family.documentation, family.type, family.unit)
+    copy.samples = samples
+    return copy
+
+
+def _show(grouping_key: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in grouping_key.items())
+
+
+class _Families:
+    """A collector serving prepared metric families (what one group pushes)."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> list[Metric]:
+        return self._families

@@ -3,7 +3,9 @@
 The Go bridge hot-reloaded its config with fsnotify. Here a cycle always runs
 with the config that was valid when it started, and between cycles the file is
 re-read when its *content* changed (a hash, not an mtime or an inotify event,
-so a Kubernetes ConfigMap's symlink swap counts and a touch does not). A new
+so a Kubernetes ConfigMap's symlink swap counts and a touch does not), or the
+content of a ``${file:...}`` secret it reads (a rotated Secret volume). Each
+config read registers its secrets for masking (:func:`sncli.config.parse_settings`). A new
 config that does not validate is logged and ignored; the last good one stays.
 SIGTERM or SIGINT ends the loop after the current cycle.
 """
@@ -20,17 +22,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from sncli.config import Settings, load_settings
+from sncli.config import Settings, load_settings, referenced_files
 from sncli.errors import ConfigError, ExitCode
 
 log = logging.getLogger(__name__)
 
 
 def content_hash(path: Path) -> str | None:
+    """The config's content and that of every ``${file:...}`` secret it reads; None if it cannot be read."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        data = path.read_bytes()
     except OSError:
         return None
+    digest = hashlib.sha256(data)
+    for secret in referenced_files(data.decode("utf-8", errors="replace")):
+        digest.update(b"\0" + str(secret).encode() + b"\0")
+        try:
+            digest.update(hashlib.sha256(secret.read_bytes()).digest())
+        except OSError:
+            digest.update(b"unreadable")  # judged (and refused) like any change; readable again is another
+    return digest.hexdigest()
 
 
 @dataclass

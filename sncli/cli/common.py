@@ -34,12 +34,10 @@ class AppState:
     def settings(self) -> Settings:
         """Load and validate the config once; a bad config exits 2 with one line."""
         if self._settings is None:
-            from sncli import logs
             from sncli.config import load_settings, resolve_config_path
 
             path = resolve_config_path(self.config_path)
-            self._settings = guard(lambda: load_settings(path))
-            logs.register_secrets(self._settings.secret_values())
+            self._settings = guard(lambda: load_settings(path))  # registers its secrets for masking
         return self._settings
 
 

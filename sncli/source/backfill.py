@@ -515,7 +515,10 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopCont
     finally:
         client.close()
     summary.duration_seconds = time.monotonic() - started
-    finish_metrics(settings, metrics, "backfill", {table.name: summary.exit_code}, summary.exit_code)
+    # The pods of an Indexed Job (--window i/N) run at once: one group each, so that no two
+    # of them carry the same group's counters forward concurrently (sncli.metrics).
+    window = {"window": f"{request.window[0]}of{request.window[1]}"} if request.window else None
+    finish_metrics(settings, metrics, "backfill", {table.name: summary.exit_code}, summary.exit_code, window)
     return summary
 
 

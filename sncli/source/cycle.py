@@ -183,8 +183,9 @@ def finish_metrics(
     command: str,
     table_codes: dict[str, int],
     exit_code: int,
+    extra_key: dict[str, str] | None = None,
 ) -> None:
-    """Push the run's metrics, one Pushgateway group per table: {job, command, table}.
+    """Push the run's metrics, one Pushgateway group per table: {job, command, table} (+ ``extra_key``).
 
     Why per table and not one group for a multi-table run: every per-table series
     carries a ``table`` label, and the Pushgateway overwrites a series' label with
@@ -194,36 +195,22 @@ def finish_metrics(
     is what a staleness alert per table needs: a table that failed in a partial
     run keeps its previous success time. ``sncli_run_exit_code`` of a group is the
     table's own outcome (the run's code when the whole run stopped, e.g. 75).
-    A Pushgateway that is down is logged, never fatal.
+    Counters are carried forward across runs and a Pushgateway that is down is
+    logged, never fatal (:mod:`sncli.metrics`).
     """
+    from sncli.metrics import push_groups
+
     metrics.finish(exit_code)
     gateway = settings.metrics.pushgateway
     if not gateway:
         return
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.exposition import pushadd_to_gateway
-
     families = list(metrics.registry.collect())
     names = sorted(table_codes)
-    for name in names:
-        registry = CollectorRegistry()
-        registry.register(_Families(_families_for(families, name, names, table_codes[name])))
-        try:
-            pushadd_to_gateway(gateway, job=settings.metrics.job, registry=registry,
-                               grouping_key={"command": command, "table": name}, timeout=5.0)
-        except Exception as exc:
-            log.warning("could not push metrics to %s: %s", gateway, exc)
-            return
-
-
-class _Families:
-    """A collector serving prepared metric families (a filtered view of the run's registry)."""
-
-    def __init__(self, families: list[Any]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Any]:
-        return self._families
+    push_groups(gateway, settings.metrics.job, [
+        ({"command": command, "table": name, **(extra_key or {})},
+         _families_for(families, name, names, table_codes[name]))
+        for name in names
+    ], timeout=5.0)
 
 
 def _families_for(families: list[Any], table: str, tables: list[str], code: int) -> list[Any]:
@@ -256,14 +243,27 @@ def _families_for(families: list[Any], table: str, tables: list[str], code: int)
     return out
 
 
-def set_offset_lag(metrics: RunMetrics, table: str, cursor: Cursor | None, now: datetime) -> None:
-    if cursor is None:
-        return
+def complete_up_to(outcome: TableOutcome, upper: str | None, start: Cursor, *, stored: bool = True) -> str | None:
+    """The ServiceNow time up to which the topic is known to hold the table (None: unknown).
+
+    A table whose cycle caught up (an empty page below ``HI``, its cursor stored)
+    holds everything up to ``HI``, however old its newest record: an idle table is
+    not behind. Otherwise it holds what its stored cursor covers (its ``start``
+    when nothing was ever stored and the run did not fail).
+    """
+    if stored and outcome.error is None and outcome.stopped == "caught_up" and upper is not None:
+        return upper
+    if outcome.cursor_after is not None:
+        return outcome.cursor_after.timestamp
+    return start.timestamp if outcome.error is None else None
+
+
+def lag_seconds(now: datetime, complete: str) -> float | None:
+    """How far behind ServiceNow's ``now`` a table complete up to ``complete`` is (never negative)."""
     try:
-        lag = (now - parse_sn_time(cursor.timestamp)).total_seconds()
+        return max(0.0, (now - parse_sn_time(complete)).total_seconds())
     except ValueError:
-        return
-    metrics.offset_lag.labels(table=table).set(max(0.0, lag))
+        return None
 
 
 def select_tables(settings: Settings, names: list[str]) -> list[SourceTable]:
@@ -596,18 +596,20 @@ def run_poll(
         with ExitStack() as stack:
             locks = {} if dry_run else _lock_all(stack, settings, names)
             _run_tables(settings, selected, locks, summary, metrics, stop, Budget(max_records), dry_run)
+            summary.exit_code = combined_exit_code(list(summary.tables.values()))
+            summary.duration_seconds = time.monotonic() - started
+            codes = {name: (o.exit_code if o.error else 0) for name, o in summary.tables.items()}
+            # Pushed while the tables' locks are held: counters are carried forward by reading
+            # the gateway first (sncli.metrics), and no other poll of these tables pushes meanwhile.
+            finish_metrics(settings, metrics, "source_poll", codes, summary.exit_code)
     except LockHeldError as exc:  # another run holds a table: nothing was done (exit 75)
         summary.exit_code = int(exc.exit_code)
         summary.error = str(exc)
         for outcome in summary.tables.values():
             outcome.stopped = "locked"
         summary.duration_seconds = time.monotonic() - started
+        # Nothing was counted, so no counter is pushed: only the exit code and the duration.
         finish_metrics(settings, metrics, "source_poll", dict.fromkeys(names, summary.exit_code), summary.exit_code)
-        return summary
-    summary.exit_code = combined_exit_code(list(summary.tables.values()))
-    summary.duration_seconds = time.monotonic() - started
-    codes = {name: (o.exit_code if o.error else 0) for name, o in summary.tables.items()}
-    finish_metrics(settings, metrics, "source_poll", codes, summary.exit_code)
     return summary
 
 
@@ -682,10 +684,10 @@ def _run_tables(
         for leftover in producers.values():  # the cycle could not start: never handed to a table
             leftover.close(0)
         for name, outcome in summary.tables.items():
-            if outcome.cursor_after is not None:
-                set_offset_lag(metrics, name, outcome.cursor_after, now)
-            elif outcome.error is None:  # nothing stored yet: everything since `start` is lag
-                set_offset_lag(metrics, name, _start_of(settings, name), now)
+            complete = complete_up_to(outcome, summary.upper_bound, _start_of(settings, name), stored=not dry_run)
+            lag = None if complete is None else lag_seconds(now, complete)
+            if lag is not None:
+                metrics.offset_lag.labels(table=name).set(lag)
         client.close()
 
 

@@ -78,3 +78,49 @@ def test_edit_applies_next_cycle_and_broken_edit_is_ignored(
     rejected = [line for line in log.splitlines() if "keeping the previous one" in line]
     assert len(rejected) == 1 and "source.safety_lag_seconds" in rejected[0]
     assert "Traceback" not in log
+
+
+def test_a_secret_rotated_between_cycles_is_masked_like_the_first(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    """Every config a looping process reads registers its secrets, not only the first one.
+
+    The Pushgateway URL carries credentials and comes from a secret file; the gateway
+    is down, so each cycle logs the URL in its warning. The credentials are rotated
+    (file and config edited) while the loop runs: neither password may ever show.
+    """
+    old, new = "cAnary-OLD-7f3a1c", "cAnary-NEW-2b9e4d"
+    secret = tmp_path / "pushgateway-url"
+    secret.write_text(f"http://sncli:{old}@127.0.0.1:9\n")
+    emulator.state.generate("incident", 3, spread_seconds=60, seed=1)
+    config = tmp_path / "sncli.yaml"
+    doc = config_doc(emulator, kafka_bootstrap, tmp_path, [{"name": "incident", "topic": unique_topic}])
+    doc["metrics"] = {"pushgateway": f"${{file:{secret}}}", "job": "sncli-before"}
+    config.write_text(yaml.safe_dump(doc))
+    errors, output = tmp_path / "stderr.log", tmp_path / "stdout.log"
+    with errors.open("w") as err, output.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sncli", "--log-format", "json", "--config", str(config),
+             "source", "poll", "--every", "0.3"],
+            stdout=out, stderr=err, text=True, env={**os.environ, "SN_PASSWORD": "admin"},
+        )
+    try:
+        wait_for(lambda: "could not push metrics" in errors.read_text(), proc, "the first push warning")
+        secret.write_text(f"http://sncli:{new}@127.0.0.1:9\n")
+        doc["metrics"]["job"] = "sncli-after"
+        config.write_text(yaml.safe_dump(doc))
+
+        def warned_after_reload() -> bool:
+            _, reloaded, after = errors.read_text().partition("changed; the next cycle uses it")
+            return bool(reloaded) and "could not push metrics" in after
+
+        wait_for(warned_after_reload, proc, "a push warning after the reload")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    log, printed = errors.read_text(), output.read_text()
+    warnings = [line for line in log.splitlines() if "could not push metrics" in line]
+    assert len(warnings) >= 2 and all("sncli:***@127.0.0.1" in line for line in warnings)
+    for canary in (old, new):
+        assert canary not in log and canary not in printed

@@ -243,3 +243,37 @@ def test_a_rebalance_mid_run_commits_the_revoked_work_and_loses_nothing(
         per_key[sys_id].append(number)
     assert all(v == sorted(v) for v in per_key.values())  # order per key held across the hand-over
     assert committed_offsets(kafka_bootstrap, settings.sink.group_id, unique_topic, partitions) == ends
+
+
+def test_sink_counters_are_carried_across_drains_even_for_series_a_drain_did_not_touch(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, pushgateway_url: str
+) -> None:
+    """A POST-only drain, then a PATCH-only drain of the same group: both series stay, each with its total."""
+    import re
+    import urllib.request
+
+    create_topic(kafka_bootstrap, unique_topic, 1)
+    table = f"u_{uuid.uuid4().hex[:8]}"
+    data = config_dict(emulator.url, kafka_bootstrap, [{"topic": unique_topic, "table": table}],
+                       pushgateway=pushgateway_url)
+    data["metrics"]["job"] = f"sncli-test-{uuid.uuid4().hex[:8]}"
+    settings = settings_of(data)
+
+    def written() -> dict[str, float]:
+        with urllib.request.urlopen(f"{pushgateway_url}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        found = {}
+        for line in text.splitlines():
+            if line.startswith("bridge_sink_records_total{") and f'job="{data["metrics"]["job"]}"' in line:
+                op = re.search(r'op="(\w+)"', line)
+                assert op is not None and 'outcome="written"' in line, line
+                found[op.group(1)] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    produce(kafka_bootstrap, unique_topic, [(None, json_value({"n": str(i)}), None) for i in range(3)])
+    assert run_drain(settings, DrainOptions()).exit_code == 0
+    assert written() == {"post": 3}
+    sys_id = emulator.state.records(table)[0]["sys_id"]
+    produce(kafka_bootstrap, unique_topic, [(None, json_value({"sys_id": sys_id, "n": "9"}), None)] * 2)
+    assert run_drain(settings, DrainOptions()).exit_code == 0
+    assert written() == {"post": 3, "patch": 2}

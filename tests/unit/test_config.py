@@ -141,3 +141,20 @@ def test_fingerprint_changes_with_each_part() -> None:
         table_fingerprint("https://x.service-now.com", "incident", "active=true", "sys_created_on"),
     }
     assert base not in others and len(others) == 4
+
+
+def test_a_refused_url_never_shows_its_password() -> None:
+    raw = example()
+    raw["metrics"] = {"pushgateway": "ftp://sncli:pAss-in-url-91c@gateway:9091"}
+    message = error_of(raw)
+    assert message.startswith("metrics.pushgateway:") and "sncli:***@gateway" in message
+    assert "pAss-in-url-91c" not in message
+
+
+def test_every_config_read_registers_its_secrets_for_masking() -> None:
+    from sncli.logs import redact
+
+    raw = example()
+    raw["servicenow"]["auth"] = {"type": "basic", "username": "u", "password": "${SN_PASSWORD}"}
+    parse_settings(raw, {"SN_PASSWORD": "rotated-pw-5d1e"})
+    assert redact("login with rotated-pw-5d1e failed") == "login with *** failed"

@@ -93,3 +93,20 @@ def test_stop_ends_after_the_current_cycle(config: Path) -> None:
 
     assert run_every(3600.0, watcher, cycle, stop) == 3  # no hour-long wait after the stop
     assert calls == 1
+
+
+def test_a_rotated_secret_file_is_a_change_too(tmp_path: Path) -> None:
+    # A Kubernetes Secret volume updates the file behind ${file:...}; the config itself stays the same.
+    secret = tmp_path / "password"
+    secret.write_text("first-pw\n")
+    config = tmp_path / "sncli.yaml"
+    data = {**BASE, "servicenow": {**BASE["servicenow"],
+                                   "auth": {"type": "basic", "username": "u", "password": f"${{file:{secret}}}"}}}
+    config.write_text(yaml.safe_dump(data))
+    watcher = ConfigWatcher(config, load_settings(config))
+    secret.write_text("second-pw\n")
+    auth = watcher.current().servicenow.auth
+    assert auth.type == "basic" and auth.password.get_secret_value() == "second-pw"
+    assert watcher.reloads == 1
+    watcher.current()
+    assert watcher.reloads == 1  # judged once
