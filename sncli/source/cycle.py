@@ -330,7 +330,16 @@ def start_topic_check(settings: Settings, tables: list[SourceTable]) -> Backgrou
     from sncli.kafka.admin import ensure_topics
 
     topics = {t.topic: t.partitions for t in tables}
-    return Background(lambda: ensure_topics(settings.kafka, topics), name="ensure-topics")
+    mirrors = source_mirror_topics(settings)
+    return Background(lambda: ensure_topics(settings.kafka, topics, mirrors=mirrors), name="ensure-topics")
+
+
+def source_mirror_topics(settings: Settings) -> set[str]:
+    """The source topics keyed by sys_id by every table that writes them (compacted when created)."""
+    from sncli.config import SysIdKey
+    from sncli.kafka.retention import mirror_topics
+
+    return mirror_topics((t.topic, isinstance(t.key, SysIdKey)) for t in settings.source.tables)
 
 
 def new_producer(settings: Settings) -> PageProducer:
