@@ -39,8 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ERROR_CLASSES = ("record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode")
-ErrorClass = Literal["record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode"]
+# The last two are the source's (sncli.source.deadletter): Kafka refused the record / its value could not be encoded.
+ERROR_CLASSES = ("record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode",
+                 "refused", "encode")
+ErrorClass = Literal["record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode",
+                     "refused", "encode"]
 ERROR_PREFIX = "sncli.error."
 REPLAY_COUNT = "sncli.replay.count"
 H_CLASS = ERROR_PREFIX + "class"
