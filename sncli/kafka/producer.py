@@ -203,7 +203,7 @@ class PageProducer:
         queued = 0
         refused: list[Rejected] = []
         try:
-            for index, (key, value, hdrs, ts) in enumerate(zip(keys, values, headers, timestamps, strict=True)):
+            for key, value, hdrs, ts in zip(keys, values, headers, timestamps, strict=True):
                 try:
                     # Positional (partition -1 = the partitioner, no per-record callback = the
                     # configured one): keyword arguments cost a dict lookup and a string decode per
@@ -215,7 +215,8 @@ class PageProducer:
                     code = _kafka_code(exc)
                     if code not in RECORD_ERRORS:
                         raise
-                    refused.append(Rejected(key, value, code, _kafka_message(exc), index))
+                    # Its position: every record before it was either queued or refused.
+                    refused.append(Rejected(key, value, code, _kafka_message(exc), queued + len(refused)))
                     continue
                 queued += 1
         except ProduceError:

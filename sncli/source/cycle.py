@@ -17,7 +17,8 @@ Order of a cycle, and why:
 5. Metrics are pushed at the end whatever happened.
 
 Exit code: 0 every table finished (caught up or stopped by a bound/signal: a
-bounded stop is not a failure); 3 some tables failed; when all failed, the
+bounded stop is not a failure); 3 some tables failed, or records were
+dead-lettered instead of produced (:mod:`sncli.source.deadletter`); when all failed, the
 tables' common error code (2 for a refused stored offset, 1 for Kafka or
 ServiceNow failures), else 1.
 """

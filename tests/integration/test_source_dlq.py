@@ -172,3 +172,23 @@ def test_a_record_its_avro_schema_cannot_hold_is_dead_lettered_as_json(
     _check_dlq_record(dead[0], sys_id=bad, topic=topic, error_class="encode", says="encoding a record")
     value = orjson.loads(dead[0].value or b"{}")  # the record as JSON: it has no Avro form
     assert value["sys_id"] == bad and value["priority"] == "urgent"
+
+
+def test_a_backfill_dead_letters_the_record_and_finishes_its_windows(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from sncli.source.backfill import BackfillRequest, run_backfill
+
+    bad, every = _seed(emulator, 80, {"short_description": "huge", "description": LONG_TEXT})
+    run = uuid.uuid4().hex[:8]
+    topic, dlq = f"bf-{run}", f"dlq-{run}"
+    settings = _settings(emulator, kafka_bootstrap, tmp_path / "o.json", topic, dlq, page_size=30,
+                         kafka_client={"message.max.bytes": 20_000})
+
+    summary = run_backfill(settings, BackfillRequest(table="incident", parallel=2))
+
+    assert summary.exit_code == int(ExitCode.PARTIAL), summary.to_json()
+    assert summary.tables["incident"].dlq == {"refused": 1} and summary.extra["range_done"] is True
+    records = read_all(kafka_bootstrap, topic, timeout=30, expected=80)
+    assert sorted(r.key for r in records) == sorted(s.encode() for s in every if s != bad)
+    assert [r.key for r in read_all(kafka_bootstrap, dlq, timeout=30, expected=1)] == [bad.encode()]
