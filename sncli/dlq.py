@@ -643,7 +643,7 @@ def run_replay(
                             msg.key(), msg.value(), msg.headers() or [])
         if not filters.matches(entry) or entry.origin is None:
             if entry.origin is None:
-                log.warning("%s[%d]@%d has no sncli.error.* headers (not written by sncli): carried forward",
+                log.warning("%s[%d]@%d has no origin offset (a source record, or not by sncli): carried forward",
                             dlq_topic, entry.partition, entry.offset)
             return Job((dlq_topic, entry.partition), entry.offset, _placeholder(entry), None, carry=msg)
         origin = entry.origin
