@@ -22,6 +22,7 @@ import pytest
 from sncli.config import Settings, parse_settings
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.errors import ExitCode
+from sncli.kafka.admin import topic_configs
 from sncli.source.cycle import run_poll
 from tests.fixtures.kafka import KafkaRecord, PrivateTansu, read_all
 from tests.integration.test_source_support import config_dict, stored_cursor
@@ -86,6 +87,9 @@ def test_a_record_larger_than_the_producer_allows_is_dead_lettered_and_the_table
     assert len(dead) == 1
     _check_dlq_record(dead[0], sys_id=bad, topic=topic, error_class="refused", says="too large")
     assert dead[0].value is None  # a value too large for Kafka cannot be in the DLQ either
+    dlq_configs = topic_configs(settings.kafka, [dlq])[dlq]  # created by sncli: keeps every record
+    assert isinstance(dlq_configs, dict)
+    assert (dlq_configs["cleanup.policy"], dlq_configs["retention.ms"]) == ("delete", "-1")
     newest = max((r["sys_updated_on"], r["sys_id"]) for r in emulator.state.records("incident"))
     assert stored_cursor(offsets, "incident") == newest  # moved past the refused record
 
