@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from sncli.errors import ConfigError
+from sncli.kafka.retention import RetentionPolicy
 from sncli.logs import register_secrets
 
 DEFAULT_CONFIG_PATH = Path("sncli.yaml")
@@ -169,6 +170,13 @@ class TopicDefaults(_Model):
     create: bool = True
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=-1)  # -1: the broker's default
+    # Never time retention by default: records carry sys_updated_on as their timestamp (sncli.kafka.retention).
+    retention: RetentionPolicy = "mirror"
+    config: dict[str, str | int | bool] = {}  # topic configs for every topic sncli creates, over the policy's
+
+    def extra_config(self) -> dict[str, str]:
+        """``config`` as Kafka's strings (booleans lower-case)."""
+        return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in self.config.items()}
 
 
 class KafkaSettings(_Model):
@@ -289,6 +297,8 @@ class SourceSettings(_Model):
     safety_lag_seconds: int = Field(default=2, ge=0)
     format: Literal["json", "avro"] = "json"
     display_value: Literal["false", "true", "all"] = "false"
+    # Where records Kafka refuses or that cannot be encoded go; None: sink.dlq_topic (Settings.source_dlq_topic).
+    dlq_topic: str | None = None
     tables: list[SourceTable] = []
 
     @model_validator(mode="after")
@@ -370,6 +380,11 @@ class Settings(_Model):
     metrics: MetricsSettings = MetricsSettings()
     source: SourceSettings = SourceSettings()
     sink: SinkSettings = SinkSettings()
+
+    @property
+    def source_dlq_topic(self) -> str:
+        """The source's DLQ: ``source.dlq_topic``, else the sink's (one DLQ to watch and inspect)."""
+        return self.source.dlq_topic or self.sink.dlq_topic
 
     def secret_values(self) -> list[str]:
         """Every configured secret, so log filters can redact them wherever they appear."""

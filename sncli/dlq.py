@@ -39,8 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ERROR_CLASSES = ("record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode")
-ErrorClass = Literal["record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode"]
+# The last two are the source's (sncli.source.deadletter): Kafka refused the record / its value could not be encoded.
+ERROR_CLASSES = ("record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode",
+                 "refused", "encode")
+ErrorClass = Literal["record", "permission", "not_found", "conflict", "ambiguous", "retries_exhausted", "decode",
+                     "refused", "encode"]
 ERROR_PREFIX = "sncli.error."
 REPLAY_COUNT = "sncli.replay.count"
 H_CLASS = ERROR_PREFIX + "class"
@@ -748,7 +751,7 @@ def run_replay(
                             msg.key(), msg.value(), msg.headers() or [])
         if not filters.matches(entry) or entry.origin is None:
             if entry.origin is None:
-                log.warning("%s[%d]@%d has no sncli.error.* headers (not written by sncli): carried forward",
+                log.warning("%s[%d]@%d has no origin offset (a source record, or not by sncli): carried forward",
                             dlq_topic, entry.partition, entry.offset)
             return Job((dlq_topic, entry.partition), entry.offset, _placeholder(entry), None, carry=msg)
         origin = entry.origin

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -140,6 +140,22 @@ def table_sample_checks(table: SourceTable, sample: dict[str, Any] | None,
     return checks
 
 
+def topic_retention_check(topic: str, configs: Mapping[str, str] | Exception, *, mirror: bool) -> Check:
+    """What an existing topic's configs do to the records sncli writes to it (:mod:`sncli.kafka.retention`)."""
+    from sncli.kafka.retention import deletion_risks, risk_hint
+
+    name = f"kafka topic {topic} retention"
+    if isinstance(configs, Exception):
+        return Check(name, "warn", f"cannot read the topic's configs: {configs}",
+                     "grant DescribeConfigs on the topic, then check that its retention keeps every record")
+    risks = deletion_risks(configs, mirror=mirror)
+    if risks:
+        return Check(name, "warn", "; ".join(risks), risk_hint(mirror=mirror))
+    policy = configs.get("cleanup.policy", "delete")
+    return Check(name, "ok", f"cleanup.policy={policy}: records are kept"
+                 + (" (latest per key)" if "compact" in policy else ""))
+
+
 # --------------------------------------------------------------------------- probes
 
 
@@ -219,7 +235,8 @@ def _table_checks(settings: Settings, client: ServiceNowClient, table: SourceTab
 
 
 def _kafka_checks(settings: Settings) -> list[Check]:
-    from sncli.kafka.admin import existing_topics, kafka_reachable
+    from sncli.kafka.admin import existing_topics, kafka_reachable, topic_configs
+    from sncli.source.cycle import source_mirror_topics
 
     ok, detail = kafka_reachable(settings.kafka, timeout=10.0)
     if not ok:
@@ -227,8 +244,13 @@ def _kafka_checks(settings: Settings) -> list[Check]:
     checks = [Check("kafka", "ok", detail)]
     have = existing_topics(settings.kafka)
     wanted = [t.topic for t in settings.source.tables] + [t.topic for t in settings.sink.topics]
+    written = [t.topic for t in settings.source.tables]  # topics sncli writes: their retention matters
     if settings.sink.topics:
         wanted.append(settings.sink.dlq_topic)
+        written.append(settings.sink.dlq_topic)
+    if settings.source.tables:
+        wanted.append(settings.source_dlq_topic)
+        written.append(settings.source_dlq_topic)
     missing = sorted(set(wanted) - set(have))
     if not missing:
         checks.append(Check("kafka topics", "ok", f"{len(set(wanted))} topic(s) present"))
@@ -237,6 +259,10 @@ def _kafka_checks(settings: Settings) -> list[Check]:
     else:
         checks.append(Check("kafka topics", "fail", f"missing: {', '.join(missing)}",
                             "create them, or set kafka.topics.create: true"))
+    present = sorted({t for t in written if t in have})
+    mirrors = source_mirror_topics(settings)
+    for topic, configs in sorted(topic_configs(settings.kafka, present).items()):
+        checks.append(topic_retention_check(topic, configs, mirror=topic in mirrors))
     return checks
 
 

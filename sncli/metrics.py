@@ -92,6 +92,10 @@ class RunMetrics:
             "bridge_sink_records", "Records handled by the sink.", ["table", "op", "outcome"], registry=r
         )
         self.dlq_records = Counter("bridge_dlq_records", "Records written to the DLQ.", ["class"], registry=r)
+        self.source_dlq_records = Counter(
+            "bridge_source_dlq_records", "Source records written to the DLQ instead of their topic.",
+            ["table", "class"], registry=r,
+        )
         self.run_duration = Gauge("sncli_run_duration_seconds", "Wall time of the run.", registry=r)
         self.run_exit_code = Gauge("sncli_run_exit_code", "Exit code of the last run.", registry=r)
         self._last_success = Gauge(

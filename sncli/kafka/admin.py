@@ -1,7 +1,8 @@
 """Topic administration and reachability checks.
 
 Topics are created on first use when ``kafka.topics.create`` is true (the
-default, with ``kafka.topics.partitions`` / ``replication_factor``), or refused
+default, with ``kafka.topics.partitions`` / ``replication_factor`` and the
+retention configs of ``kafka.topics.retention``, :mod:`sncli.kafka.retention`), or refused
 with a clear error otherwise: with a broker's auto-creation off, producing to a
 missing topic would otherwise only fail after the delivery timeout with
 "Unknown topic or partition". Existing topics are left as they are (their
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from sncli.config import KafkaSettings
 from sncli.kafka.conf import admin_config
 from sncli.kafka.errors import KafkaError
+from sncli.kafka.retention import creation_config
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +63,16 @@ def ensure_topics(
     kafka: KafkaSettings,
     topics: Mapping[str, int | None],
     *,
+    mirrors: Collection[str] = (),
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> list[str]:
     """Make sure every topic exists; create the missing ones; return the names created.
 
     ``topics`` maps a topic to its partition count for creation (None: the
-    ``kafka.topics.partitions`` default). A topic created concurrently by someone
-    else counts as existing.
+    ``kafka.topics.partitions`` default). ``mirrors``: the topics whose records
+    are keyed by sys_id (compacted under the ``mirror`` retention policy); every
+    other topic is created to keep all its records. A topic created concurrently
+    by someone else counts as existing.
     """
     from confluent_kafka import KafkaError as RdKafkaError
     from confluent_kafka import KafkaException
@@ -93,6 +98,7 @@ def ensure_topics(
             name,
             num_partitions=topics[name] or kafka.topics.partitions,
             replication_factor=kafka.topics.replication_factor,
+            config=creation_config(kafka.topics.retention, kafka.topics.extra_config(), mirror=name in mirrors),
         )
         for name in missing
     ]
@@ -129,6 +135,31 @@ def _wait_visible(admin: Any, kafka: KafkaSettings, names: list[str], timeout: f
                 pending.discard(name)
         if pending:
             time.sleep(0.1)
+
+
+def topic_configs(
+    kafka: KafkaSettings, names: list[str], *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> dict[str, dict[str, str] | KafkaError]:
+    """Each topic's configs as the broker reports them (DescribeConfigs), or the error reading them."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin._config import ConfigResource  # re-exported by confluent_kafka.admin, untyped there
+
+    if not names:
+        return {}
+    admin = _admin(kafka)  # keep a reference: a collected client cancels its pending futures
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+    futures = admin.describe_configs(resources, request_timeout=timeout)
+    found: dict[str, dict[str, str] | KafkaError] = {}
+    for resource, future in futures.items():
+        try:
+            entries = future.result(timeout=timeout)
+            found[resource.name] = {k: e.value for k, e in entries.items() if e.value is not None}
+        except KafkaException as exc:
+            found[resource.name] = KafkaError(f"reading the configs of topic {resource.name}: {_error_text(exc)}")
+        except TimeoutError:
+            found[resource.name] = KafkaError(f"reading the configs of topic {resource.name}: no answer "
+                                              f"within {timeout:g}s")
+    return found
 
 
 def delete_topics(kafka: KafkaSettings, names: list[str], *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:

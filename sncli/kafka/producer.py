@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 from sncli.config import KafkaSettings
 from sncli.kafka import conf as _conf
-from sncli.kafka.errors import ProduceError
+from sncli.kafka.errors import RECORD_ERRORS, ProduceError, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class PageProducer:
         self._sent = 0
         self._failed = 0
         self._first_error: str | None = None
+        self._rejected: list[Rejected] = []  # failed records refused for what they are (sncli.kafka.errors)
         self._last_broker_error: str | None = None
         self._topic: str | None = None
         self._broken: str | None = None
@@ -131,6 +132,8 @@ class PageProducer:
         self._failed += 1
         if self._first_error is None:
             self._first_error = f"{msg.topic()}: {err.str()}"
+        if err.code() in RECORD_ERRORS:
+            self._rejected.append(Rejected(msg.key(), msg.value(), err.code(), err.str()))
 
     def _on_error(self, err: Any) -> None:
         self._last_broker_error = err.str()
@@ -142,6 +145,11 @@ class PageProducer:
     @property
     def delivery_timeout_seconds(self) -> float:
         return self._timeout_s
+
+    @property
+    def broken(self) -> bool:
+        """True once the producer refuses further use (after a failed flush): create a new one."""
+        return self._broken is not None
 
     @property
     def pending(self) -> int:
@@ -175,12 +183,16 @@ class PageProducer:
         values: list[bytes],
         headers: list[Headers],
         timestamps: list[int],
-    ) -> None:
+    ) -> list[Rejected]:
         """Queue a page given as parallel lists (what :func:`sncli.source.record.build_page` makes).
 
         The same as ``send`` per record, without a Python call and counter update
         per record: this loop is the source's hot path. Timestamps of 0 let the
         producer stamp the record.
+
+        Returns the records librdkafka refused before sending (larger than
+        ``message.max.bytes``), with their ``index``: the rest of the page is
+        queued, and nothing of the refused ones reached Kafka.
         """
         if not len(keys) == len(values) == len(headers) == len(timestamps):
             raise ValueError("send_page: keys, values, headers and timestamps differ in length")
@@ -189,6 +201,7 @@ class PageProducer:
         self._topic = topic
         produce = self._produce
         queued = 0
+        refused: list[Rejected] = []
         try:
             for key, value, hdrs, ts in zip(keys, values, headers, timestamps, strict=True):
                 try:
@@ -198,6 +211,13 @@ class PageProducer:
                     produce(topic, value, key, -1, None, None, ts, hdrs)
                 except BufferError:
                     self._send_when_room(topic, key, value, hdrs, ts)
+                except Exception as exc:
+                    code = _kafka_code(exc)
+                    if code not in RECORD_ERRORS:
+                        raise
+                    # Its position: every record before it was either queued or refused.
+                    refused.append(Rejected(key, value, code, _kafka_message(exc), queued + len(refused)))
+                    continue
                 queued += 1
         except ProduceError:
             raise
@@ -205,6 +225,7 @@ class PageProducer:
             raise ProduceError(f"producing to {topic} failed: {_kafka_message(exc)}", topic=topic) from None
         finally:
             self._sent += queued
+        return refused
 
     def _send_when_room(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None, timestamp_ms: int | None
@@ -244,13 +265,14 @@ class PageProducer:
         """
         wait = self._timeout_s + FLUSH_MARGIN_SECONDS if timeout is None else timeout
         remaining = self._producer.flush(wait) if idle is None else self._flush_in_turns(wait, idle)
-        sent, failed, first = self._sent, self._failed, self._first_error
+        sent, failed, first, rejected = self._sent, self._failed, self._first_error, self._rejected
         # Every record not reported failed was acknowledged, once nothing is outstanding (module doc);
         # with records outstanding, a lower bound (librdkafka's count also holds pending events).
         acked = max(0, sent - failed - remaining)
         topic = self._topic
         self._sent = self._failed = 0
         self._first_error = None
+        self._rejected = []
         if remaining > 0:
             # Late delivery reports would be counted in the next batch: this producer
             # can no longer tell batches apart, so it refuses further use.
@@ -272,6 +294,7 @@ class PageProducer:
                 topic=topic,
                 failed=failed,
                 acked=acked,
+                rejected=rejected,
             )
         if self._broken is not None:
             raise ProduceError(self._broken, topic=topic, acked=acked)
@@ -315,6 +338,15 @@ class PageProducer:
         if self._last_broker_error:
             return f" (last broker error: {self._last_broker_error}; bootstrap {self._bootstrap})"
         return f" (bootstrap {self._bootstrap})"
+
+
+def _kafka_code(exc: Exception) -> int | None:
+    """The error code of a KafkaException (None for any other exception)."""
+    args = getattr(exc, "args", ())
+    if args and hasattr(args[0], "code"):
+        code: int = args[0].code()
+        return code
+    return None
 
 
 def _kafka_message(exc: Exception) -> str:

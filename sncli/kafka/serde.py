@@ -31,7 +31,7 @@ import orjson
 
 from sncli.config import SchemaRegistry
 from sncli.kafka.avro_schema import RecordConverter, from_avro_value, sn_names, with_columns
-from sncli.kafka.errors import DecodeError, SchemaError
+from sncli.kafka.errors import DecodeError, RecordEncodeError, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _avro_write_failure(exc: BaseException, subject: str) -> SchemaError:
 
     if isinstance(exc, SchemaRegistryError) or _is_transport_error(exc):
         return _registry_failure(exc, f"registering the schema of {subject}")
-    return SchemaError(f"encoding a record for {subject} failed: {type(exc).__name__}: {exc}")
+    return RecordEncodeError(f"encoding a record for {subject} failed: {type(exc).__name__}: {exc}")
 
 
 def _is_client(obj: Any) -> bool:

@@ -446,6 +446,8 @@ def run_window(
         def on_page(result: Any) -> None:
             progress.add(result.records - outcome.records)
             outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
+            if kafka is not None:
+                outcome.dlq = dict(kafka.dead_lettered)
 
         result = page_loop(
             start=start,
@@ -475,6 +477,8 @@ def run_window(
         else:
             log.exception("%s window %s: unexpected failure", table.name, window.label, extra={"table": table.name})
     finally:
+        if kafka is not None:
+            outcome.dlq = dict(kafka.dead_lettered)
         closing = kafka or producer
         if closing is not None:
             try:
@@ -641,6 +645,9 @@ def _run(
         outcome.records = sum(o.records for o in outcomes)
         outcome.pages = sum(o.pages for o in outcomes)
         outcome.produced = sum(o.produced for o in outcomes)
+        for o in outcomes:
+            for error_class, count in o.dlq.items():
+                outcome.dlq[error_class] = outcome.dlq.get(error_class, 0) + count
         failed = [o for o in outcomes if o.error]
         stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
         outcome.stopped = stopped[0] if stopped else "caught_up"

@@ -17,7 +17,8 @@ Order of a cycle, and why:
 5. Metrics are pushed at the end whatever happened.
 
 Exit code: 0 every table finished (caught up or stopped by a bound/signal: a
-bounded stop is not a failure); 3 some tables failed; when all failed, the
+bounded stop is not a failure); 3 some tables failed, or records were
+dead-lettered instead of produced (:mod:`sncli.source.deadletter`); when all failed, the
 tables' common error code (2 for a refused stored offset, 1 for Kafka or
 ServiceNow failures), else 1.
 """
@@ -37,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.config import source_fingerprint
 from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
+from sncli.kafka.errors import ProduceError
 from sncli.metrics import RunMetrics
 from sncli.source.cursor import Cursor, UpperBound, page_query, parse_sn_time, upper_bound
+from sncli.source.deadletter import Attempt, SourceDeadLetters, isolate, page_indices, refused_at_once
 from sncli.source.poller import (
     Budget,
     LoopResult,
@@ -55,6 +58,7 @@ from sncli.source.rawpage import decode_records, raw_page_decoder
 from sncli.source.record import (
     PageMessages,
     RecordShape,
+    Refusal,
     TimestampCache,
     build_page,
     decoded_fields,
@@ -91,12 +95,14 @@ class TableOutcome:
     stopped: str | None = None  # caught_up / max_records / max_seconds / signal
     error: str | None = None
     exit_code: int = 0
+    dlq: dict[str, int] = field(default_factory=dict)  # records dead-lettered instead of produced, per class
 
     def to_json(self) -> dict[str, Any]:
         return {
             "records": self.records,
             "pages": self.pages,
             "produced": self.produced,
+            "dlq": dict(self.dlq),
             "cursor_before": cursor_json(self.cursor_before),
             "cursor_after": cursor_json(self.cursor_after),
             "stopped": self.stopped,
@@ -132,7 +138,8 @@ class RunSummary:
 def combined_exit_code(outcomes: list[TableOutcome]) -> int:
     failed = [o for o in outcomes if o.error is not None]
     if not failed:
-        return int(ExitCode.OK)
+        # Records dead-lettered instead of produced: the rest is committed, those need attention.
+        return int(ExitCode.PARTIAL) if any(o.dlq for o in outcomes) else int(ExitCode.OK)
     if len(failed) < len(outcomes):
         return int(ExitCode.PARTIAL)
     codes = {o.exit_code for o in failed}
@@ -330,7 +337,16 @@ def start_topic_check(settings: Settings, tables: list[SourceTable]) -> Backgrou
     from sncli.kafka.admin import ensure_topics
 
     topics = {t.topic: t.partitions for t in tables}
-    return Background(lambda: ensure_topics(settings.kafka, topics), name="ensure-topics")
+    mirrors = source_mirror_topics(settings)
+    return Background(lambda: ensure_topics(settings.kafka, topics, mirrors=mirrors), name="ensure-topics")
+
+
+def source_mirror_topics(settings: Settings) -> set[str]:
+    """The source topics keyed by sys_id by every table that writes them (compacted when created)."""
+    from sncli.config import SysIdKey
+    from sncli.kafka.retention import mirror_topics
+
+    return mirror_topics((t.topic, isinstance(t.key, SysIdKey)) for t in settings.source.tables)
 
 
 def new_producer(settings: Settings) -> PageProducer:
@@ -353,7 +369,10 @@ class KafkaPageOutput:
     One per thread (owns its producer). ``prepare`` (run on the fetch thread,
     while the previous page is being acknowledged) turns records into messages;
     ``deliver`` sends them and raises ProduceError if any record was not
-    acknowledged, so the caller never stores a cursor past it.
+    acknowledged, so the caller never stores a cursor past it. A record Kafka
+    refuses for what it is, or that cannot be encoded, is dead-lettered instead
+    (:mod:`sncli.source.deadletter`) before the page counts as delivered;
+    ``dead_lettered`` counts them per error class.
     """
 
     def __init__(
@@ -364,7 +383,12 @@ class KafkaPageOutput:
         metrics: RunMetrics,
         producer: PageProducer | None = None,
     ) -> None:
+        self._settings = settings
         self._topic = table.topic
+        self._dead_letters = SourceDeadLetters(settings.kafka, settings.source_dlq_topic, table=table.name,
+                                               topic=table.topic)
+        self._dlq_counter = metrics.source_dlq_records
+        self.dead_lettered: dict[str, int] = {}
         self._shape = RecordShape(
             table=table.name,
             instance=instance_name(settings.servicenow.instance_url),
@@ -391,13 +415,57 @@ class KafkaPageOutput:
     def send(self, records: Records, prepared: PageMessages | None) -> Settle:
         """Queue the page; the returned call waits for its acknowledgements (see :mod:`sncli.source.poller`)."""
         msgs = prepared if prepared is not None else self.prepare(records)
-        self._producer.send_page(self._topic, msgs.keys, msgs.values, msgs.headers, msgs.timestamps)
-        return self._settle
+        unencoded = {r.index for r in msgs.refused}
+        order = None if not unencoded else [i for i in range(len(msgs)) if i not in unencoded]
+        refused = [*msgs.refused, *self._queue(msgs, order)]
+        return lambda: self._settle(msgs, order, refused)
 
-    def _settle(self) -> int:
-        acked = self._producer.flush(idle=CPU)  # waits for the broker without the CPU turn
+    def _queue(self, msgs: PageMessages, indices: list[int] | None) -> list[Refusal]:
+        """Queue the records at ``indices`` (None: the whole page, the hot path); return those refused at once."""
+        if indices is None:
+            rejected = self._producer.send_page(self._topic, msgs.keys, msgs.values, msgs.headers, msgs.timestamps)
+            return refused_at_once(rejected, None)
+        rejected = self._producer.send_page(
+            self._topic, [msgs.keys[i] for i in indices], [msgs.values[i] for i in indices],
+            [msgs.headers[i] for i in indices], [msgs.timestamps[i] for i in indices],
+        )
+        return refused_at_once(rejected, indices)
+
+    def _settle(self, msgs: PageMessages, order: list[int] | None, refused: list[Refusal]) -> int:
+        try:
+            acked = self._producer.flush(idle=CPU)  # waits for the broker without the CPU turn
+        except ProduceError as exc:
+            skipped = {r.index for r in refused}
+            sent = [i for i in (order if order is not None else range(len(msgs))) if i not in skipped]
+            suspects = page_indices(exc.rejected, msgs, sent) if exc.only_rejected_records else {}
+            if not suspects:
+                raise
+            log.warning("%s: Kafka refused %d record(s) of a page (%s); finding them by sending again",
+                        self._shape.table, len(exc.rejected), exc.rejected[0].reason,
+                        extra={"table": self._shape.table})
+            more_acked, more_refused = isolate(sent, suspects, lambda batch: self._attempt(msgs, batch))
+            acked, refused = exc.acked + more_acked, refused + more_refused
+        if refused:
+            self._dead_letters.write(msgs, sorted(refused, key=lambda r: r.index))  # acknowledged, or raises
+            for item in refused:
+                self._dlq_counter.labels(table=self._shape.table, **{"class": item.error_class}).inc()
+                self.dead_lettered[item.error_class] = self.dead_lettered.get(item.error_class, 0) + 1
         self._produced.inc(acked)
         return acked
+
+    def _attempt(self, msgs: PageMessages, batch: list[int]) -> Attempt:
+        """Send ``batch`` of the page on a usable producer and wait for it (:func:`deadletter.isolate`)."""
+        if self._producer.broken:  # a producer that saw a refusal is fenced (Tansu) or out of sequence
+            self._producer.close(0)
+            self._producer = new_producer(self._settings)
+        refused = self._queue(msgs, batch)
+        try:
+            return Attempt(self._producer.flush(idle=CPU), refused)
+        except ProduceError as exc:
+            rejected = page_indices(exc.rejected, msgs, batch) if exc.only_rejected_records else {}
+            if not rejected:
+                raise
+            return Attempt(exc.acked, refused, rejected)
 
     def deliver(self, records: Records, prepared: PageMessages | None) -> int:
         return self.send(records, prepared)()
@@ -508,6 +576,8 @@ def poll_table(
 
         def on_page(result: LoopResult) -> None:
             outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
+            if output is not None:
+                outcome.dlq = dict(output.dead_lettered)
 
         decoder = output.decoder if output is not None else None
         result = page_loop(
@@ -540,6 +610,8 @@ def poll_table(
         else:
             log.exception("%s: unexpected failure", table.name, extra={"table": table.name})
     finally:
+        if output is not None:
+            outcome.dlq = dict(output.dead_lettered)  # also those of a page whose cursor was then not stored
         closing = output or producer
         if closing is not None:
             try:
@@ -598,7 +670,7 @@ def run_poll(
             _run_tables(settings, selected, locks, summary, metrics, stop, Budget(max_records), dry_run)
             summary.exit_code = combined_exit_code(list(summary.tables.values()))
             summary.duration_seconds = time.monotonic() - started
-            codes = {name: (o.exit_code if o.error else 0) for name, o in summary.tables.items()}
+            codes = {name: (o.exit_code if o.error else combined_exit_code([o])) for name, o in summary.tables.items()}
             # Pushed while the tables' locks are held: counters are carried forward by reading
             # the gateway first (sncli.metrics), and no other poll of these tables pushes meanwhile.
             finish_metrics(settings, metrics, "source_poll", codes, summary.exit_code)

@@ -20,14 +20,15 @@ values.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
 
 from sncli.config import FieldsKey, SysIdKey
+from sncli.kafka.errors import RecordEncodeError
 from sncli.partition import KeyStrategy, keys_of
 from sncli.source.rawpage import column, page_values
 
@@ -117,14 +118,29 @@ class RecordShape:
     ts_field: str = KAFKA_TIMESTAMP_FIELD
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A record of a page that goes to the DLQ instead of its topic (see :mod:`sncli.source.deadletter`)."""
+
+    index: int  # its position in the page
+    error_class: Literal["encode", "refused"]  # its value could not be encoded / Kafka refused it
+    message: str
+    omit_value: bool = False  # the value is too large for Kafka: the DLQ record goes without it
+
+
 @dataclass(slots=True)
 class PageMessages:
-    """One page as parallel lists, ready to hand to the producer record by record."""
+    """One page as parallel lists, ready to hand to the producer record by record.
+
+    ``refused``: records that could not be encoded; their ``values`` entry is the
+    record as JSON (for the DLQ) and they are not sent to the topic.
+    """
 
     keys: list[bytes]
     values: list[bytes]
     headers: list[list[Header]]
     timestamps: list[int]
+    refused: list[Refusal] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -139,14 +155,25 @@ def build_page(
     encode: Encoder = orjson.dumps,
     encode_page: PageEncoder | None = None,
 ) -> PageMessages:
-    """Convert one fetched page; ``encode`` (per record) or ``encode_page`` (Avro) makes the values."""
+    """Convert one fetched page; ``encode`` (per record) or ``encode_page`` (Avro) makes the values.
+
+    A record ``encode_page`` refuses (:class:`RecordEncodeError`, e.g. a value its
+    schema cannot hold) is listed in ``refused`` with its JSON as the value; any
+    other failure (the registry unavailable) is raised.
+    """
     raw_values = page_values(records)
+    refused: list[Refusal] = []
     if raw_values is not None:
         if encode_page is not None:
             raise TypeError("a RawPage holds JSON values; an encoder needs decoded records")
         values = raw_values
+    elif encode_page is None:
+        values = list(map(encode, records))
     else:
-        values = encode_page(records) if encode_page is not None else list(map(encode, records))
+        try:
+            values = encode_page(records)
+        except RecordEncodeError:
+            values, refused = _encode_one_by_one(records, encode_page)
     sys_ids = _sys_id_bytes(records)
     keys = sys_ids if isinstance(shape.key, SysIdKey) and sys_ids is not None else keys_of(records, shape.key)
     if sys_ids is None:
@@ -157,7 +184,22 @@ def build_page(
     headers = [[table_h, instance_h, ("sn.sys_id", sid), extracted_h] for sid in sys_ids]
     ts_name = KAFKA_TIMESTAMP_FIELD if not records or KAFKA_TIMESTAMP_FIELD in records[0] else shape.ts_field
     timestamps = cache.millis_many(column(records, ts_name))
-    return PageMessages(keys, values, headers, timestamps)
+    return PageMessages(keys, values, headers, timestamps, refused)
+
+
+def _encode_one_by_one(
+    records: Sequence[dict[str, Any]], encode_page: PageEncoder
+) -> tuple[list[bytes], list[Refusal]]:
+    """A page the encoder refused, record by record: which records it refuses (their value: the JSON)."""
+    values: list[bytes] = []
+    refused: list[Refusal] = []
+    for index, record in enumerate(records):
+        try:
+            values.extend(encode_page([record]))
+        except RecordEncodeError as exc:
+            values.append(orjson.dumps(record, default=str))
+            refused.append(Refusal(index, "encode", str(exc)))
+    return values, refused
 
 
 def decoded_fields(shape: RecordShape) -> list[str]:
