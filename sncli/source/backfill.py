@@ -83,6 +83,8 @@ log = logging.getLogger("sncli.backfill")
 
 PLAN_SUFFIX = ".plan"
 PROGRESS_LOG_SECONDS = 10.0
+#: How long a run that finds the plan lock held waits for that planner's plan before exiting 75.
+PLAN_WAIT_SECONDS = 120.0
 COUNT_THREADS = 32  # count queries of one planning level run at once (one round trip per level)
 
 
@@ -164,6 +166,44 @@ def load_plan(
             f"run `sncli offsets reset --table {table} --backfill` to start this backfill over"
         )
     return windows_from_boundaries(since, until, lows[1:])
+
+
+def lock_plan_or_wait(
+    stack: ExitStack,
+    settings: Settings,
+    store: OffsetStore,
+    table: str,
+    rid: str,
+    since: int,
+    until: int,
+    n: int,
+    *,
+    wait_seconds: float | None = None,
+    interval: float = 0.25,
+) -> dict[str, StoredOffset]:
+    """Take the plan lock (held until ``stack`` closes) or wait for the planner that holds it.
+
+    The pods of an Indexed Job start together and all find no plan: one takes the
+    lock and plans, the others wait (at most ``wait_seconds``, default
+    :data:`PLAN_WAIT_SECONDS`) for its plan to be stored instead of exiting 75
+    at once. Returns what the store holds once a plan may be read: under the lock
+    (a planner may have finished just before it was taken), or with the plan.
+    Raises LockHeldError when no plan appears in time (a stuck planner).
+    """
+    from sncli.offsets.lock import run_lock
+
+    try:
+        stack.enter_context(run_lock(settings, f"backfill/{table}/{rid}/plan"))
+    except LockHeldError:
+        deadline = time.monotonic() + (PLAN_WAIT_SECONDS if wait_seconds is None else wait_seconds)
+        log.info("backfill %s %s: another run is planning; waiting for its plan", table, rid)
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            stored = store.load_all()
+            if load_plan(stored, table, rid, since, until, n) is not None:
+                return stored
+        raise
+    return store.load_all()
 
 
 def save_plan(store: OffsetStore, table: str, rid: str, windows: list[Window], fingerprint: str) -> None:
@@ -585,9 +625,9 @@ def _run(
             topics = start_topic_check(settings, [table])  # overlaps with planning; awaited before any window
             locks.callback(topics.settle)  # finished (topics created) even when planning fails
         with ExitStack() as planning:
-            if not request.dry_run:
-                planning.enter_context(run_lock(settings, f"backfill/{table.name}/{rid}/plan"))
             stored = store.load_all()
+            if not request.dry_run and load_plan(stored, table.name, rid, since, until, n) is None:
+                stored = lock_plan_or_wait(planning, settings, store, table.name, rid, since, until, n)
             for key, entry in stored.items():
                 if key.startswith(f"backfill/{table.name}/{rid}"):
                     check_offset(entry, fingerprint)

@@ -265,13 +265,9 @@ def test_indexed_job_pods_running_at_once_on_the_s3_store_all_finish(
     pods = 8
     results: dict[int, int] = {}
 
-    def pod(i: int) -> None:
-        for _ in range(100):  # a pod that finds the plan lock held exits 75; the Job starts it again
-            summary = run_backfill(settings, BackfillRequest(table="incident", since=since, until=until,
-                                                             window=(i, pods)))
-            if summary.exit_code != 75:
-                break
-            time.sleep(0.05)
+    def pod(i: int) -> None:  # one try each: a pod that finds the plan lock held waits for the plan
+        summary = run_backfill(settings, BackfillRequest(table="incident", since=since, until=until,
+                                                         window=(i, pods)))
         results[i] = summary.exit_code
 
     threads = [threading.Thread(target=pod, args=(i,)) for i in range(pods)]
@@ -282,3 +278,23 @@ def test_indexed_job_pods_running_at_once_on_the_s3_store_all_finish(
     assert results == dict.fromkeys(range(pods), 0)
     counts = _kafka_keys(kafka_bootstrap, topic, 2_400)
     assert set(counts) == set(keyset(emulator.state.records("incident"))) and max(counts.values()) == 1
+
+
+def test_a_run_waits_for_the_planner_that_holds_the_plan_lock_then_gives_up_with_75(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held plan lock is waited for (bounded): a stuck planner ends the run with 75, not a hang."""
+    from sncli.source import backfill
+    from sncli.source.windows import range_id, to_epoch
+
+    emulator.state.generate("incident", 50, at=NOW - timedelta(days=2), spread_seconds=86_400, seed=11)
+    offsets = tmp_path / "o.json"
+    settings = make_settings(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": "unused"}])
+    since, until = _ts(NOW - timedelta(days=3)), _ts(NOW - timedelta(hours=1))
+    rid = range_id(to_epoch(since), to_epoch(until))
+    monkeypatch.setattr(backfill, "PLAN_WAIT_SECONDS", 1.0)
+    started = time.monotonic()
+    with run_lock(settings, f"backfill/incident/{rid}/plan"):
+        stuck = run_backfill(settings, BackfillRequest(table="incident", since=since, until=until, window=(0, 2)))
+    assert stuck.exit_code == 75
+    assert 1.0 <= time.monotonic() - started < 10
