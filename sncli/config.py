@@ -35,6 +35,7 @@ from pydantic import (
 from sncli.errors import ConfigError
 from sncli.kafka.retention import RetentionPolicy
 from sncli.logs import register_secrets
+from sncli.servicenow.fields import is_system_field
 
 DEFAULT_CONFIG_PATH = Path("sncli.yaml")
 CONFIG_ENV_VAR = "SNCLI_CONFIG"
@@ -347,12 +348,26 @@ class SinkTopic(_Model):
     def _allowed(cls, value: list[str]) -> list[str]:
         return [_check_table_name(v) for v in value]
 
+    # The sink never writes a sys_* field (sncli.servicenow.fields): a mapping that asks for one
+    # could only be silently dropped, so it is refused here, naming the entry.
+    @field_validator("rename")
+    @classmethod
+    def _rename(cls, value: dict[str, str]) -> dict[str, str]:
+        system = [f"{source} -> {target}" for source, target in value.items() if is_system_field(target)]
+        if system:
+            raise ValueError(f"{', '.join(system)}: sys_* fields are never written")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> SinkTopic:
         if self.ambiguous == "lookup" and not self.correlation_field:
             raise ValueError("ambiguous 'lookup' needs correlation_field")
         if self.route_header and not self.allowed_tables:
             raise ValueError("route_header needs allowed_tables (header-routed tables must be allowlisted)")
+        system = [name for name in self.include_fields or () if is_system_field(name) and name not in self.rename]
+        if system:
+            raise ValueError(f"include_fields {', '.join(system)}: sys_* fields are never written "
+                             "(rename them to a field of your own to keep their values)")
         return self
 
 

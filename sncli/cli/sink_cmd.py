@@ -41,8 +41,13 @@ def table_console() -> Console:
 def drain(
     ctx: typer.Context,
     topic: list[str] = typer.Option([], "--topic", help="Topic to drain (repeatable; default: all)."),
-    max_messages: int | None = typer.Option(None, "--max-messages", min=1, help="Stop after this many."),
-    max_seconds: float | None = typer.Option(None, "--max-seconds", min=0.1, help="Stop after this long."),
+    max_messages: int | None = typer.Option(
+        None, "--max-messages", min=1, help="Read at most this many, write them, exit."
+    ),
+    max_seconds: float | None = typer.Option(
+        None, "--max-seconds", min=0.1,
+        help="Deadline for the whole run: writes not sent by then are left, uncommitted, for the next run.",
+    ),
     workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Parallel writers."),
     every: float | None = typer.Option(None, "--every", min=0.1, help="Repeat a drain every S seconds."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and print operations, write nothing."),
@@ -52,6 +57,8 @@ def drain(
 
     Exit 0 when every record was written or skipped, 3 when some went to the DLQ,
     1 when the run failed (nothing committed past an unfinished record).
+    At --max-seconds or SIGTERM only the HTTP calls already sent finish (each within
+    servicenow.timeout_seconds); the rest is read and written again by the next run.
     """
     state = state_of(ctx, config)
     settings = state.settings()

@@ -45,6 +45,7 @@ from sncli.servicenow.errors import (
     AmbiguousWriteError,
     AuthError,
     BadRequestError,
+    CallAbandoned,
     MalformedResponseError,
     NotFoundError,
     RetriesExhaustedError,
@@ -207,11 +208,12 @@ class ServiceNowClient:
         exclude_reference_link: bool = True,
         no_count: bool = True,
         offset: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> Page:
         """One page of ``GET /api/now/table/<table>``; records come back exactly as ServiceNow sent them."""
         params = _page_params(query, fields, limit, display_value, exclude_reference_link, no_count, offset)
         return self._call("GET", _table_path(table), endpoint=_endpoint(table), params=params, parse=_parse_page,
-                          whole_body=True)
+                          whole_body=True, cancel=cancel)
 
     def list_page_decoded(
         self,
@@ -285,6 +287,7 @@ class ServiceNowClient:
         fields: list[str] | tuple[str, ...] | None = None,
         display_value: DisplayValue = "false",
         exclude_reference_link: bool = True,
+        cancel: threading.Event | None = None,
     ) -> dict[str, Any] | None:
         """One record by sys_id, or None when ServiceNow says 404."""
         params = {
@@ -295,29 +298,35 @@ class ServiceNowClient:
             params["sysparm_fields"] = ",".join(fields)
         try:
             return self._call(
-                "GET", _record_path(table, sys_id), endpoint=_endpoint(table), params=params, parse=_parse_record
+                "GET", _record_path(table, sys_id), endpoint=_endpoint(table), params=params, parse=_parse_record,
+                cancel=cancel,
             )
         except NotFoundError:
             return None
 
-    def insert(self, table: str, body: dict[str, Any]) -> dict[str, Any]:
+    def insert(self, table: str, body: dict[str, Any], *, cancel: threading.Event | None = None) -> dict[str, Any]:
         """``POST`` a new record; never retried once it may have reached ServiceNow (see policy.py)."""
         return self._call(
             "POST", _table_path(table), endpoint=_endpoint(table), params=_write_params(),
-            body=_dump(body), parse=_parse_record,
+            body=_dump(body), parse=_parse_record, cancel=cancel,
         )
 
-    def update(self, table: str, sys_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def update(
+        self, table: str, sys_id: str, body: dict[str, Any], *, cancel: threading.Event | None = None
+    ) -> dict[str, Any]:
         """``PATCH`` the given fields of one record (idempotent, so retried)."""
         return self._call(
             "PATCH", _record_path(table, sys_id), endpoint=_endpoint(table), params=_write_params(),
-            body=_dump(body), parse=_parse_record,
+            body=_dump(body), parse=_parse_record, cancel=cancel,
         )
 
-    def delete(self, table: str, sys_id: str, *, missing_ok: bool = False) -> None:
+    def delete(
+        self, table: str, sys_id: str, *, missing_ok: bool = False, cancel: threading.Event | None = None
+    ) -> None:
         """``DELETE`` one record; with ``missing_ok`` a 404 (already gone, e.g. by an earlier try) is success."""
         try:
-            self._call("DELETE", _record_path(table, sys_id), endpoint=_endpoint(table), parse=_ignore_body)
+            self._call("DELETE", _record_path(table, sys_id), endpoint=_endpoint(table), parse=_ignore_body,
+                       cancel=cancel)
         except NotFoundError:
             if not missing_ok:
                 raise
@@ -365,6 +374,7 @@ class ServiceNowClient:
         answer_statuses: frozenset[int] = frozenset(),
         whole_body: bool = False,
         first: SentRequest | None = None,
+        cancel: threading.Event | None = None,
     ) -> T:
         """One logical call with its retries.
 
@@ -372,6 +382,9 @@ class ServiceNowClient:
         (see :func:`_read_whole_body`); for the large pages of ``list_page``.
         ``first``: attempt 1, already sent ahead (:mod:`sncli.servicenow.readahead`);
         its answer or failure is judged like any attempt's.
+        ``cancel``: once set, no further attempt is sent and a backoff wait ends at once,
+        raising :class:`CallAbandoned`; an attempt already sent runs to its answer
+        (bounded by ``timeout_seconds``), which is returned or judged as usual.
         """
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.base_url + path_or_url
         policy_method = method if idempotent is None else ("GET" if idempotent else "POST")
@@ -391,6 +404,8 @@ class ServiceNowClient:
                 used_auth = self.auth.authorization() if authenticate else None
                 if used_auth is not None:
                     headers["Authorization"] = used_auth
+                if cancel is not None and cancel.is_set():
+                    raise CallAbandoned(f"{method} {endpoint}: given up before attempt {attempts}")
                 if attempts == 1 and lean is not None:
                     # The first attempt on urllib3 directly (a third of requests' CPU per call,
                     # which 16 sink workers share one GIL for); retries through requests.
@@ -422,7 +437,7 @@ class ServiceNowClient:
                 decision = decide_failure(policy_method, failure)
                 cause = f"{_FAILURE_TEXT[failure]} ({describe_exception(exc)})"
                 if decision is Decision.RETRY:
-                    self._wait_before_retry(method, endpoint, attempts, started, None, cause, None)
+                    self._wait_before_retry(method, endpoint, attempts, started, None, cause, None, cancel)
                     continue
                 if decision is Decision.AMBIGUOUS:
                     raise AmbiguousWriteError(
@@ -440,7 +455,7 @@ class ServiceNowClient:
                     decision = decide_failure(policy_method, Failure.MALFORMED)
                     cause = f"HTTP {status} with a malformed body: {exc}"
                     if decision is Decision.RETRY:
-                        self._wait_before_retry(method, endpoint, attempts, started, status, cause, None)
+                        self._wait_before_retry(method, endpoint, attempts, started, status, cause, None, cancel)
                         continue
                     raise MalformedResponseError(
                         status, f"malformed body in a {status} answer: {exc}", method=method, endpoint=endpoint,
@@ -466,7 +481,7 @@ class ServiceNowClient:
                 if header is not None:
                     retry_after = parse_retry_after(header, now=parse_http_date(resp.headers.get("Date")))
                 cause = f"HTTP {status}" + (f" (Retry-After: {header.strip()})" if header else "")
-                self._wait_before_retry(method, endpoint, attempts, started, status, cause, retry_after)
+                self._wait_before_retry(method, endpoint, attempts, started, status, cause, retry_after, cancel)
                 continue
             if decision is Decision.AMBIGUOUS:
                 raise AmbiguousWriteError(
@@ -486,8 +501,13 @@ class ServiceNowClient:
         status: int | None,
         cause: str,
         retry_after: float | None,
+        cancel: threading.Event | None = None,
     ) -> None:
-        """Sleep before the next attempt, or raise RetriesExhaustedError when the budget is spent."""
+        """Sleep before the next attempt, or raise RetriesExhaustedError when the budget is spent.
+
+        With ``cancel`` the wait is on the event (the injected ``sleep`` is not used) and
+        ends with :class:`CallAbandoned` as soon as it is set.
+        """
         retry = self.settings.retry
         if attempts >= retry.max_attempts:
             raise RetriesExhaustedError(
@@ -508,7 +528,11 @@ class ServiceNowClient:
             )
         log.warning("%s %s: %s; retry %d/%d in %.2f s", method, endpoint, cause, attempts + 1,
                     retry.max_attempts, delay)
-        if delay > 0:
+        if cancel is not None:
+            with CPU.released():
+                if cancel.wait(delay):
+                    raise CallAbandoned(f"{method} {endpoint}: given up after {attempts} attempts; last: {cause}")
+        elif delay > 0:
             with CPU.released():
                 self._sleep(delay)
 

@@ -104,6 +104,15 @@ _BY_STATUS: dict[int, type[ServiceNowError]] = {
 }
 
 
+class CallAbandoned(SncliError):
+    """The caller gave the call up (its ``cancel`` event was set): no attempt was made after that.
+
+    Not a :class:`ServiceNowError`: ServiceNow did not fail, the caller stopped asking
+    (a drain at its deadline, a partition revoked from it). An attempt already sent
+    when the event was set ran to its answer first.
+    """
+
+
 def class_for_status(status: int) -> type[ServiceNowError]:
     if status in _BY_STATUS:
         return _BY_STATUS[status]

@@ -12,6 +12,19 @@ stays below it.
 The run is bounded by the partitions' ends as learned from fetch responses
 (:mod:`sncli.kafka.consumer`; never a bare ListOffsets answer), by
 ``--max-messages`` / ``--max-seconds``, or by a stop request (SIGTERM).
+``--max-messages`` caps what is read; the records read are then written.
+``--max-seconds`` is a deadline for the whole run, the wait for queued writes
+included: past it, and on a stop request, the writes not started are dropped and
+the running ones make no further attempt (one already sent runs to its answer,
+bounded by ``servicenow.timeout_seconds``). What is given up stays unfinished, so
+no commit passes it and the next run reads it again.
+
+Giving a write up is how a revoke ends too: every write of a partition carries
+that partition's *cancel* event (one per assignment). A revoke lets the
+partition's records finish for a while (``REVOKE_WAIT_SECONDS``), then sets the
+event, waits until no write of the partition has an HTTP call under way, commits
+what is finished, and only then returns, so the partition's new owner never
+races a retry of the old one for the same key.
 
 :class:`SinkRun` is the engine; ``sink drain`` and ``dlq replay`` are two front
 ends that differ only in what they read (the sink topics as a group member /
@@ -35,6 +48,7 @@ from sncli.errors import ExitCode, UsageError
 from sncli.kafka.consumer import reset_policy, start_positions
 from sncli.kafka.errors import KafkaError
 from sncli.metrics import RunMetrics, push_metrics
+from sncli.servicenow.errors import CallAbandoned
 from sncli.sink.commits import CommitTracker
 from sncli.sink.decode import make_decoder
 from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
@@ -43,6 +57,8 @@ from sncli.sink.writer import KeyedPool, SystemicError, WriteFailed, apply_write
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_SECONDS = 2.0  # bounds the rework after a crash; a commit costs one round trip
+#: How long a revoke lets its partitions' records finish before giving the rest up; then it waits
+#: for the HTTP attempts already sent (at most this, or twice the request timeout: connect + read).
 REVOKE_WAIT_SECONDS = 30.0
 STALL_SECONDS = 120.0
 #: Consecutive records that exhausted their retries before the run stops (at least ``workers``).
@@ -131,6 +147,7 @@ class _Item:
     write: Write
     topic: SinkTopic
     generation: int
+    cancel: threading.Event  # its partition's, for this assignment: set = make no further attempt
 
 
 def select_topics(settings: Settings, names: list[str]) -> list[SinkTopic]:
@@ -232,6 +249,11 @@ class SinkRun:
         self._lock = threading.Lock()
         self._tracker = CommitTracker()
         self._generation: dict[TopicPart, int] = {}
+        self._cancels: dict[TopicPart, threading.Event] = {}  # the current assignment's, per partition
+        self._running: Counter[TopicPart] = Counter()  # writes with an HTTP call under way
+        self._dead_lettering: Counter[TopicPart] = Counter()  # DLQ records sent, not acknowledged yet
+        self._deadline: float | None = None  # --max-seconds, on the monotonic clock
+        self._cut_short: str | None = None  # why the wait for queued writes was cut: max_seconds | signal
         self._committed: dict[TopicPart, int] = {}
         self._fatal: str | None = None
         self._closing = False
@@ -275,6 +297,8 @@ class SinkRun:
         from sncli.kafka.consumer import EndTracker
 
         started = time.monotonic()
+        if self.options.max_seconds is not None:
+            self._deadline = started + self.options.max_seconds
         present = existing_topics(self.settings.kafka)
         for name in self.read_topics:
             if name not in present:
@@ -332,13 +356,13 @@ class SinkRun:
 
         consumer = self._consumer
         max_messages = self.options.max_messages
-        deadline = None if self.options.max_seconds is None else started + self.options.max_seconds
         next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         last_progress = time.monotonic()
         last_error: str | None = None
         backlog, self._backlog = self._backlog, []
         for early in backlog:
-            if self._fatal is None and not self.stop.is_set():
+            # Not read past a bound: they were never tracked, so no commit covers them.
+            if self._fatal is None and not self.stop.is_set() and self._bound_hit() is None:
                 self._read(early)
         while True:
             now = time.monotonic()
@@ -355,7 +379,7 @@ class SinkRun:
                 return "end"
             if max_messages is not None and self.summary.messages >= max_messages:
                 return "max_messages"
-            if deadline is not None and now >= deadline:
+            if self._past_deadline():
                 return "max_seconds"
             if not self._assigned_once and now - started > join_timeout:
                 hint = f" (last error: {last_error})" if last_error else ""
@@ -390,7 +414,8 @@ class SinkRun:
                     continue
                 held, self._held = self._held, None
                 for early in held:
-                    self._read(early)
+                    if self._bound_hit() is None:
+                        self._read(early)
                 if kind is Polled.DATA:
                     continue
             if kind is Polled.DATA:
@@ -407,14 +432,14 @@ class SinkRun:
             # Partitions are consumed concurrently; a plan an operator reads should not change
             # order from one dry run to the next.
             summary.plan.sort(key=lambda e: (e["topic"], e["partition"], e["offset"]))
-        if stopped_by == "signal":
-            log.warning("stop requested: finishing the records being written, leaving queued ones for the next run")
         if self._pool is not None:
             self._pool.close(abandon=True)  # idle already (see _settle); drops nothing that was started
             if self._pool.crash is not None:
                 self._fail(f"a sink worker crashed: {self._pool.crash!r}")
             if self.stop.is_set() and summary.stopped_by != "signal":
                 summary.stopped_by = "signal"  # asked to stop while finishing: queued records were left
+            elif self._cut_short == "max_seconds":
+                summary.stopped_by = "max_seconds"  # the deadline passed while queued writes were waiting
         if self._dlq_writer is not None:
             missing = self._dlq_writer.flush()
             if missing:
@@ -454,14 +479,14 @@ class SinkRun:
         self._pause_all()
         self._finishing = True
         self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+        cut = self._cut_reason(stopped_by)
+        if cut is not None:
+            self._give_up(cut)
         try:
-            self._pool.wait_idle(
-                abandon=stopped_by in ("signal", "error") or self._fatal is not None,
-                tick=self._finishing_tick,
-            )
+            self._pool.wait_idle(abandon=cut is not None, tick=self._finishing_tick)
         finally:
             self._finishing = False
-        if stopped_by != "end" or self._fatal is not None or self.stop.is_set():
+        if stopped_by != "end" or self._fatal is not None or self.stop.is_set() or self._cut_short is not None:
             return False
         return self._rebalancing or (bool(self._ends.assigned) and not self._ends.all_finished())
 
@@ -481,7 +506,42 @@ class SinkRun:
         if time.monotonic() >= self._next_commit:
             self._commit(final=False)
             self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
-        return self.stop.is_set() or self._fatal is not None
+        cut = self._cut_reason("end")
+        if cut is None:
+            return False
+        self._give_up(cut)
+        return True  # drop what is queued; the running writes end at their current attempt
+
+    def _cut_reason(self, stopped_by: str) -> str | None:
+        """Why queued writes must not be waited for (a stop, an error, the deadline), or None."""
+        if self._fatal is not None or stopped_by == "error":
+            return "error"
+        if self.stop.is_set() or stopped_by == "signal":
+            return "signal"
+        if stopped_by == "max_seconds" or self._past_deadline():
+            return "max_seconds"
+        return None
+
+    def _give_up(self, why: str) -> None:
+        """Make every write make no further attempt; what is left stays uncommitted for the next run."""
+        if self._cut_short is None:
+            self._cut_short = why
+            if why != "error":
+                log.warning("%s: finishing the HTTP calls under way, leaving the other writes for the next run",
+                            "stop requested" if why == "signal" else "--max-seconds reached")
+        with self._lock:
+            for cancel in self._cancels.values():
+                cancel.set()
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _bound_hit(self) -> str | None:
+        """The bound that ends reading (max_messages | max_seconds), or None."""
+        limit = self.options.max_messages
+        if limit is not None and self.summary.messages >= limit:
+            return "max_messages"
+        return "max_seconds" if self._past_deadline() else None
 
     def _resume_all(self) -> None:
         try:
@@ -501,6 +561,7 @@ class SinkRun:
 
     def _close(self) -> None:
         self._closing = True
+        self._give_up("error" if self._cut_short is None else self._cut_short)
         if self._pool is not None:
             self._pool.close(abandon=True, timeout=5.0)
         if self._consumer is not None:
@@ -520,6 +581,7 @@ class SinkRun:
         with self._lock:
             self._tracker.add(tp, offset)
             generation = self._generation.get(tp, 0)
+            cancel = self._cancels.setdefault(tp, threading.Event())
         try:
             job = self.prepare(msg)
         except Exception as exc:  # a bug in a front end: stop without committing past it
@@ -557,14 +619,14 @@ class SinkRun:
             self._done(tp, offset, generation)
             return
         assert self._pool is not None
-        item = _Item(job, plan, topic, generation)
+        item = _Item(job, plan, topic, generation, cancel)
         # False: stopping. The record stays unfinished, so nothing is committed past it.
         self._pool.submit(lane_key(job.record, plan), item, keep_waiting=self._keep_waiting)
 
     def _keep_waiting(self) -> bool:
         if self._dlq_writer is not None:
             self._dlq_writer.poll(0)
-        return self._fatal is None and not self.stop.is_set()
+        return self._fatal is None and not self.stop.is_set() and not self._past_deadline()
 
     def _plan_entry(self, job: Job, plan: Plan | None, error: RecordError | None) -> None:
         if self.summary.plan is None:
@@ -593,10 +655,18 @@ class SinkRun:
 
     def _write(self, item: _Item) -> None:
         job = item.job
-        if self._fatal is not None or self._stale(job.tp, item.generation):
-            return
+        with self._lock:
+            # Checked and counted under the lock a revoke sets the event under: once the revoke
+            # has seen no running write, none of its partitions starts.
+            if self._fatal is not None or item.cancel.is_set() or self._generation.get(job.tp, 0) != item.generation:
+                return
+            self._running[job.tp] += 1
         try:
-            outcome = apply_write(self._client, item.write, item.topic)
+            outcome = apply_write(self._client, item.write, item.topic, cancel=item.cancel)
+        except CallAbandoned as exc:
+            # Neither written nor failed: it stays unfinished, so no commit passes it.
+            log.debug("gave up %s[%d]@%d: %s", job.tp[0], job.tp[1], job.offset, exc)
+            return
         except WriteFailed as exc:
             self._dead_letter(job, exc.failure, item.generation, op=item.write.op.lower())
             self._breaker(exc.failure.error_class == "retries_exhausted", exc.failure.message)
@@ -604,6 +674,9 @@ class SinkRun:
         except SystemicError as exc:
             self._fail(str(exc))
             return
+        finally:
+            with self._lock:
+                self._running[job.tp] -= 1
         self._breaker(False, "")
         if outcome.outcome == "written":
             self.metrics.sink_records.labels(table=item.write.table, op=outcome.op, outcome="written").inc()
@@ -637,6 +710,8 @@ class SinkRun:
         headers = dlq_headers(record.headers, failure, origin, now=datetime.now(UTC), replay_count=job.replay_count)
 
         def acked(error: str | None) -> None:
+            with self._lock:
+                self._dead_lettering[job.tp] -= 1
             if error is not None:
                 self._fail(f"could not dead-letter {record.topic}[{record.partition}]@{record.offset} "
                            f"({failure.error_class}: {failure.message[:200]}): {error}")
@@ -649,6 +724,8 @@ class SinkRun:
 
         log.warning("dead-lettering %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
                     failure.error_class, failure.message)
+        with self._lock:
+            self._dead_lettering[job.tp] += 1
         self._dlq_writer.send(record.key, record.value, headers, acked)
 
     def _carry(self, job: Job, generation: int) -> None:
@@ -679,10 +756,6 @@ class SinkRun:
             if self._generation.get(tp, 0) != generation:
                 return  # the partition was revoked meanwhile; its new owner re-reads this record
             self._tracker.done(tp, offset)
-
-    def _stale(self, tp: TopicPart, generation: int) -> bool:
-        with self._lock:
-            return self._generation.get(tp, 0) != generation
 
     def _fail(self, message: str) -> None:
         with self._lock:
@@ -726,6 +799,51 @@ class SinkRun:
                     del self._unsaved[tp]  # read again after the rebalance and committed: healed
         return True
 
+    def _let_revoked_finish(self, revoked: set[TopicPart]) -> None:
+        """A grace of up to REVOKE_WAIT_SECONDS for the revoked partitions' records to finish.
+
+        What finishes here is committed and not written again by the new owner; a run that
+        is stopping (a stop request, an error, its deadline) gives no grace.
+        """
+        deadline = time.monotonic() + REVOKE_WAIT_SECONDS
+        while time.monotonic() < deadline and self._cut_reason("end") is None:
+            with self._lock:
+                if sum(self._tracker.in_flight(tp) for tp in revoked) == 0:
+                    return
+            if self._dlq_writer is not None:
+                self._dlq_writer.poll(0.05)
+            else:
+                time.sleep(0.05)
+
+    def _wait_for_revoked(self, revoked: set[TopicPart]) -> None:
+        """Wait until the revoked partitions' HTTP calls under way have answered and their DLQ sends are acked.
+
+        Called once their writes are given up. Bounded: an attempt already sent takes at
+        most the request timeout (connect + read); a DLQ acknowledgement not in by then is
+        left to the new owner (it reads the record again). A write still under way after
+        the bound may land after the new owner's: the run fails rather than report success.
+        """
+        bound = max(REVOKE_WAIT_SECONDS, 2.0 * self.settings.servicenow.timeout_seconds)
+        deadline = time.monotonic() + bound
+        while True:
+            with self._lock:
+                running = sum(self._running[tp] for tp in revoked)
+                dead_lettering = sum(self._dead_lettering[tp] for tp in revoked)
+            if running == 0 and dead_lettering == 0:
+                return
+            if time.monotonic() >= deadline:
+                break
+            if self._dlq_writer is not None:
+                self._dlq_writer.poll(0.05)
+            else:
+                time.sleep(0.05)
+        if running:
+            self._fail(f"{running} writes of revoked partitions still under way after {bound:.0f}s; "
+                       "they may land after the new owner's writes of the same keys")
+        else:
+            log.warning("%d DLQ records of revoked partitions not acknowledged within %.0fs; "
+                        "the new owner handles those records again", dead_lettering, bound)
+
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned_once = True
         self._rebalancing = False
@@ -746,23 +864,26 @@ class SinkRun:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions")
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        """Before losing partitions: let their in-flight records finish, commit them, forget them."""
+        """Before losing partitions: give their writes up, commit what is finished, forget them.
+
+        When this returns, no write of these partitions is under way or will start: the
+        new owner reads every unfinished record again, and no retry of this run can land
+        after its write of the same key.
+        """
         revoked = {(p.topic, p.partition) for p in partitions}
         if not revoked:
             return
         if not self._closing:
             self._rebalancing = True  # an empty assignment now is not the end of the run
             log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)))
-            deadline = time.monotonic() + REVOKE_WAIT_SECONDS
-            while time.monotonic() < deadline and self._fatal is None:
-                with self._lock:
-                    busy = sum(self._tracker.in_flight(tp) for tp in revoked)
-                if busy == 0:
-                    break
-                if self._dlq_writer is not None:
-                    self._dlq_writer.poll(0.05)
-                else:
-                    time.sleep(0.05)
+            self._let_revoked_finish(revoked)
+        with self._lock:
+            for tp in revoked:
+                cancel = self._cancels.pop(tp, None)
+                if cancel is not None:
+                    cancel.set()  # queued writes are skipped, running ones make no further attempt
+        if not self._closing:
+            self._wait_for_revoked(revoked)
             with self._lock:
                 progress = {
                     tp: offset for tp in revoked

@@ -25,7 +25,9 @@ from typing import Any, Literal
 import orjson
 
 from sncli.config import SinkTopic
+from sncli.servicenow.fields import is_system_field
 
+#: A few of the ``sys_*`` fields the sink never writes (see :func:`is_system_field`: it never writes any).
 RESERVED_FIELDS = frozenset(
     {"sys_id", "sys_created_on", "sys_created_by", "sys_updated_on", "sys_updated_by", "sys_mod_count"}
 )
@@ -64,12 +66,21 @@ class InRecord:
 
 @dataclass(frozen=True)
 class Write:
-    """One ServiceNow call: POST (body may carry a sys_id), PATCH or DELETE."""
+    """One ServiceNow call: POST, PATCH or DELETE; the body never holds a ``sys_*`` field.
+
+    A POST that must create the record under a given id (PATCH answered 404) adds
+    ``sys_id`` when it is sent (:mod:`sncli.sink.writer`); nothing else may.
+    """
 
     op: Operation
     table: str
     sys_id: str | None
     body: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        system = sorted(name for name in self.body if is_system_field(name))
+        if system:
+            raise ValueError(f"a write must not carry sys_* fields: {', '.join(system)}")
 
 
 @dataclass(frozen=True)
@@ -176,8 +187,13 @@ def find_sys_id(value: Mapping[str, Any] | None, record: InRecord, order: Sequen
 
 
 def build_body(value: Mapping[str, Any], topic: SinkTopic) -> dict[str, str]:
-    """The fields to send: reserved ones dropped, nested values handled, filters and renames applied."""
-    fields: dict[str, Any] = {k: v for k, v in value.items() if k not in RESERVED_FIELDS}
+    """The fields to send: nested values handled, filters and renames applied, no ``sys_*`` field.
+
+    A ``sys_*`` field is dropped unless ``rename`` maps it to an ordinary field (config
+    validation refuses a ``sys_*`` target), so ``rename: {sys_class_name: u_source_class}``
+    keeps the source's class in a field of its own while the record's class is never touched.
+    """
+    fields: dict[str, Any] = {k: v for k, v in value.items() if not is_system_field(k) or _renamed(k, topic)}
     flat: dict[str, str] = {}
     for name, raw in fields.items():
         for out_name, out_value in _expand(name, raw, topic.nested):
@@ -198,7 +214,13 @@ def build_body(value: Mapping[str, Any], topic: SinkTopic) -> dict[str, str]:
                 raise RecordError("record", f"two fields end up named {_quote(target)} after rename")
             renamed[target] = text
         flat = renamed
-    return {k: v for k, v in flat.items() if k not in RESERVED_FIELDS}
+    return {k: v for k, v in flat.items() if not is_system_field(k)}
+
+
+def _renamed(name: str, topic: SinkTopic) -> bool:
+    """Whether ``rename`` takes ``name`` (or, flattened, one of its children) to another field."""
+    prefix = name + FLATTEN_SEPARATOR
+    return any(source == name or source.startswith(prefix) for source in topic.rename)
 
 
 def _tombstone(record: InRecord, topic: SinkTopic, table: str) -> Plan:

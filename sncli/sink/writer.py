@@ -95,9 +95,13 @@ def classify(exc: ServiceNowError) -> ErrorClass | None:
 
 
 class _Attempts:
-    """Counts HTTP attempts across the calls one record takes (404 -> POST, lookups, ...)."""
+    """Counts HTTP attempts across the calls one record takes (404 -> POST, lookups, ...).
 
-    def __init__(self) -> None:
+    It also carries the write's ``cancel`` event to every one of those calls.
+    """
+
+    def __init__(self, cancel: threading.Event | None = None) -> None:
+        self.cancel = cancel
         self.total = 0
         self._counted: set[int] = set()
 
@@ -115,9 +119,16 @@ class _Attempts:
             self.total += max(1, exc.attempts)
 
 
-def apply_write(client: ServiceNowClient, write: Write, topic: SinkTopic) -> Outcome:
-    """Perform ``write`` under the topic's policies; raise WriteFailed (DLQ) or SystemicError (stop)."""
-    tries = _Attempts()
+def apply_write(
+    client: ServiceNowClient, write: Write, topic: SinkTopic, *, cancel: threading.Event | None = None
+) -> Outcome:
+    """Perform ``write`` under the topic's policies; raise WriteFailed (DLQ) or SystemicError (stop).
+
+    ``cancel`` set: no further HTTP attempt is made for this write (one already sent
+    runs to its answer) and :class:`~sncli.servicenow.errors.CallAbandoned` propagates:
+    the record is neither written nor failed, and is read again by the next run.
+    """
+    tries = _Attempts(cancel)
     try:
         return _apply(client, write, topic, tries)
     except ServiceNowError as exc:
@@ -134,7 +145,7 @@ def _apply(client: ServiceNowClient, write: Write, topic: SinkTopic, tries: _Att
     if write.op == "PATCH":
         assert write.sys_id is not None
         try:
-            client.update(write.table, write.sys_id, dict(write.body))
+            client.update(write.table, write.sys_id, dict(write.body), cancel=tries.cancel)
             tries.ok()
             return Outcome("written", "patch", tries.total)
         except NotFoundError as exc:
@@ -148,7 +159,7 @@ def _apply(client: ServiceNowClient, write: Write, topic: SinkTopic, tries: _Att
     if write.op == "DELETE":
         assert write.sys_id is not None
         try:
-            client.delete(write.table, write.sys_id)
+            client.delete(write.table, write.sys_id, cancel=tries.cancel)
             tries.ok()
             return Outcome("written", "delete", tries.total)
         except NotFoundError as exc:
@@ -166,7 +177,7 @@ def _post(
     last: AmbiguousWriteError | None = None
     for _round in range(AMBIGUOUS_ROUNDS):
         try:
-            client.insert(table, body)
+            client.insert(table, body, cancel=tries.cancel)
             tries.ok()
             return Outcome("written", "post", tries.total)
         except MalformedResponseError as exc:
@@ -187,7 +198,7 @@ def _post(
                 continue  # it did not land: POST again
             patch = {k: v for k, v in body.items() if k != "sys_id"}
             if patch:
-                client.update(table, existing, patch)
+                client.update(table, existing, patch, cancel=tries.cancel)
                 tries.ok()
             return Outcome("written", "post", tries.total, reason="ambiguous POST found by lookup")
     assert last is not None
@@ -208,7 +219,7 @@ def _lookup(
 ) -> str | None:
     """The sys_id of the record an ambiguous POST created, None if it did not; 2+ matches fail."""
     if sys_id is not None:
-        found = client.get(table, sys_id, fields=["sys_id"])
+        found = client.get(table, sys_id, fields=["sys_id"], cancel=tries.cancel)
         tries.ok()
         return sys_id if found is not None else None
     field = topic.correlation_field
@@ -226,7 +237,7 @@ def _lookup(
             cause.status, f"{cause.message}; cannot look it up by {field}: {exc}",
             method="POST", endpoint=cause.endpoint, attempts=cause.attempts,
         )) from None
-    page = client.list_page(table, query=query, fields=["sys_id"], limit=2)
+    page = client.list_page(table, query=query, fields=["sys_id"], limit=2, cancel=tries.cancel)
     tries.ok()
     if not page.records:
         return None

@@ -34,6 +34,7 @@ from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import (
     AmbiguousWriteError,
     BadRequestError,
+    CallAbandoned,
     ForbiddenError,
     MalformedResponseError,
     NotFoundError,
@@ -630,3 +631,29 @@ def test_list_page_keeps_its_connection_alive(emulator: ServiceNowEmulator) -> N
         client.get("incident", emulator.state.records("incident")[0]["sys_id"])
     # Each body was read to its end, so every call went out on the one kept-alive connection.
     assert len(opened) == 1
+
+
+# ------------------------------------------------------------------ giving a call up (cancel)
+
+
+def test_a_cancelled_call_ends_its_backoff_at_once_and_makes_no_further_attempt(
+    emulator: ServiceNowEmulator,
+) -> None:
+    sys_id = "c" * 32
+    emulator.state.bulk_insert("incident", [{"sys_id": sys_id, "state": "1"}])
+    emulator.state.faults.add(Fault(kind="status", status=503, method="PATCH", times=None, retry_after=30))
+    cancel = threading.Event()
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with ServiceNowClient(sn_settings(emulator.url)) as client, pytest.raises(CallAbandoned):
+            client.update("incident", sys_id, {"state": "2"}, cancel=cancel)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 5  # not the 30 s Retry-After
+    assert [e.status for e in emulator.state.journal() if e.method == "PATCH"] == [503]
+    with ServiceNowClient(sn_settings(emulator.url)) as client, pytest.raises(CallAbandoned):
+        client.update("incident", sys_id, {"state": "3"}, cancel=cancel)  # already set: nothing is sent
+    assert len([e for e in emulator.state.journal() if e.method == "PATCH"]) == 1
+    assert emulator.state.get("incident", sys_id)["state"] == "1"

@@ -31,8 +31,9 @@ from sncli.config import KafkaSettings, SinkTopic, load_settings, parse_settings
 from sncli.emulator.faults import Fault
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.errors import ConfigError, ExitCode
+from sncli.servicenow.fields import is_system_field
 from sncli.sink.decode import make_decoder
-from sncli.sink.resolve import RESERVED_FIELDS, InRecord, RecordError, Write, resolve
+from sncli.sink.resolve import InRecord, RecordError, Write, resolve
 from tests.reliability.support import BASIC, assert_one_line_error, run_sncli, source_config
 
 ENV = {"SN_PASSWORD": "pw", "SN_CLIENT_SECRET": "cs"}
@@ -418,7 +419,7 @@ def test_the_drains_own_decoder_and_resolve_raise_only_record_errors(
     assert plan.table in ("incident", "problem")
     if isinstance(plan, Write):
         assert all(isinstance(v, str) for v in plan.body.values())
-        assert not set(plan.body) & RESERVED_FIELDS
+        assert not any(is_system_field(name) for name in plan.body)
 
 
 # --------------------------------------------------------------------------- query injection on the emulator

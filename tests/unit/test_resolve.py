@@ -10,8 +10,10 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from sncli.config import SinkTopic
+from sncli.servicenow.fields import is_system_field
 from sncli.sink.resolve import (
     RESERVED_FIELDS,
     InRecord,
@@ -222,15 +224,43 @@ def test_include_exclude_and_rename() -> None:
     assert plan.body == {"short_description": "1", "state": "3"}
 
 
-def test_include_of_a_reserved_field_still_strips_it() -> None:
-    plan = resolve(rec({"sys_id": SID, "sys_mod_count": "1", "a": "1"}), topic(include_fields=["sys_mod_count", "a"]))
-    assert plan.body == {"a": "1"}
+def test_include_or_rename_asking_for_a_sys_field_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ValidationError, match="include_fields sys_mod_count"):
+        topic(include_fields=["sys_mod_count", "a"])
+    with pytest.raises(ValidationError, match="a -> sys_updated_on"):
+        topic(rename={"a": "sys_updated_on"})
+    with pytest.raises(ValidationError, match="b -> SYS_Domain"):
+        topic(rename={"b": "SYS_Domain"})
 
 
-def test_rename_onto_a_reserved_name_is_stripped_and_collisions_are_errors() -> None:
-    assert resolve(rec({"a": "1", "b": "2"}), topic(rename={"a": "sys_updated_on"})).body == {"b": "2"}
+def test_rename_collisions_are_errors() -> None:
     err = error_of(rec({"a": "1", "b": "2"}), topic(rename={"a": "b"}))
     assert err.error_class == "record" and "'b'" in err.message
+
+
+def test_every_sys_field_is_dropped_whatever_its_case_or_nesting() -> None:
+    value = {
+        "sys_id": SID, "sys_class_name": "cmdb_ci", "sys_domain": {"value": "g", "link": "l"},
+        "sys_domain_path": "/", "sys_tags": "t", "SYS_SCOPE": "global", "Sys_Package": "p", "state": "2",
+        "caller": {"sys_id": "x"},  # flattens to caller_sys_id: an ordinary field of the record
+    }
+    plan = resolve(rec(value), topic(nested="flatten"))
+    assert plan == Write(op="PATCH", table="incident", sys_id=SID, body={"state": "2", "caller_sys_id": "x"})
+    assert isinstance(resolve(rec({"sys_class_name": "x", "sys_tags": "y"}), topic()), Skip)
+
+
+def test_a_sys_field_renamed_to_an_ordinary_one_is_kept_under_the_new_name() -> None:
+    value = {"sys_id": SID, "sys_class_name": "cmdb_ci_server", "sys_domain": {"value": "g", "link": "l"}}
+    cfg = topic(nested="flatten", include_fields=["sys_class_name", "sys_domain_value"],
+                rename={"sys_class_name": "u_source_class", "sys_domain_value": "u_source_domain"})
+    plan = resolve(rec(value), cfg)
+    assert plan == Write(op="PATCH", table="incident", sys_id=SID,
+                         body={"u_source_class": "cmdb_ci_server", "u_source_domain": "g"})
+
+
+def test_a_write_cannot_be_built_with_a_sys_field() -> None:
+    with pytest.raises(ValueError, match="sys_class_name"):
+        Write(op="PATCH", table="incident", sys_id=SID, body={"sys_class_name": "x", "state": "1"})
 
 
 def test_nested_reject_is_the_default() -> None:
@@ -347,7 +377,7 @@ def test_resolve_never_raises_anything_but_a_record_error(
         return
     assert plan.table in ("incident", "problem")
     if isinstance(plan, Write):
-        assert not set(plan.body) & RESERVED_FIELDS
+        assert not any(is_system_field(name) for name in plan.body)
         assert all(isinstance(v, str) for v in plan.body.values())
         assert plan.sys_id is None or len(plan.sys_id) == 32
         assert (plan.op == "POST") == (plan.sys_id is None)
@@ -356,11 +386,14 @@ def test_resolve_never_raises_anything_but_a_record_error(
 
 
 @settings(max_examples=200, deadline=None)
-@given(fields=st.dictionaries(st.sampled_from([*sorted(RESERVED_FIELDS), "a", "b", "state"]), st.text(max_size=5)))
-def test_patch_body_is_exactly_the_non_reserved_fields(fields: dict[str, str]) -> None:
+@given(fields=st.dictionaries(
+    st.sampled_from([*sorted(RESERVED_FIELDS), "sys_class_name", "sys_domain", "SYS_TAGS", "a", "b", "state"]),
+    st.text(max_size=5),
+))
+def test_patch_body_is_exactly_the_non_system_fields(fields: dict[str, str]) -> None:
     value = {**fields, "sys_id": SID}
     plan = resolve(rec(value), topic())
-    expected = {k: v for k, v in fields.items() if k not in RESERVED_FIELDS}
+    expected = {k: v for k, v in fields.items() if not k.lower().startswith("sys_")}
     if expected:
         assert plan == Write(op="PATCH", table="incident", sys_id=SID, body=expected)
     else:
