@@ -141,3 +141,19 @@ def test_fingerprint_changes_with_each_part() -> None:
         table_fingerprint("https://x.service-now.com", "incident", "active=true", "sys_created_on"),
     }
     assert base not in others and len(others) == 4
+
+
+@pytest.mark.parametrize("lag", [0, -1])
+def test_safety_lag_below_one_second_is_refused(lag: int) -> None:
+    # HI is inclusive at one-second resolution: with 0, a record written later in HI's second is skipped.
+    raw = example()
+    raw["source"]["safety_lag_seconds"] = lag
+    message = error_of(raw)
+    assert message.startswith("source.safety_lag_seconds:")
+    assert "at least 1" in message
+
+
+def test_safety_lag_of_one_second_is_accepted() -> None:
+    raw = example()
+    raw["source"]["safety_lag_seconds"] = 1
+    assert parse_settings(raw, ENV).source.safety_lag_seconds == 1
