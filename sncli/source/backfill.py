@@ -406,7 +406,7 @@ def run_window(
 ) -> None:
     """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing."""
     from sncli.offsets.model import StoredOffset, check_offset
-    from sncli.source.cycle import make_fetch
+    from sncli.source.cycle import make_fetch, make_look_past
     from sncli.source.parquet_out import ParquetWindowWriter
 
     key = window_key(table.name, rid, window.index, window.count)
@@ -450,14 +450,17 @@ def run_window(
         def on_page(result: Any) -> None:
             progress.add(result.records - outcome.records)
             outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
+            outcome.hidden = result.hidden
 
+        decoder = kafka.decoder if kafka else None
         result = page_loop(
             start=start,
-            start_fetch=make_fetch(client, settings, table, hi, metrics, kafka.decoder if kafka else None),
+            start_fetch=make_fetch(client, settings, table, hi, metrics, decoder),
             send=send, deliver=deliver, commit=commit,
             ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, prepare=prepare,
-            on_page=on_page,
+            on_page=on_page, look_past=make_look_past(client, settings, table, hi, decoder),
         )
+        outcome.hidden = result.hidden
         if result.stopped is not None:
             outcome.stopped = result.stopped
             if parquet is not None:
@@ -479,6 +482,8 @@ def run_window(
         else:
             log.exception("%s window %s: unexpected failure", table.name, window.label, extra={"table": table.name})
     finally:
+        if outcome.hidden:  # passed by pages that were stored, whatever happened after
+            metrics.source_hidden.labels(table=table.name).inc(outcome.hidden)
         closing = kafka or producer
         if closing is not None:
             try:
@@ -647,6 +652,7 @@ def _run(
         outcome.records = sum(o.records for o in outcomes)
         outcome.pages = sum(o.pages for o in outcomes)
         outcome.produced = sum(o.produced for o in outcomes)
+        outcome.hidden = sum(o.hidden for o in outcomes)
         failed = [o for o in outcomes if o.error]
         stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
         outcome.stopped = stopped[0] if stopped else "caught_up"

@@ -104,6 +104,31 @@ def page_query(cursor: Cursor, hi: UpperBound, *, ts_field: str, base_query: str
     return f"{conditions}^ORDERBY{ts_field}^ORDERBYsys_id"
 
 
+def between_query(lo: Cursor, hi: Cursor, *, ts_field: str, base_query: str | None = None) -> str:
+    """Every record after ``lo`` and up to ``hi`` included, in keyset terms (no ordering): for counting.
+
+    ``hi`` is a record's cursor (its sys_id is not empty).
+    """
+    check_field(ts_field)
+    if hi.timestamp == lo.timestamp:
+        same = Query().eq(ts_field, lo.timestamp)
+        if lo.sys_id:
+            same.gt("sys_id", lo.sys_id)
+        return and_each_clause(base_query, [same.le("sys_id", hi.sys_id)])
+    first = Query().eq(ts_field, lo.timestamp).gt("sys_id", lo.sys_id) if lo.sys_id else None
+    middle = (Query().gt(ts_field, lo.timestamp) if lo.sys_id else Query().ge(ts_field, lo.timestamp))
+    clauses = [first] if first is not None else []
+    clauses += [middle.lt(ts_field, hi.timestamp), Query().eq(ts_field, hi.timestamp).le("sys_id", hi.sys_id)]
+    return and_each_clause(base_query, clauses)
+
+
+def past_bound(hi: UpperBound) -> Cursor:
+    """The cursor after every record within ``hi``: ``(hi, "")``, or the next second when ``hi`` is inclusive."""
+    if not hi.inclusive:
+        return Cursor.at_start(hi.value)
+    return Cursor.at_start(format_sn_time(parse_sn_time(hi.value) + timedelta(seconds=1)))
+
+
 def range_query(lo: str, hi: UpperBound, *, ts_field: str, base_query: str | None = None) -> str:
     """Every record with ``lo <= ts`` below ``hi`` (no ordering): used for counting windows."""
     check_field(ts_field)
