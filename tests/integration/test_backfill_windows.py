@@ -234,6 +234,23 @@ def test_set_cursor_with_parquet_output_is_refused(
     assert run_poll(settings).tables["incident"].records == len(unsent)
 
 
+def test_a_window_delivers_the_visible_rows_after_a_run_hidden_by_acls(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = f"bf-{uuid.uuid4().hex[:8]}"
+    emulator.state.generate("incident", 40, at=NOW - timedelta(days=1), spread_seconds=40, seed=31)
+    ordered = keyset(emulator.state.records("incident"))
+    ts = "sys_updated_on"
+    emulator.state.update_settings(hidden_rows={"incident": f"{ts}>={ordered[10][0]}^{ts}<={ordered[29][0]}"})
+    settings = make_settings(emulator.url, kafka_bootstrap, tmp_path / "o.json", [{"name": "incident", "topic": topic}],
+                             page_size=10)
+    summary = run_backfill(settings, BackfillRequest(table="incident", until=_ts(NOW - timedelta(hours=1))))
+    t = summary.tables["incident"]
+    assert (summary.exit_code, t.records, summary.extra["range_done"]) == (0, 20, True)
+    assert t.hidden == 20
+    assert sorted(_kafka_keys(kafka_bootstrap, topic, 20)) == ordered[:10] + ordered[30:]
+
+
 def test_parquet_output_has_every_record_and_resumes(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
