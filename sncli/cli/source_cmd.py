@@ -64,5 +64,7 @@ def _render(summary: RunSummary, *, json_output: bool) -> None:
     for name, t in sorted(summary.tables.items()):
         cursor = f"{t.cursor_after.timestamp} {t.cursor_after.sys_id}".rstrip() if t.cursor_after else "(none)"
         status = f"FAILED: {t.error}" if t.error else (t.stopped or "")
-        typer.echo(f"{name}: {t.records} records, {t.pages} pages, {t.produced} produced, cursor {cursor}; {status}")
+        hidden = f", {t.hidden} hidden by ACLs (not exported)" if t.hidden else ""
+        typer.echo(f"{name}: {t.records} records, {t.pages} pages, {t.produced} produced{hidden}, cursor {cursor}; "
+                   f"{status}")
     typer.echo(f"done in {summary.duration_seconds:.1f}s, exit code {summary.exit_code}")

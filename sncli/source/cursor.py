@@ -24,7 +24,10 @@ The table's base query is ANDed into *each* clause (distributed over its own
 ``base^clause1^NQclause2`` would restrict only the first clause.
 
 A short page is not the end (ACLs remove records from a page after the limit
-is applied); only an empty page is.
+is applied), and an empty page is the end only when ServiceNow says nothing
+remains (see :mod:`sncli.source.poller`): the look past a run of hidden rows
+counts them with :func:`between_query` and may move the cursor to
+:func:`past_bound` when the rest of the range is all hidden.
 """
 
 from __future__ import annotations

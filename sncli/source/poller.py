@@ -261,7 +261,7 @@ class LoopResult:
     records: int = 0  # records fetched and delivered
     pages: int = 0
     delivered: int = 0  # acknowledged by the output
-    stopped: str | None = None  # None = caught up (empty page); else max_records / max_seconds / signal
+    stopped: str | None = None  # None = caught up (nothing remains); else max_records / max_seconds / signal
     hidden: int = 0  # rows the ACLs hid that the cursor passed (see the module doc)
 
 
@@ -281,7 +281,7 @@ def page_loop(
     on_page: Callable[[LoopResult], None] | None = None,
     look_past: LookPast | None = None,
 ) -> LoopResult:
-    """Page from ``start`` until an empty page or a bound; see the module doc for the order and the guarantee.
+    """Page from ``start`` until nothing remains or a bound; see the module doc for the order and the guarantee.
 
     The input is ``start_fetch`` (requests a page, read later) or ``fetch`` (a
     plain call, run when the page is read); the output is ``send`` (queues a
