@@ -54,7 +54,7 @@ offsets: {store: file, path: $work/offsets.json}
 metrics: {pushgateway: ${push_url:-null}, job: sncli-demo}
 source:
   page_size: 500
-  safety_lag_seconds: 0
+  safety_lag_seconds: 1
   tables:
     - {name: incident, topic: $src_topic}
 sink:

@@ -295,12 +295,24 @@ class SourceTable(_Model):
 
 class SourceSettings(_Model):
     page_size: int = Field(default=1000, ge=1, le=10_000)
-    safety_lag_seconds: int = Field(default=2, ge=0)
+    safety_lag_seconds: int = 2
     format: Literal["json", "avro"] = "json"
     display_value: Literal["false", "true", "all"] = "false"
     # Where records Kafka refuses or that cannot be encoded go; None: sink.dlq_topic (Settings.source_dlq_topic).
     dlq_topic: str | None = None
     tables: list[SourceTable] = []
+
+    @field_validator("safety_lag_seconds")
+    @classmethod
+    def _lag_of_a_second_at_least(cls, value: int) -> int:
+        # HI is inclusive and ServiceNow's timestamps have one-second resolution: with 0, HI is the
+        # current second, and a record written later in that second falls behind the stored cursor.
+        if value < 1:
+            raise ValueError(
+                "must be at least 1: the cycle's upper bound includes its whole second, so with "
+                f"{value} a record written later in that second would be skipped"
+            )
+        return value
 
     @model_validator(mode="after")
     def _unique_tables(self) -> SourceSettings:

@@ -74,6 +74,12 @@ class RunMetrics:
         self.source_produced = Counter(
             "bridge_source_produce", "Records acknowledged by Kafka.", ["table"], registry=r
         )
+        self.source_hidden = Counter(
+            "sncli_source_hidden_records",
+            "Rows ServiceNow's ACLs hid from the integration user that the cursor passed (never exported).",
+            ["table"],
+            registry=r,
+        )
         self.sn_api_latency = Histogram(
             "bridge_sn_api_latency_seconds",
             "ServiceNow API call latency.",

@@ -76,7 +76,8 @@ def _render(summary: RunSummary, *, json_output: bool) -> None:
                    f"{done} loaded now; {state}")
     for name, t in summary.tables.items():
         dead = f", {sum(t.dlq.values())} dead-lettered" if t.dlq else ""
-        typer.echo(f"{name}: {t.records} records, {t.produced} delivered{dead}; {t.error or t.stopped or ''}")
+        hidden = f", {t.hidden} hidden by ACLs (not exported)" if t.hidden else ""
+        typer.echo(f"{name}: {t.records} records, {t.produced} delivered{dead}{hidden}; {t.error or t.stopped or ''}")
     if "poll_cursor_set" in extra:
         typer.echo(f"poll cursor {'moved to ' + str(extra['until']) if extra['poll_cursor_set'] else 'not moved'}")
     typer.echo(f"done in {summary.duration_seconds:.1f}s, exit code {summary.exit_code}")

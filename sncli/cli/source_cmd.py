@@ -65,6 +65,7 @@ def _render(summary: RunSummary, *, json_output: bool) -> None:
         cursor = f"{t.cursor_after.timestamp} {t.cursor_after.sys_id}".rstrip() if t.cursor_after else "(none)"
         status = f"FAILED: {t.error}" if t.error else (t.stopped or "")
         dead = f", {sum(t.dlq.values())} dead-lettered" if t.dlq else ""
-        typer.echo(f"{name}: {t.records} records, {t.pages} pages, {t.produced} produced{dead}, cursor {cursor}; "
-                   f"{status}")
+        hidden = f", {t.hidden} hidden by ACLs (not exported)" if t.hidden else ""
+        typer.echo(f"{name}: {t.records} records, {t.pages} pages, {t.produced} produced{dead}{hidden}, "
+                   f"cursor {cursor}; {status}")
     typer.echo(f"done in {summary.duration_seconds:.1f}s, exit code {summary.exit_code}")

@@ -15,7 +15,8 @@ Every answer is JSON ``{"result": ...}``; a bad request is 400 ``{"error": "..."
     DELETE faults
     GET    journal                   entries (?path_prefix=, ?table=, ?method=) and token_issues
     DELETE journal
-    GET    settings / POST settings  {read_latency_ms, write_latency_ms, token_ttl_seconds, denied_tables, ...}
+    GET    settings / POST settings  {read_latency_ms, write_latency_ms, token_ttl_seconds, denied_tables,
+                                     hidden_rows: {table: encoded query of rows the API user may not read}, ...}
     POST   expire_tokens             every issued access token becomes invalid
     GET    tables                    {table: count}
     GET    tables/{table}            every record, in (sys_updated_on, sys_id) order

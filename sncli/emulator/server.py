@@ -529,7 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
                         offset=offset,
                         limit=limit,
                         total=selection.total,
-                        returned=len(parts) if not short_page else limit,
+                        returned=len(parts) + selection.hidden if not short_page else limit,
                     ),
                 )
             )

@@ -81,6 +81,10 @@ class EmulatorSettings:
     strict_tables: bool = False  # unknown table -> 400 "Invalid table" (else an empty result)
     default_limit: int = 10000
     journal_size: int = 100_000
+    # Row ACLs: table -> encoded query of the rows the API user may not read. As on ServiceNow, a
+    # list applies sysparm_limit/offset first and drops hidden rows after (a page comes back short,
+    # or empty while later rows exist); X-Total-Count and Link still count them; a GET of one is 404.
+    hidden_rows: dict[str, str] = field(default_factory=dict)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Assigning a setting directly (emu.state.settings.user_time_zone = "X") must take effect
@@ -96,7 +100,7 @@ class EmulatorSettings:
         object.__setattr__(self, "_listener", listener)
 
     def copy(self) -> EmulatorSettings:
-        return dataclasses.replace(self, denied_tables=set(self.denied_tables))
+        return dataclasses.replace(self, denied_tables=set(self.denied_tables), hidden_rows=dict(self.hidden_rows))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -152,6 +156,7 @@ class Selection:
     columns: frozenset[str]
     references: dict[str, str]
     exists: bool
+    hidden: int = 0  # rows of the page the row ACLs removed (sysparm_limit counted them)
 
 
 class EmulatorState:
@@ -365,7 +370,9 @@ class EmulatorState:
             if target is None:
                 return Selection([], 0, frozenset(), {}, False)
             records, total = target.select(query, limit=limit, offset=offset, want_count=want_count)
-            return Selection(records, total, frozenset(target.columns), dict(target.references), True)
+            visible = [r for r in records if self._readable(table, target, r)]
+            return Selection(visible, total, frozenset(target.columns), dict(target.references), True,
+                             hidden=len(records) - len(visible))
 
     def fetch(self, table: str, sys_id: str) -> Selection:
         with self._lock:
@@ -373,7 +380,13 @@ class EmulatorState:
             record = target.records.get(sys_id) if target is not None else None
             if target is None:
                 return Selection([], 0, frozenset(), {}, False)
+            if record is not None and not self._readable(table, target, record):
+                record = None  # ServiceNow answers 404 for a row its ACLs hide
             return Selection([record] if record else [], None, frozenset(target.columns), dict(target.references), True)
+
+    def _readable(self, table: str, target: Table, record: Record) -> bool:
+        rule = self.settings.hidden_rows.get(table)
+        return not rule or not target.compile(rule).matches(record.fields)
 
     def api_insert(self, table: str, body: Mapping[str, object], user: str) -> Selection:
         """POST: system fields are the server's, except a client-chosen sys_id."""

@@ -31,7 +31,11 @@ backfill to another place is not mistaken for this one.
 The poll cursor is not touched unless ``--set-cursor``: then, once every window
 of the range is done (by this run or others), it moves to ``(until, "")`` if it
 is behind that - never backwards. That needs the table's poll lock, taken with
-the window locks before any work (exit 75 if any is held).
+the window locks before any work (exit 75 if any is held). ``--set-cursor`` is
+refused (exit 2, before any work) when moving the cursor could pass records the
+topic never got (:func:`check_set_cursor`): with a Parquet output (the range
+went to files, not to the topic), and when the range starts after the poll
+cursor (everything between the cursor and ``since`` was never exported).
 """
 
 from __future__ import annotations
@@ -442,7 +446,7 @@ def run_window(
 ) -> None:
     """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing."""
     from sncli.offsets.model import StoredOffset, check_offset
-    from sncli.source.cycle import make_fetch
+    from sncli.source.cycle import make_fetch, make_look_past
     from sncli.source.parquet_out import ParquetWindowWriter
 
     key = window_key(table.name, rid, window.index, window.count)
@@ -488,14 +492,17 @@ def run_window(
             outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
             if kafka is not None:
                 outcome.dlq = dict(kafka.dead_lettered)
+            outcome.hidden = result.hidden
 
+        decoder = kafka.decoder if kafka else None
         result = page_loop(
             start=start,
-            start_fetch=make_fetch(client, settings, table, hi, metrics, kafka.decoder if kafka else None),
+            start_fetch=make_fetch(client, settings, table, hi, metrics, decoder),
             send=send, deliver=deliver, commit=commit,
             ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, prepare=prepare,
-            on_page=on_page,
+            on_page=on_page, look_past=make_look_past(client, settings, table, hi, decoder),
         )
+        outcome.hidden = result.hidden
         if result.stopped is not None:
             outcome.stopped = result.stopped
             if parquet is not None:
@@ -519,6 +526,8 @@ def run_window(
     finally:
         if kafka is not None:
             outcome.dlq = dict(kafka.dead_lettered)
+        if outcome.hidden:  # passed by pages that were stored, whatever happened after
+            metrics.source_hidden.labels(table=table.name).inc(outcome.hidden)
         closing = kafka or producer
         if closing is not None:
             try:
@@ -538,6 +547,8 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopCont
         raise UsageError("--window needs --until: every pod of the split must use the same range")
     if request.window is not None and request.parallel != 1:
         raise UsageError("use --parallel or --window, not both")
+    if request.set_cursor and request.output is not None:
+        check_set_cursor(None, "", table=table.name, parquet=True)  # before any request
     n = request.count
     stop = StopControl(parent=stop)
     started = time.monotonic()
@@ -617,6 +628,9 @@ def _run(
                 held[i] = locks.enter_context(run_lock(settings, window_key(table.name, rid, i, n)))
             if request.set_cursor:
                 locks.enter_context(run_lock(settings, table.name))
+        if request.set_cursor:  # with the poll lock held (no poll moves the cursor meanwhile), before any work
+            check_set_cursor(_poll_position(store, table, fingerprint), to_sn(since), table=table.name,
+                             parquet=request.output is not None)
         producers: dict[int, PageProducer] = {}
         topics: Background | None = None
         if not request.dry_run and request.output is None:
@@ -688,6 +702,7 @@ def _run(
         for o in outcomes:
             for error_class, count in o.dlq.items():
                 outcome.dlq[error_class] = outcome.dlq.get(error_class, 0) + count
+        outcome.hidden = sum(o.hidden for o in outcomes)
         failed = [o for o in outcomes if o.error]
         stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
         outcome.stopped = stopped[0] if stopped else "caught_up"
@@ -701,7 +716,42 @@ def _run(
         if request.set_cursor:
             summary.extra["poll_cursor_set"] = False
             if all_done:
-                summary.extra["poll_cursor_set"] = _set_poll_cursor(store, table.name, until, fingerprint)
+                summary.extra["poll_cursor_set"] = _set_poll_cursor(store, table, since, until, fingerprint)
+
+
+def check_set_cursor(poll: Cursor | None, since: str, *, table: str, parquet: bool) -> None:
+    """Refuse (UsageError, exit 2) a ``--set-cursor`` that could move the poll cursor past unexported records.
+
+    A Parquet output never reaches the topic: refused whatever the cursor.
+    ``poll``: where the next poll starts (the stored cursor, else the table's
+    start; None = not known yet, only the output is checked). Moving it to
+    ``(until, "")`` passes every record after it and before ``until``; the
+    backfill delivers only ``[since, until)`` to the topic, so the move is safe
+    only when ``since`` is at or before the cursor's second (records of that
+    second after the cursor are at or after ``since`` too).
+    """
+    if parquet:
+        raise UsageError(
+            f"--set-cursor cannot be used with --output parquet: the range goes to files, not to the topic, "
+            f"so moving the poll cursor of {table} past it would skip those records in Kafka"
+        )
+    if poll is not None and since > poll.timestamp:
+        raise UsageError(
+            f"--set-cursor: the poll cursor of {table} is at {poll.timestamp}, before --since {since}; moving it "
+            f"to --until would skip every record in between, which was never exported. Use --since {poll.timestamp} "
+            f"(or earlier), or leave out --set-cursor"
+        )
+
+
+def _poll_position(store: OffsetStore, table: SourceTable, fingerprint: str) -> Cursor:
+    """Where the next poll of ``table`` starts: its stored cursor, else the table's ``start``."""
+    from sncli.offsets.model import check_offset, poll_key
+
+    stored = store.load(poll_key(table.name))
+    if stored is None:
+        return Cursor.at_start(_normalize(table.start, "source.tables.start"))
+    check_offset(stored, fingerprint)
+    return Cursor(stored.timestamp, stored.sys_id)
 
 
 def _close_all(producers: dict[int, PageProducer]) -> None:
@@ -709,18 +759,17 @@ def _close_all(producers: dict[int, PageProducer]) -> None:
         producer.close(0)
 
 
-def _set_poll_cursor(store: OffsetStore, table: str, until: int, fingerprint: str) -> bool:
-    """Move the poll cursor to ``(until, "")`` unless it is already there or further."""
-    from sncli.offsets.model import StoredOffset, check_offset, poll_key
+def _set_poll_cursor(store: OffsetStore, table: SourceTable, since: int, until: int, fingerprint: str) -> bool:
+    """Move the poll cursor to ``(until, "")`` unless it is already there or further (checked again: never a gap)."""
+    from sncli.offsets.model import StoredOffset, poll_key
 
-    key = poll_key(table)
-    current = store.load(key)
+    current = _poll_position(store, table, fingerprint)
     target = Cursor(to_sn(until), "")
-    if current is not None:
-        check_offset(current, fingerprint)
-        if Cursor(current.timestamp, current.sys_id) >= target:
-            log.info("%s: the poll cursor is already at or after %s; left as it is", table, target.timestamp)
-            return False
-    store.save(StoredOffset.new(key, target.timestamp, target.sys_id, fingerprint))
-    log.info("%s: poll cursor moved to %s (the backfill covered everything before it)", table, target.timestamp)
+    if current >= target:
+        log.info("%s: the poll cursor is already at or after %s; left as it is", table.name, target.timestamp)
+        return False
+    check_set_cursor(current, to_sn(since), table=table.name, parquet=False)
+    store.save(StoredOffset.new(poll_key(table.name), target.timestamp, target.sys_id, fingerprint))
+    log.info("%s: poll cursor moved to %s (the backfill covered everything before it)", table.name,
+             target.timestamp)
     return True

@@ -24,7 +24,10 @@ The table's base query is ANDed into *each* clause (distributed over its own
 ``base^clause1^NQclause2`` would restrict only the first clause.
 
 A short page is not the end (ACLs remove records from a page after the limit
-is applied); only an empty page is.
+is applied), and an empty page is the end only when ServiceNow says nothing
+remains (see :mod:`sncli.source.poller`): the look past a run of hidden rows
+counts them with :func:`between_query` and may move the cursor to
+:func:`past_bound` when the rest of the range is all hidden.
 """
 
 from __future__ import annotations
@@ -102,6 +105,31 @@ def page_query(cursor: Cursor, hi: UpperBound, *, ts_field: str, base_query: str
         clauses = [_hi(Query().ge(ts_field, cursor.timestamp), ts_field, hi)]
     conditions = and_each_clause(base_query, clauses)
     return f"{conditions}^ORDERBY{ts_field}^ORDERBYsys_id"
+
+
+def between_query(lo: Cursor, hi: Cursor, *, ts_field: str, base_query: str | None = None) -> str:
+    """Every record after ``lo`` and up to ``hi`` included, in keyset terms (no ordering): for counting.
+
+    ``hi`` is a record's cursor (its sys_id is not empty).
+    """
+    check_field(ts_field)
+    if hi.timestamp == lo.timestamp:
+        same = Query().eq(ts_field, lo.timestamp)
+        if lo.sys_id:
+            same.gt("sys_id", lo.sys_id)
+        return and_each_clause(base_query, [same.le("sys_id", hi.sys_id)])
+    first = Query().eq(ts_field, lo.timestamp).gt("sys_id", lo.sys_id) if lo.sys_id else None
+    middle = (Query().gt(ts_field, lo.timestamp) if lo.sys_id else Query().ge(ts_field, lo.timestamp))
+    clauses = [first] if first is not None else []
+    clauses += [middle.lt(ts_field, hi.timestamp), Query().eq(ts_field, hi.timestamp).le("sys_id", hi.sys_id)]
+    return and_each_clause(base_query, clauses)
+
+
+def past_bound(hi: UpperBound) -> Cursor:
+    """The cursor after every record within ``hi``: ``(hi, "")``, or the next second when ``hi`` is inclusive."""
+    if not hi.inclusive:
+        return Cursor.at_start(hi.value)
+    return Cursor.at_start(format_sn_time(parse_sn_time(hi.value) + timedelta(seconds=1)))
 
 
 def range_query(lo: str, hi: UpperBound, *, ts_field: str, base_query: str | None = None) -> str:

@@ -40,10 +40,21 @@ from sncli.config import source_fingerprint
 from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
 from sncli.kafka.errors import ProduceError
 from sncli.metrics import RunMetrics
-from sncli.source.cursor import Cursor, UpperBound, page_query, parse_sn_time, upper_bound
+from sncli.source.cursor import (
+    Cursor,
+    UpperBound,
+    advance,
+    between_query,
+    page_query,
+    parse_sn_time,
+    past_bound,
+    upper_bound,
+)
 from sncli.source.deadletter import Attempt, SourceDeadLetters, isolate, page_indices, refused_at_once
 from sncli.source.poller import (
+    Beyond,
     Budget,
+    LookPast,
     LoopResult,
     PendingFetch,
     Records,
@@ -54,7 +65,7 @@ from sncli.source.poller import (
     page_loop,
 )
 from sncli.source.rawpage import Decoder as RawDecoder
-from sncli.source.rawpage import decode_records, raw_page_decoder
+from sncli.source.rawpage import decode_records, head, raw_page_decoder
 from sncli.source.record import (
     PageMessages,
     RecordShape,
@@ -96,6 +107,7 @@ class TableOutcome:
     error: str | None = None
     exit_code: int = 0
     dlq: dict[str, int] = field(default_factory=dict)  # records dead-lettered instead of produced, per class
+    hidden: int = 0  # rows hidden by ACLs that the cursor passed (see make_look_past)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +115,7 @@ class TableOutcome:
             "pages": self.pages,
             "produced": self.produced,
             "dlq": dict(self.dlq),
+            "hidden_by_acl": self.hidden,
             "cursor_before": cursor_json(self.cursor_before),
             "cursor_after": cursor_json(self.cursor_after),
             "stopped": self.stopped,
@@ -499,6 +512,97 @@ def make_fetch(
     return start
 
 
+#: The widest request the look past hidden rows makes: rows ServiceNow reads (and its ACLs drop) for one answer.
+LOOK_PAST_MAX_ROWS = 100_000
+
+
+class HiddenRowsError(SncliError):
+    """More rows in a row than :data:`LOOK_PAST_MAX_ROWS` are hidden: sncli cannot see past them."""
+
+
+def make_look_past(
+    client: ServiceNowClient,
+    settings: Settings,
+    table: SourceTable,
+    hi: UpperBound,
+    decoder: RawDecoder | None = None,
+) -> LookPast:
+    """What lies past an empty page (see :mod:`sncli.source.poller`), from what the Table API lets a client see.
+
+    ServiceNow applies ``sysparm_limit`` before row ACLs: a page reads ``limit``
+    rows and drops the hidden ones, so an empty page may sit before visible
+    rows. A hidden row shows nothing of itself (not even its sys_id or
+    timestamp), so the cursor cannot be moved onto it. What a client does see:
+    ``X-Total-Count``, the count of the query's rows, taken before the ACLs
+    (ServiceNow evaluates them per row of the page read, never for the count).
+
+    So the same keyset query is asked again, with the count and a limit twice
+    as wide each time (at most the count, at most :data:`LOOK_PAST_MAX_ROWS`):
+
+    - count 0: nothing remains, the end;
+    - visible rows: they come in keyset order right after the cursor, so no
+      visible row before the last one returned was left out: the first
+      ``limit`` of them are the next page (the rows hidden before them are
+      counted with one more count query over that keyset range);
+    - none, and the count fits in the limit: every remaining row was read and
+      all are hidden; the cursor may move past the range's bound.
+
+    Why not ``sysparm_offset`` past the hidden block: offsets count rows of a
+    result that changes while we read (a row updated meanwhile leaves it), so an
+    offset can step over a visible row; a keyset query from the cursor cannot.
+    A run of hidden rows longer than :data:`LOOK_PAST_MAX_ROWS` fails the table
+    (exit 1 or 3) with a message saying so, instead of reading it every cycle.
+    """
+    ts = table.timestamp_field
+    fields = list(table.fields) if table.fields is not None else None
+    decode: Callable[[bytes], Records] = decoder if decoder is not None else decode_records
+
+    def counted(query: str) -> int:
+        page = client.list_page(table.name, query=query, fields=["sys_id"], limit=1, no_count=False)
+        if page.total is None:
+            raise SncliError(f"{table.name}: ServiceNow sent no X-Total-Count; cannot tell rows hidden by ACLs "
+                             f"from the end of the table")
+        return page.total
+
+    def look_past(cursor: Cursor, limit: int) -> Beyond:
+        query = page_query(cursor, hi, ts_field=ts, base_query=table.query)
+        width = min(2 * limit, LOOK_PAST_MAX_ROWS)
+        while True:
+            answer = client.list_page_decoded(table.name, decode=decode, query=query, fields=fields, limit=width,
+                                              display_value=settings.source.display_value, no_count=False)
+            total = answer.total
+            if total is None:
+                raise SncliError(f"{table.name}: ServiceNow sent no X-Total-Count; cannot tell rows hidden by ACLs "
+                                 f"from the end of the table")
+            if len(answer.records):
+                kept = head(answer.records, limit)
+                end = advance(cursor, kept, ts)
+                hidden = max(0, counted(between_query(cursor, end, ts_field=ts, base_query=table.query)) - len(kept))
+                _warn_hidden(table.name, hidden, cursor, f"up to {end.timestamp} {end.sys_id}")
+                return Beyond(kept, hidden=hidden)
+            if total == 0:
+                return Beyond([])  # nothing remains: the end
+            if total <= width:
+                past = past_bound(hi)
+                _warn_hidden(table.name, total, cursor, f"to the end of the cycle's range ({hi.value})")
+                return Beyond([], hidden=total, past=past)
+            if width >= LOOK_PAST_MAX_ROWS:
+                raise HiddenRowsError(
+                    f"{table.name}: the {width} rows after {_show(cursor)} are all hidden from the integration user "
+                    f"by ACLs ({total} rows remain); sncli cannot see past them. Grant the user read access, or "
+                    f"exclude those rows in the table's query (or a before-query business rule)"
+                )
+            width = min(2 * width, total, LOOK_PAST_MAX_ROWS)
+
+    return look_past
+
+
+def _warn_hidden(table: str, hidden: int, cursor: Cursor, where: str) -> None:
+    if hidden > 0:
+        log.warning("%s: %d rows after %s are hidden from the integration user by ACLs and were passed %s; "
+                    "they are not exported", table, hidden, _show(cursor), where, extra={"table": table})
+
+
 class _Counted:
     """A page request whose records are counted in ``bridge_source_records_total`` once read."""
 
@@ -578,11 +682,13 @@ def poll_table(
             outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
             if output is not None:
                 outcome.dlq = dict(output.dead_lettered)
+            outcome.hidden = result.hidden
 
         decoder = output.decoder if output is not None else None
         result = page_loop(
             start=start,
             start_fetch=make_fetch(client, settings, table, hi, metrics, decoder),
+            look_past=make_look_past(client, settings, table, hi, decoder),
             send=send,
             deliver=_count if send is None else None,
             commit=commit,
@@ -598,9 +704,10 @@ def poll_table(
             topics.wait()
         outcome.stopped = result.stopped or "caught_up"
         log.info(
-            "%s: %d records in %d pages%s; cursor %s",
+            "%s: %d records in %d pages%s%s; cursor %s",
             table.name, result.records, result.pages,
             "" if result.stopped is None else f", stopped by {result.stopped}",
+            f", {result.hidden} rows hidden by ACLs passed" if result.hidden else "",
             _show(outcome.cursor_after), extra={"table": table.name},
         )
     except Exception as exc:
@@ -612,6 +719,8 @@ def poll_table(
     finally:
         if output is not None:
             outcome.dlq = dict(output.dead_lettered)  # also those of a page whose cursor was then not stored
+        if outcome.hidden:  # passed by pages that were stored, whatever happened after
+            metrics.source_hidden.labels(table=table.name).inc(outcome.hidden)
         closing = output or producer
         if closing is not None:
             try:

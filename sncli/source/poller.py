@@ -29,7 +29,15 @@ is stored.
 Bounds are checked at page boundaries: a shared record budget (``--max-records``;
 each page is fetched with ``limit = min(page_size, what is left)``, so the bound
 is exact) and a :class:`StopControl` (``--max-seconds``, SIGTERM/SIGINT).
-Only an empty page ends the loop as "caught up"; a short page does not.
+
+The end: a short page is not the end, and an empty one is not either until
+ServiceNow says nothing remains. Row ACLs are applied after ``sysparm_limit``,
+so a page whose every row is hidden comes back empty mid-table. An empty page
+goes to ``look_past`` (:func:`sncli.source.cycle.make_look_past`), which asks
+ServiceNow: nothing left ends the loop as "caught up"; visible rows past a
+hidden run are delivered as the next page, in this cycle; a range whose rest
+is all hidden ends the loop with the cursor moved past it. The hidden rows
+passed are counted in ``LoopResult.hidden``.
 """
 
 from __future__ import annotations
@@ -67,6 +75,18 @@ Settle = Callable[[], int]  # waits until a sent page is delivered -> delivered;
 Send = Callable[[Records, Any], Settle]  # queues a page for delivery
 Commit = Callable[[Cursor], None]
 
+
+@dataclass
+class Beyond:
+    """What lies past an empty page (see the module doc): what ``look_past`` answers."""
+
+    records: Records  # visible rows after the hidden ones, in keyset order (empty: none before the bound)
+    hidden: int = 0  # rows passed that the ACLs hid
+    past: Cursor | None = None  # with no records: the cursor past the hidden rest of the range (None: the end)
+
+
+LookPast = Callable[[Cursor, int], Beyond]  # (cursor of the empty page, limit) -> what lies past it
+
 #: How long a sent page's acknowledgements wait for the next page's answer (module doc).
 SETTLE_WAIT_SECONDS = 0.25
 #: How long the loop waits at most for an answer before reading it anyway (the read has its own timeout).
@@ -103,11 +123,15 @@ class _Request:
 class _Reader:
     """Starts and reads the loop's fetches, keeping the record budget exact."""
 
-    def __init__(self, start_fetch: StartFetch, budget: Budget, stop: StopControl, page_size: int) -> None:
+    def __init__(
+        self, start_fetch: StartFetch, budget: Budget, stop: StopControl, page_size: int,
+        look_past: LookPast | None = None,
+    ) -> None:
         self._start_fetch = start_fetch
         self._budget = budget
         self._stop = stop
         self._page_size = page_size
+        self._look_past = look_past
         self.stopped: str | None = None  # why the last ``start`` started nothing
 
     def start(self, cursor: Cursor) -> _Request | None:
@@ -134,6 +158,22 @@ class _Reader:
         self._budget.give_back(request.limit - len(records))
         return records
 
+    def beyond(self, after: Cursor, limit: int) -> _Next:
+        """What lies past the empty page at ``after`` (its visible rows take a share of the budget again)."""
+        if self._look_past is None:
+            return _Next([])
+        share = self._budget.take(limit)
+        if share <= 0:  # another table took the rest meanwhile: not caught up, stopped by the bound
+            return _Next([], stopped="max_records")
+        try:
+            with CPU.released():  # mostly waiting for ServiceNow: other loops may work meanwhile
+                beyond = self._look_past(after, share)
+        except BaseException:
+            self._budget.give_back(share)
+            raise
+        self._budget.give_back(share - len(beyond.records))
+        return _Next(beyond.records, hidden=beyond.hidden, past=beyond.past)
+
     def drop(self, request: _Request | None) -> None:
         """A page that will not be delivered: its request is abandoned and its budget share goes back."""
         if request is not None:
@@ -150,6 +190,9 @@ class _Next:
     prepared: Any = None
     following: _Request | None = None  # the request for the page after it
     error: Exception | None = None  # raised only once the current page is stored
+    hidden: int = 0  # rows hidden by ACLs passed to reach it (counted once it is stored)
+    past: Cursor | None = None  # empty: the cursor past a hidden rest of the range, stored at the end
+    stopped: str | None = None  # empty: why the loop ends without being caught up
 
 
 class StopControl:
@@ -218,7 +261,8 @@ class LoopResult:
     records: int = 0  # records fetched and delivered
     pages: int = 0
     delivered: int = 0  # acknowledged by the output
-    stopped: str | None = None  # None = caught up (empty page); else max_records / max_seconds / signal
+    stopped: str | None = None  # None = caught up (nothing remains); else max_records / max_seconds / signal
+    hidden: int = 0  # rows the ACLs hid that the cursor passed (see the module doc)
 
 
 def page_loop(
@@ -235,13 +279,15 @@ def page_loop(
     budget: Budget | None = None,
     prepare: Prepare | None = None,
     on_page: Callable[[LoopResult], None] | None = None,
+    look_past: LookPast | None = None,
 ) -> LoopResult:
-    """Page from ``start`` until an empty page or a bound; see the module doc for the order and the guarantee.
+    """Page from ``start`` until nothing remains or a bound; see the module doc for the order and the guarantee.
 
     The input is ``start_fetch`` (requests a page, read later) or ``fetch`` (a
     plain call, run when the page is read); the output is ``send`` (queues a
     page, returns the wait for its delivery) or ``deliver`` (delivers it before
-    returning). ``prepare`` makes the messages of a page.
+    returning). ``prepare`` makes the messages of a page. ``look_past`` is asked
+    what lies past an empty page (None: an empty page is the end).
     """
     if fetch is not None and start_fetch is None:
         start_fetch = _starting(fetch)
@@ -252,8 +298,8 @@ def page_loop(
     elif deliver is not None or send is None:
         raise TypeError("page_loop takes one of deliver and send")
     with CPU:
-        return _loop(_Reader(start_fetch, budget or Budget(None), stop, page_size), start, send, commit, ts_field,
-                     stop, prepare, on_page)
+        return _loop(_Reader(start_fetch, budget or Budget(None), stop, page_size, look_past), start, send, commit,
+                     ts_field, stop, prepare, on_page)
 
 
 def _loop(
@@ -276,7 +322,7 @@ def _loop(
         raise current.error
     ahead = current.following
     while current.end is not None:
-        records, end = current.records, current.end
+        records, end, hidden = current.records, current.end, current.hidden
         settle = send(records, current.prepared)
         early = _read(reader, ahead, end, ts_field, prepare) if ahead is not None and _arrives(ahead) else None
         try:
@@ -290,6 +336,7 @@ def _loop(
         result.records += len(records)
         result.delivered += delivered
         result.pages += 1
+        result.hidden += hidden
         if on_page is not None:
             on_page(result)
         if ahead is None:
@@ -306,7 +353,19 @@ def _loop(
             reader.drop(current.following)
             raise current.error
         ahead = current.following
+    else:
+        _end(current, commit, result)
     return result
+
+
+def _end(last: _Next, commit: Commit, result: LoopResult) -> None:
+    """The loop read an empty page: caught up, stopped by the budget, or past a hidden rest (stored now)."""
+    result.stopped = last.stopped
+    if last.past is not None:
+        with CPU.released():
+            commit(last.past)  # every page before it is stored: nothing unacknowledged is passed
+        result.cursor = last.past
+        result.hidden += last.hidden
 
 
 def _arrives(request: _Request) -> bool:
@@ -326,7 +385,12 @@ def _read(reader: _Reader, request: _Request, after: Cursor, ts_field: str, prep
         reader.drop(request)  # its share of the budget goes back to the other tables
         return _Next([], error=exc)
     if not page.records:
-        return page  # caught up
+        try:
+            page = reader.beyond(after, request.limit)  # the end only if ServiceNow says nothing remains
+        except Exception as exc:
+            return _Next([], error=exc)
+    if not page.records:
+        return page  # caught up, or past a hidden rest of the range
     try:
         page.end = advance(after, page.records, ts_field)
         page.following = reader.start(page.end)

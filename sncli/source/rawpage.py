@@ -114,6 +114,15 @@ def page_values(records: Sequence[dict[str, Any]]) -> list[bytes] | None:
     return records.values if isinstance(records, RawPage) else None
 
 
+def head(records: Sequence[dict[str, Any]], count: int) -> Sequence[dict[str, Any]]:
+    """The first ``count`` records, of the same kind (a RawPage keeps each record's JSON)."""
+    if len(records) <= count:
+        return records
+    if isinstance(records, RawPage):
+        return RawPage(records.values[:count], {name: records.column(name)[:count] for name in records.fields})
+    return list(records[:count])
+
+
 def column(records: Sequence[dict[str, Any]], name: str) -> list[Any]:
     """``record.get(name)`` of every record, with C-level loops (a RawPage's decoded column, or dict lookups)."""
     if isinstance(records, RawPage):

@@ -44,7 +44,7 @@ def test_import_then_poll_continues_where_the_bridge_stopped(
                        "auth": {"type": "basic", "username": "admin", "password": "${SN_PASSWORD}"}},
         "kafka": {"bootstrap_servers": kafka_bootstrap},
         "offsets": {"store": "file", "path": str(tmp_path / "sncli-offsets.json")},
-        "source": {"safety_lag_seconds": 0, "tables": [{"name": "incident", "topic": unique_topic}]},
+        "source": {"safety_lag_seconds": 1, "tables": [{"name": "incident", "topic": unique_topic}]},
     }))
 
     imported = sncli(config, "offsets", "import", "--from-bridge", str(bridge), "--yes")

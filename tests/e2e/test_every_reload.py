@@ -27,7 +27,7 @@ def config_doc(emulator: ServiceNowEmulator, bootstrap: str, tmp_path: Path,
                        "auth": {"type": "basic", "username": "admin", "password": "${SN_PASSWORD}"}},
         "kafka": {"bootstrap_servers": bootstrap},
         "offsets": {"store": "file", "path": str(tmp_path / "offsets.json")},
-        "source": {"safety_lag_seconds": 0, "tables": tables},
+        "source": {"safety_lag_seconds": 1, "tables": tables},
     }
 
 
@@ -64,7 +64,7 @@ def test_edit_applies_next_cycle_and_broken_edit_is_ignored(
         wait_for(lambda: len(read_all(kafka_bootstrap, problem_topic, timeout=10)) == 7, proc, "problem")
 
         # A broken edit: logged, ignored, and the last good config keeps running.
-        config.write_text(config.read_text().replace("safety_lag_seconds: 0", "safety_lag_seconds: soon"))
+        config.write_text(config.read_text().replace("safety_lag_seconds: 1", "safety_lag_seconds: soon"))
         wait_for(lambda: "keeping the previous one" in errors.read_text(), proc, "the rejection log line")
         emulator.state.generate("incident", 3, seed=3)
         emulator.state.generate("problem", 2, seed=4)

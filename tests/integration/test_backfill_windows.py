@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -169,6 +170,92 @@ def test_set_cursor_moves_the_poll_cursor_to_until(
                                                    set_cursor=True))
     assert older.extra["poll_cursor_set"] is False
     assert stored_cursor(offsets, "incident") != (until, "")
+
+
+def _poll_cursor_before_a_gap(emulator: ServiceNowEmulator, settings: Any, offsets: Path) -> tuple[str, set[str]]:
+    """A poll cursor at NOW-3d, then records after it (the gap, NOW-2d, and NOW-20h) none of which went to Kafka."""
+    emulator.state.generate("incident", 5, at=NOW - timedelta(days=3), spread_seconds=0, seed=11)
+    assert run_poll(settings).tables["incident"].records == 5
+    cursor = stored_cursor(offsets, "incident")
+    assert cursor is not None and cursor[0] == _ts(NOW - timedelta(days=3))
+    gap = emulator.state.generate("incident", 6, at=NOW - timedelta(days=2), spread_seconds=60, seed=12)
+    inside = emulator.state.generate("incident", 7, at=NOW - timedelta(hours=20), spread_seconds=60, seed=13)
+    return cursor[0], set(gap) | set(inside)
+
+
+def test_set_cursor_is_refused_when_the_range_starts_after_the_poll_cursor(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # Moving the poll cursor from NOW-3d to --until would skip [NOW-3d, --since): records never exported.
+    topic = f"bf-{uuid.uuid4().hex[:8]}"
+    offsets = tmp_path / "o.json"
+    settings = make_settings(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": topic}])
+    cursor_ts, unsent = _poll_cursor_before_a_gap(emulator, settings, offsets)
+    before = stored_cursor(offsets, "incident")
+    request = BackfillRequest(table="incident", since=_ts(NOW - timedelta(days=1)),
+                              until=_ts(NOW - timedelta(hours=12)), set_cursor=True)
+    with pytest.raises(UsageError) as refused:
+        run_backfill(settings, request)
+    assert refused.value.exit_code == 2
+    assert "--set-cursor" in str(refused.value) and cursor_ts in str(refused.value)
+    assert stored_cursor(offsets, "incident") == before
+    assert not [k for k in stored_offsets(offsets) if k.startswith("backfill/")]  # refused before any work
+    poll = run_poll(settings)  # the next poll still exports the gap
+    assert poll.tables["incident"].records == len(unsent)
+    sent = {orjson.loads(r.value)["sys_id"] for r in read_all(kafka_bootstrap, topic, timeout=30, expected=18)}
+    assert unsent <= sent
+
+
+def test_set_cursor_with_a_range_from_before_the_poll_cursor_moves_it(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = f"bf-{uuid.uuid4().hex[:8]}"
+    offsets = tmp_path / "o.json"
+    settings = make_settings(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": topic}])
+    cursor_ts, unsent = _poll_cursor_before_a_gap(emulator, settings, offsets)
+    until = _ts(NOW - timedelta(hours=12))
+    summary = run_backfill(settings, BackfillRequest(table="incident", since=cursor_ts, until=until,
+                                                     set_cursor=True))
+    assert summary.exit_code == 0 and summary.extra["poll_cursor_set"] is True
+    assert stored_cursor(offsets, "incident") == (until, "")
+    sent = {orjson.loads(r.value)["sys_id"] for r in read_all(kafka_bootstrap, topic, timeout=30, expected=23)}
+    assert unsent <= sent
+
+
+def test_set_cursor_with_parquet_output_is_refused(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # A range that only went to Parquet never reached the topic: the poll cursor must not pass it.
+    topic = f"bf-{uuid.uuid4().hex[:8]}"
+    offsets = tmp_path / "o.json"
+    settings = make_settings(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": topic}])
+    _, unsent = _poll_cursor_before_a_gap(emulator, settings, offsets)
+    before = stored_cursor(offsets, "incident")
+    request = BackfillRequest(table="incident", since=_ts(NOW - timedelta(days=4)),
+                              until=_ts(NOW - timedelta(hours=12)), output=tmp_path / "pq", set_cursor=True)
+    with pytest.raises(UsageError) as refused:
+        run_backfill(settings, request)
+    assert refused.value.exit_code == 2 and "parquet" in str(refused.value)
+    assert stored_cursor(offsets, "incident") == before
+    assert not (tmp_path / "pq").exists()
+    assert run_poll(settings).tables["incident"].records == len(unsent)
+
+
+def test_a_window_delivers_the_visible_rows_after_a_run_hidden_by_acls(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = f"bf-{uuid.uuid4().hex[:8]}"
+    emulator.state.generate("incident", 40, at=NOW - timedelta(days=1), spread_seconds=40, seed=31)
+    ordered = keyset(emulator.state.records("incident"))
+    ts = "sys_updated_on"
+    emulator.state.update_settings(hidden_rows={"incident": f"{ts}>={ordered[10][0]}^{ts}<={ordered[29][0]}"})
+    settings = make_settings(emulator.url, kafka_bootstrap, tmp_path / "o.json", [{"name": "incident", "topic": topic}],
+                             page_size=10)
+    summary = run_backfill(settings, BackfillRequest(table="incident", until=_ts(NOW - timedelta(hours=1))))
+    t = summary.tables["incident"]
+    assert (summary.exit_code, t.records, summary.extra["range_done"]) == (0, 20, True)
+    assert t.hidden == 20
+    assert sorted(_kafka_keys(kafka_bootstrap, topic, 20)) == ordered[:10] + ordered[30:]
 
 
 def test_parquet_output_has_every_record_and_resumes(

@@ -179,3 +179,22 @@ def test_table_filter(emulator: ServiceNowEmulator, session: requests.Session) -
     emulator.state.faults.add(Fault("status", status=500, table="problem", times=None))
     assert session.get(url(emulator)).status_code == 200
     assert session.get(f"{emulator.url}/api/now/v2/table/problem").status_code == 500
+
+
+def test_row_acls_hide_rows_after_the_limit_as_servicenow_does(
+    emulator: ServiceNowEmulator, session: requests.Session
+) -> None:
+    # 30 rows, one second each; rows 10..24 hidden: sysparm_limit counts them, the answer leaves them out.
+    rows = emulator.state.generate("incident", 30, at="2024-01-01 00:00:00", spread_seconds=30)
+    ordered = [r["sys_id"] for r in emulator.state.records("incident")]
+    assert sorted(ordered) == sorted(rows)
+    emulator.state.update_settings(hidden_rows={"incident": "sys_updated_on>=2024-01-01 00:00:10^"
+                                                            "sys_updated_on<2024-01-01 00:00:25"})
+    params = {"sysparm_limit": "10", "sysparm_query": "ORDERBYsys_updated_on^ORDERBYsys_id"}
+    pages = [session.get(url(emulator), params={**params, "sysparm_offset": str(o)}) for o in (0, 10, 20)]
+    assert [[r["sys_id"] for r in p.json()["result"]] for p in pages] == [ordered[:10], [], ordered[25:]]
+    assert {p.headers["X-Total-Count"] for p in pages} == {"30"}  # the count is taken before the ACLs
+    assert 'rel="next"' in pages[1].headers["Link"]  # an empty page is not the last one
+    assert 'rel="next"' not in pages[2].headers["Link"]
+    assert session.get(url(emulator, ordered[12])).status_code == 404
+    assert session.get(url(emulator, ordered[9])).status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from sncli.config import parse_settings
 from sncli.emulator.faults import Fault
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.errors import ExitCode
@@ -18,7 +20,14 @@ from sncli.offsets.lock import run_lock
 from sncli.source.cycle import run_poll
 from sncli.source.poller import StopControl
 from tests.fixtures.kafka import read_all
-from tests.integration.test_source_support import keyset, make_settings, stored_cursor, stored_offsets, values
+from tests.integration.test_source_support import (
+    config_dict,
+    keyset,
+    make_settings,
+    stored_cursor,
+    stored_offsets,
+    values,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -91,11 +100,13 @@ def test_keyset_queries_never_use_an_offset_and_keep_hi_fixed(
         for e in emulator.state.journal()
         if e.path.endswith("/incident") and e.method == "GET" and "ORDERBY" in e.query.get("sysparm_query", "")
     ]
-    assert len(pages) == 4  # 100 + 100 + 50 + the empty page that ends the cycle
+    # 100 + 100 + 50 + the empty page, then the look past it (with the count) that says nothing remains.
+    assert len(pages) == 5
+    assert [e.query["sysparm_no_count"] for e in pages] == ["true"] * 4 + ["false"]
     his = set()
     for entry in pages:
         assert "sysparm_offset" not in entry.query
-        assert entry.query["sysparm_limit"] == "100"
+        assert entry.query["sysparm_limit"] == ("100" if entry is not pages[-1] else "200")
         q = entry.query["sysparm_query"]
         assert q.endswith("^ORDERBYsys_updated_on^ORDERBYsys_id")
         his.add(q.split("sys_updated_on<=")[1].split("^")[0])
@@ -116,6 +127,73 @@ def test_short_pages_are_not_the_end(
     assert summary.exit_code == 0
     got = values(read_all(kafka_bootstrap, unique_topic, timeout=30, expected=300))
     assert sorted((v["sys_updated_on"], v["sys_id"]) for v in got) == keyset(emulator.state.records("incident"))
+
+
+def test_rows_hidden_by_acls_across_whole_pages_do_not_end_the_cycle(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path, pushgateway_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 60 rows, one a second; ACLs hide rows 10..34 (2.5 pages: sysparm_limit counts them, so whole pages come
+    # back empty mid-table) and the last 10 (the end of the range). The visible rows after the first hidden
+    # run must come in this cycle; the 35 hidden ones are counted and reported.
+    at = NOW - timedelta(hours=1)
+    emulator.state.generate("incident", 60, at=at, spread_seconds=60, seed=21)
+    ordered = keyset(emulator.state.records("incident"))
+    stamp = [k[0] for k in ordered]
+    ts = "sys_updated_on"
+    hidden = f"{ts}>={stamp[10]}^{ts}<={stamp[34]}^NQ{ts}>={stamp[50]}^{ts}<={stamp[59]}"
+    emulator.state.update_settings(hidden_rows={"incident": hidden})
+    visible = ordered[:10] + ordered[35:50]
+    offsets = tmp_path / "o.json"
+    data = config_dict(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": unique_topic}],
+                       page_size=10, pushgateway=pushgateway_url)
+    data["metrics"]["job"] = job = f"sncli-acl-{unique_topic}"
+    settings = parse_settings(data, environ={})
+    with caplog.at_level("WARNING", logger="sncli.source"):
+        summary = run_poll(settings)
+    t = summary.tables["incident"]
+    assert (summary.exit_code, t.stopped, t.error) == (0, "caught_up", None)
+    assert (t.records, t.produced) == (25, 25)
+    assert t.hidden == 35
+    assert summary.to_json()["tables"]["incident"]["hidden_by_acl"] == 35
+    with urllib.request.urlopen(f"{pushgateway_url}/metrics", timeout=5) as resp:
+        pushed = [line for line in resp.read().decode().splitlines()
+                  if line.startswith("sncli_source_hidden_records_total{") and f'job="{job}"' in line]
+    assert len(pushed) == 1 and float(pushed[0].rsplit(" ", 1)[1]) == 35
+    got = values(read_all(kafka_bootstrap, unique_topic, timeout=30, expected=25))
+    assert sorted((v[ts], v["sys_id"]) for v in got) == visible
+    assert any("hidden from the integration user by ACLs" in r.getMessage() and "25 rows" in r.getMessage()
+               for r in caplog.records)
+    # Past the hidden rest of the range: the next cycle neither reads nor counts it again.
+    hi = datetime.strptime(summary.upper_bound or "", "%Y-%m-%d %H:%M:%S")
+    assert stored_cursor(offsets, "incident") == ((hi + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S"), "")
+    later = emulator.state.generate("incident", 3, at=emulator.state.clock.now(), seed=22)  # written after it
+    emulator.state.clock.advance(2)  # and settled: within the next cycle's bound (safety lag 1 s)
+    again = run_poll(settings).tables["incident"]
+    assert (again.records, again.hidden, again.error) == (3, 0, None)
+    got = values(read_all(kafka_bootstrap, unique_topic, timeout=30, expected=28))
+    assert set(later) <= {v["sys_id"] for v in got}
+
+
+def test_a_hidden_run_longer_than_the_look_past_may_read_fails_the_table_loudly(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sncli.source import cycle
+
+    monkeypatch.setattr(cycle, "LOOK_PAST_MAX_ROWS", 20)  # 100 000 in the product
+    emulator.state.generate("incident", 60, at=NOW - timedelta(hours=1), spread_seconds=60, seed=23)
+    ordered = keyset(emulator.state.records("incident"))
+    ts = "sys_updated_on"
+    emulator.state.update_settings(hidden_rows={"incident": f"{ts}>={ordered[5][0]}^{ts}<={ordered[54][0]}"})
+    offsets = tmp_path / "o.json"
+    settings = make_settings(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": unique_topic}],
+                             page_size=5)
+    summary = run_poll(settings)
+    t = summary.tables["incident"]
+    assert summary.exit_code == ExitCode.FAILED and t.records == 5
+    assert t.error is not None and "hidden from the integration user by ACLs" in t.error
+    assert stored_cursor(offsets, "incident") == ordered[4]  # never past rows it could not see
 
 
 def test_next_run_continues_after_the_cursor_and_start_is_inclusive(

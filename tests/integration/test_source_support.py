@@ -25,7 +25,7 @@ def config_dict(
     registry: str | None = None,
     fmt: str = "json",
     kafka_client: dict[str, Any] | None = None,
-    safety_lag_seconds: int = 0,
+    safety_lag_seconds: int = 1,
     retry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     kafka: dict[str, Any] = {"bootstrap_servers": bootstrap, "topics": {"partitions": 3}}

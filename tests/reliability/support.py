@@ -40,7 +40,7 @@ def source_config(
     pushgateway: str | None = None,
     timeout_seconds: float = 10,
 ) -> dict[str, Any]:
-    """A config for ``source poll`` against the emulator and a broker (safety lag 0: every record counts)."""
+    """A config for ``source poll`` against the emulator and a broker (safety lag 1 s, the least allowed)."""
     servicenow: dict[str, Any] = {
         "instance_url": emu_url,
         "auth": dict(auth or BASIC),
@@ -57,7 +57,7 @@ def source_config(
         "kafka": kafka,
         "offsets": {"store": "file", "path": str(offsets)},
         "metrics": {"pushgateway": pushgateway, "job": "sncli-reliability"},
-        "source": {"page_size": page_size, "safety_lag_seconds": 0, "tables": [dict(t) for t in tables]},
+        "source": {"page_size": page_size, "safety_lag_seconds": 1, "tables": [dict(t) for t in tables]},
     }
 
 

@@ -85,7 +85,7 @@ def _config(emu_url: str, bootstrap: str, tmp_path: Path, *, registry: str, push
         },
         "offsets": {"store": "file", "path": str(tmp_path / "offsets.json")},
         "metrics": {"pushgateway": pushgateway, "job": job},
-        "source": {"page_size": 50, "safety_lag_seconds": 0, "tables": [{"name": "incident", "topic": topic}]},
+        "source": {"page_size": 50, "safety_lag_seconds": 1, "tables": [{"name": "incident", "topic": topic}]},
         "sink": {"group_id": f"h9-sec-{uuid.uuid4().hex[:6]}", "workers": 2, "dlq_topic": dlq,
                  "topics": [{"topic": sink_topic, "table": "incident", "route_header": "sn.table",
                              "allowed_tables": ["u_denied"]}]},

@@ -158,3 +158,19 @@ def test_every_config_read_registers_its_secrets_for_masking() -> None:
     raw["servicenow"]["auth"] = {"type": "basic", "username": "u", "password": "${SN_PASSWORD}"}
     parse_settings(raw, {"SN_PASSWORD": "rotated-pw-5d1e"})
     assert redact("login with rotated-pw-5d1e failed") == "login with *** failed"
+
+
+@pytest.mark.parametrize("lag", [0, -1])
+def test_safety_lag_below_one_second_is_refused(lag: int) -> None:
+    # HI is inclusive at one-second resolution: with 0, a record written later in HI's second is skipped.
+    raw = example()
+    raw["source"]["safety_lag_seconds"] = lag
+    message = error_of(raw)
+    assert message.startswith("source.safety_lag_seconds:")
+    assert "at least 1" in message
+
+
+def test_safety_lag_of_one_second_is_accepted() -> None:
+    raw = example()
+    raw["source"]["safety_lag_seconds"] = 1
+    assert parse_settings(raw, ENV).source.safety_lag_seconds == 1

@@ -22,9 +22,11 @@ from sncli.source.cursor import (
     CursorValueError,
     UpperBound,
     advance,
+    between_query,
     cursor_of,
     field_value,
     page_query,
+    past_bound,
     range_query,
     upper_bound,
 )
@@ -235,6 +237,33 @@ def test_paging_yields_every_record_exactly_once_in_order(
     assert len(delivered) - len(unique) <= page_size  # at most one page re-sent after the crash
     if expected:
         assert stored == Cursor(expected[-1][TS], expected[-1]["sys_id"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=tables(), picks=st.tuples(st.integers(0, 59), st.integers(0, 59)), lo_at_start=st.booleans(),
+       base_filter=st.booleans())
+def test_between_query_holds_exactly_the_records_after_lo_up_to_hi(
+    table: list[dict[str, str]], picks: tuple[int, int], lo_at_start: bool, base_filter: bool
+) -> None:
+    # What the look past hidden rows counts: (lo, hi] in keyset order, hi a record, lo a record or a start.
+    keys = sorted((r[TS], r["sys_id"]) for r in table)
+    if not keys:
+        return
+    first, second = sorted(p % len(keys) for p in picks)
+    lo = Cursor.at_start(keys[first][0]) if lo_at_start else Cursor(*keys[first])
+    hi = Cursor(*keys[second])
+    base = "sys_id>5" if base_filter else None
+    expected = [k for k in keys if (lo.timestamp, lo.sys_id) < k <= (hi.timestamp, hi.sys_id)
+                and (not base_filter or k[1] > "5")]
+    found = run_query(table, between_query(lo, hi, ts_field=TS, base_query=base) + f"^ORDERBY{TS}^ORDERBYsys_id",
+                      10_000)
+    assert [(r[TS], r["sys_id"]) for r in found] == expected
+
+
+def test_past_bound_is_after_every_record_within_the_bound() -> None:
+    # Inclusive (a poll's HI): the next second, nothing of it consumed; exclusive (a window): the bound itself.
+    assert past_bound(UpperBound("2024-01-01 23:59:59")) == Cursor("2024-01-02 00:00:00", "")
+    assert past_bound(UpperBound("2024-01-02 00:00:00", inclusive=False)) == Cursor("2024-01-02 00:00:00", "")
 
 
 # --------------------------------------------------------------------------- advance: fast path == the walk

@@ -203,3 +203,89 @@ def test_a_page_servicenow_fails_is_raised_after_the_previous_is_stored_and_its_
                   commit=world.commit, ts_field=TS, page_size=10, stop=StopControl(), budget=budget)
     assert world.stored == Cursor("2024-01-01 00:00:00", f"{9:032x}")  # page 1 stored before the failure
     assert budget.take(1000) == 90  # page 2's share went back
+
+
+# --------------------------------------------------------------------------- the end: what lies past an empty page
+
+
+class Hidden:
+    """40 rows, one per sys_id; ``hidden`` ones are read by a page's limit and dropped (ServiceNow's row ACLs)."""
+
+    def __init__(self, hidden: set[int], total: int = 40) -> None:
+        self.rows = records(0, total)
+        self.hidden = hidden
+        self.asked: list[tuple[Cursor, int]] = []  # what look_past was asked
+        self.committed: list[Cursor] = []
+        self.delivered: list[int] = []
+
+    def _after(self, cursor: Cursor) -> list[int]:
+        start = 0 if not cursor.sys_id else int(cursor.sys_id, 16) + 1
+        return list(range(start, len(self.rows)))
+
+    def fetch(self, cursor: Cursor, limit: int) -> list[dict[str, Any]]:
+        return [self.rows[i] for i in self._after(cursor)[:limit] if i not in self.hidden]
+
+    def look_past(self, cursor: Cursor, limit: int) -> poller.Beyond:
+        self.asked.append((cursor, limit))
+        rest = self._after(cursor)
+        visible = [i for i in rest if i not in self.hidden]
+        if not visible:
+            return poller.Beyond([], hidden=len(rest), past=Cursor.at_start("2024-01-01 00:00:01") if rest else None)
+        kept = visible[:limit]
+        passed = sum(1 for i in rest if i < kept[-1] and i in self.hidden)
+        return poller.Beyond([self.rows[i] for i in kept], hidden=passed)
+
+    def deliver(self, recs: Any, prepared: Any) -> int:
+        self.delivered.extend(int(r["sys_id"], 16) for r in recs)
+        return len(recs)
+
+    def run(self, **kwargs: Any) -> poller.LoopResult:
+        options: dict[str, Any] = {"page_size": 10, "stop": StopControl(), **kwargs}
+        return page_loop(start=Cursor.at_start("1970-01-01 00:00:00"), fetch=self.fetch, deliver=self.deliver,
+                         commit=self.committed.append, ts_field=TS, look_past=self.look_past, **options)
+
+
+def test_visible_rows_after_a_hidden_run_come_in_the_same_loop_and_the_hidden_are_counted() -> None:
+    world = Hidden(hidden=set(range(10, 30)))  # two whole pages hidden
+    result = world.run()
+    assert world.delivered == [*range(10), *range(30, 40)]
+    assert (result.records, result.hidden, result.stopped) == (20, 20, None)
+    assert result.cursor == Cursor("2024-01-01 00:00:00", f"{39:032x}")
+    assert world.asked[0] == (Cursor("2024-01-01 00:00:00", f"{9:032x}"), 10)
+
+
+def test_a_hidden_rest_moves_the_cursor_past_it_once_everything_before_is_stored() -> None:
+    world = Hidden(hidden=set(range(25, 40)))
+    result = world.run()
+    assert world.delivered == list(range(25))
+    assert world.committed[-2:] == [Cursor("2024-01-01 00:00:00", f"{24:032x}"), Cursor.at_start("2024-01-01 00:00:01")]
+    assert (result.cursor, result.hidden, result.stopped) == (Cursor.at_start("2024-01-01 00:00:01"), 15, None)
+
+
+def test_nothing_hidden_and_nothing_left_is_the_end_as_before() -> None:
+    world = Hidden(hidden=set())
+    result = world.run()
+    assert (result.records, result.hidden, result.stopped) == (40, 0, None)
+    assert result.cursor == world.committed[-1] == Cursor("2024-01-01 00:00:00", f"{39:032x}")
+
+
+def test_the_look_past_takes_its_share_of_the_budget_so_max_records_stays_exact() -> None:
+    world = Hidden(hidden=set(range(10, 30)))
+    budget = Budget(15)
+    result = world.run(budget=budget)
+    assert world.delivered == [*range(10), *range(30, 35)]
+    assert world.asked == [(Cursor("2024-01-01 00:00:00", f"{9:032x}"), 5)]  # the 5 records left, not a page
+    assert (result.records, result.stopped) == (15, "max_records")
+    assert budget.take(100) == 0
+
+
+def test_a_failed_look_past_is_raised_and_the_cursor_stays_at_the_last_stored_page() -> None:
+    world = Hidden(hidden=set(range(10, 30)))
+
+    def failing(cursor: Cursor, limit: int) -> poller.Beyond:
+        raise RuntimeError("ServiceNow is down")
+
+    world.look_past = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="down"):
+        world.run()
+    assert world.committed == [Cursor("2024-01-01 00:00:00", f"{9:032x}")]
