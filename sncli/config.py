@@ -556,7 +556,7 @@ MAX_YAML_NODES = 100_000  # after aliases are expanded; a real config has a few 
 class YamlLimitError(yaml.YAMLError):
     """A YAML document that would take unbounded time or memory to load (too deep, or aliases that explode)."""
 
-    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+    def __init__(self, problem: str, mark: object) -> None:  # a yaml Mark (pure-Python or libyaml)
         super().__init__(problem)
         self.problem = problem
         self.problem_mark = mark
@@ -576,7 +576,7 @@ def load_yaml_bounded(text: str) -> Any:
     stack: list[tuple[str | None, int]] = []  # open collections: (anchor, nodes so far)
     total = 0
 
-    def close(anchor: str | None, count: int, mark: yaml.Mark | None) -> None:
+    def close(anchor: str | None, count: int, mark: object) -> None:
         nonlocal total
         if anchor is not None:
             sizes[anchor] = count
