@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
+from sncli.cli.emulator_cmd import is_loopback
 from sncli.emulator.auth import Credentials, TokenStore, parse_basic, parse_bearer, token_grant
 from sncli.emulator.faults import Fault, FaultInjector
 from sncli.emulator.render import link_header, render_record
@@ -206,3 +207,11 @@ def test_render_fields_projection_and_display_value_all() -> None:
         "number": {"display_value": "INC1", "value": "INC1"},
         "sys_id": {"display_value": "a" * 32, "value": "a" * 32},
     }
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True), ("localhost", True),
+    ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("example.com", False), ("", False),
+])
+def test_only_loopback_hosts_count_as_local(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
