@@ -34,6 +34,7 @@ from pydantic import (
 
 from sncli.errors import ConfigError
 from sncli.logs import register_secrets
+from sncli.transport_security import plain_http_off_host
 
 DEFAULT_CONFIG_PATH = Path("sncli.yaml")
 CONFIG_ENV_VAR = "SNCLI_CONFIG"
@@ -91,6 +92,7 @@ class OAuthAuth(_Model):
     password: SecretStr | None = None
     refresh_token: SecretStr | None = None
     token_url: str | None = None  # default: <instance_url>/oauth_token.do
+    allow_plain_http: bool = False  # token requests carry the client secret (and password): https only
 
     @model_validator(mode="after")
     def _grant_has_its_credentials(self) -> OAuthAuth:
@@ -145,6 +147,17 @@ class ServiceNowSettings(_Model):
     def _instance_url(cls, value: str) -> str:
         return _check_http_url(value, what="instance_url")
 
+    @model_validator(mode="after")
+    def _token_requests_encrypted(self) -> ServiceNowSettings:
+        auth = self.auth
+        if isinstance(auth, OAuthAuth) and not auth.allow_plain_http:
+            url = auth.token_url or self.instance_url
+            if plain_http_off_host(url):
+                key = "auth.token_url" if auth.token_url else "instance_url"
+                raise ValueError(f"{key} is plain http://: OAuth token requests would send the client secret "
+                                 f"unencrypted; use https, or set auth.allow_plain_http: true")
+        return self
+
     @field_validator("proxy")
     @classmethod
     def _proxy(cls, value: str | None) -> str | None:
@@ -157,6 +170,7 @@ class ServiceNowSettings(_Model):
 class SchemaRegistry(_Model):
     url: str | None = None
     basic_auth_user_info: SecretStr | None = None  # "user:password"
+    tls: Tls = Tls()  # CA bundle and client certificate (mTLS), as for ServiceNow
 
     @field_validator("url")
     @classmethod

@@ -21,8 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sncli.config import SN_DATETIME_FORMAT, BasicAuth, Settings, SourceTable
+from sncli.config import SN_DATETIME_FORMAT, BasicAuth, OAuthAuth, Settings, SourceTable
 from sncli.errors import ExitCode
+from sncli.transport_security import plain_http_off_host
 
 if TYPE_CHECKING:
     from sncli.servicenow.client import ServiceNowClient
@@ -102,6 +103,34 @@ def time_zone_check(user: str, zone: str | None) -> Check:
     )
 
 
+def transport_checks(settings: Settings) -> list[Check]:
+    """Where credentials or records would cross a network unencrypted or to an unverified peer (config only).
+
+    Plain HTTP to a loopback address (the emulator, a local sidecar) stays on
+    this machine and is not reported.
+    """
+    findings: list[str] = []
+    sn = settings.servicenow
+    if plain_http_off_host(sn.instance_url):
+        findings.append("servicenow.instance_url is plain http://")
+    if not sn.tls.verify:
+        findings.append("servicenow.tls.verify is false")
+    auth = sn.auth
+    if isinstance(auth, OAuthAuth) and plain_http_off_host(auth.token_url or sn.instance_url):
+        findings.append("OAuth token requests go over plain http:// (auth.allow_plain_http)")
+    registry = settings.kafka.schema_registry
+    if registry.url is not None:
+        if plain_http_off_host(registry.url):
+            findings.append("kafka.schema_registry.url is plain http://")
+        if not registry.tls.verify:
+            findings.append("kafka.schema_registry.tls.verify is false")
+    if findings:
+        return [Check("transport security", "warn", "; ".join(findings),
+                      "use https URLs with certificate verification on (tls.ca_bundle for a private CA): "
+                      "otherwise anyone on the network path can read or change credentials and records")]
+    return [Check("transport security", "ok", "https with verified certificates (or loopback only)")]
+
+
 def table_sample_checks(table: SourceTable, sample: dict[str, Any] | None,
                         known_fields: set[str] | None) -> list[Check]:
     """What one sample record (or the dictionary) says about a table's configured fields."""
@@ -155,11 +184,11 @@ def _safe(name: str, probe: Callable[[], list[Check]], hint: str = "") -> list[C
 def _servicenow_checks(settings: Settings, client: ServiceNowClient) -> list[Check]:
     checks: list[Check] = []
     server = client.server_time()
+    # Plain HTTP and unverified TLS are judged by transport_checks (a warning, exit 3).
     scheme = "TLS verified" if settings.servicenow.instance_url.startswith("https") and \
         settings.servicenow.tls.verify else "no TLS verification" if settings.servicenow.instance_url.startswith(
             "https") else "plain HTTP"
-    checks.append(Check("servicenow reachable", "ok", f"{settings.servicenow.instance_url} ({scheme})",
-                        "" if scheme != "plain HTTP" else "use https in production"))
+    checks.append(Check("servicenow reachable", "ok", f"{settings.servicenow.instance_url} ({scheme})"))
     checks.append(clock_skew_check(datetime.now(UTC), server))
     return checks
 
@@ -260,8 +289,11 @@ def _registry_checks(settings: Settings) -> list[Check]:
             return [Check("schema registry", "fail", "source.format is avro but no schema_registry.url",
                           "set kafka.schema_registry.url")]
         return [Check("schema registry", "skip", "not configured")]
-    return [_http_ok(f"{url}/subjects", "schema registry", fail_status="fail",
-                     hint="check kafka.schema_registry.url")]
+    from sncli.kafka.serde import registry_client
+
+    # The client the runs use: its URL, basic auth, CA bundle and client certificate.
+    subjects = registry_client(settings.kafka.schema_registry).get_subjects()
+    return [Check("schema registry", "ok", f"{url}: {len(subjects)} subject(s)")]
 
 
 def _pushgateway_checks(settings: Settings) -> list[Check]:
@@ -307,6 +339,7 @@ def run_doctor(settings: Settings) -> list[Check]:
 
     checks = [Check("config", "ok", f"{len(settings.source.tables)} source table(s), "
                                     f"{len(settings.sink.topics)} sink topic(s)")]
+    checks.extend(transport_checks(settings))
     with ServiceNowClient(settings.servicenow) as client:
         reach = _safe("servicenow reachable", lambda: _servicenow_checks(settings, client),
                       "check servicenow.instance_url, the network path, tls.ca_bundle and proxy")
@@ -320,7 +353,8 @@ def run_doctor(settings: Settings) -> list[Check]:
                 for table in settings.source.tables:
                     checks.extend(_safe(f"table {table.name}", partial(_table_checks, settings, client, table)))
     checks.extend(_safe("kafka", lambda: _kafka_checks(settings), "check kafka.bootstrap_servers"))
-    checks.extend(_safe("schema registry", lambda: _registry_checks(settings)))
+    checks.extend(_safe("schema registry", lambda: _registry_checks(settings),
+                        "check kafka.schema_registry (url, basic_auth_user_info, tls)"))
     checks.extend(_safe("pushgateway", lambda: _pushgateway_checks(settings)))
     checks.extend(_safe("offsets store", lambda: _offsets_checks(settings),
                         "check offsets.path permissions, or the S3 bucket, credentials and endpoint"))

@@ -12,7 +12,6 @@ the operator means to expose it, and then it says so on stderr.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 import sys
@@ -24,6 +23,7 @@ import typer
 from sncli.cli.common import exit_with
 from sncli.cli.render import error_line
 from sncli.errors import ExitCode
+from sncli.transport_security import is_loopback
 
 log = logging.getLogger("sncli.emulator")
 
@@ -33,16 +33,6 @@ def _parse_seed(spec: str) -> tuple[str, int]:
     if not sep or not table or not count.isdigit():
         raise typer.BadParameter(f"expected TABLE=COUNT, got {spec!r}", param_hint="--seed")
     return table, int(count)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses; any other name or address may be reachable from outside."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
 
 
 def emulator(

@@ -8,12 +8,12 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
-from sncli.cli.emulator_cmd import is_loopback
 from sncli.emulator.auth import Credentials, TokenStore, parse_basic, parse_bearer, token_grant
 from sncli.emulator.faults import Fault, FaultInjector
 from sncli.emulator.render import link_header, render_record
 from sncli.emulator.state import Selection
 from sncli.emulator.store import Record
+from sncli.transport_security import is_loopback
 
 # ----------------------------------------------------------------------------- faults
 
