@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sncli.config import SN_DATETIME_FORMAT, BasicAuth, OAuthAuth, Settings, SourceTable
 from sncli.errors import ExitCode
+from sncli.servicenow.query import Query
 from sncli.transport_security import plain_http_off_host
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ def _servicenow_checks(settings: Settings, client: ServiceNowClient) -> list[Che
 def _auth_checks(settings: Settings, client: ServiceNowClient) -> list[Check]:
     auth = settings.servicenow.auth
     if isinstance(auth, BasicAuth):
-        client.list_page("sys_user", query=f"user_name={_escape(auth.username)}", fields=["sys_id"], limit=1)
+        client.list_page("sys_user", query=Query().eq("user_name", auth.username).build(), fields=["sys_id"], limit=1)
         return [Check("auth", "ok", f"basic auth as {auth.username}")]
     client.auth.authorization()
     token = getattr(client.auth, "_token", None)
@@ -211,7 +212,7 @@ def _time_zone_checks(settings: Settings, client: ServiceNowClient) -> list[Chec
     user = auth.username
     if not user:
         return [Check("user time zone", "skip", "client_credentials: no user name to look up")]
-    page = client.list_page("sys_user", query=f"user_name={_escape(user)}", fields=["user_name", "time_zone"],
+    page = client.list_page("sys_user", query=Query().eq("user_name", user).build(), fields=["user_name", "time_zone"],
                             limit=1)
     if not page.records:
         return [Check("user time zone", "warn", f"user {user} not readable in sys_user",
@@ -238,7 +239,7 @@ def _table_checks(settings: Settings, client: ServiceNowClient, table: SourceTab
     known: set[str] | None = None
     if sample is None:
         try:
-            rows = client.list_page("sys_dictionary", query=f"name={_escape(table.name)}", fields=["element"],
+            rows = client.list_page("sys_dictionary", query=Query().eq("name", table.name).build(), fields=["element"],
                                     limit=10_000).records
             known = {str(r.get("element")) for r in rows if r.get("element")} or None
         except ServiceNowError:
@@ -327,10 +328,6 @@ def _offsets_checks(settings: Settings) -> list[Check]:
         client.delete_object(Bucket=offsets.bucket, Key=probe_key)
     return [Check("offsets store", "ok",
                   f"{store.location}: {len(stored)} cursor(s), conditional write (If-None-Match) works")]
-
-
-def _escape(value: str) -> str:
-    return value.replace("^", "^^")
 
 
 def run_doctor(settings: Settings) -> list[Check]:
