@@ -468,27 +468,6 @@ def test_a_correlation_lookup_value_cannot_widen_the_lookup(emulator: ServiceNow
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("value", INJECTIONS)
-def test_an_escaped_value_matches_only_itself_on_the_emulator(emulator: ServiceNowEmulator, value: str) -> None:
-    """The query builder's escaping, executed by the emulator: 0 or exactly the crafted record, never more."""
-    from sncli.config import ServiceNowSettings
-    from sncli.servicenow.client import ServiceNowClient
-    from sncli.servicenow.query import Query
-
-    emulator.state.bulk_insert("incident", [{"u_ext": f"other-{i}", "active": "true"} for i in range(5)])
-    cfg = ServiceNowSettings(instance_url=emulator.url, auth=BASIC, rate_limit=None)  # type: ignore[arg-type]
-    client = ServiceNowClient(cfg)
-    try:
-        query = Query().eq("u_ext", value).build()
-        assert client.list_page("incident", query=query, limit=100).records == []
-        emulator.state.insert("incident", {"u_ext": value, "active": "false"})
-        found = client.list_page("incident", query=query, limit=100).records
-        assert [r["u_ext"] for r in found] == [value]
-    finally:
-        client.close()
-
-
-@pytest.mark.integration
 def test_a_base_query_with_nq_cannot_widen_a_poll_beyond_its_cursor_window(
     emulator: ServiceNowEmulator, tmp_path: Path
 ) -> None:
