@@ -13,6 +13,7 @@ content. Anything else, including a ``$`` inside a password, is kept as is.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -191,6 +192,16 @@ class KafkaSettings(_Model):
     client: dict[str, str | int | float | bool] = {}
     schema_registry: SchemaRegistry = SchemaRegistry()
     topics: TopicDefaults = TopicDefaults()
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _finite_client_numbers(cls, value: object) -> object:
+        # Said here so the error names the setting, not the union member pydantic tried last.
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(f"{key} must be a finite number, got {item}")
+        return value
 
 
 # --------------------------------------------------------------------------- offsets, metrics

@@ -95,3 +95,11 @@ def test_inf_written_in_yaml_fails_validate_not_the_run(tmp_path: Path) -> None:
     config.write_text(BASE + "  timeout_seconds: .inf\n")
     with pytest.raises(ConfigError, match=r"^servicenow\.timeout_seconds: "):
         load_settings(config, {})
+
+
+def test_a_non_finite_kafka_client_number_names_the_setting() -> None:
+    raw = {"servicenow": {"instance_url": "https://x.example.com", "auth": {"type": "basic", "username": "u",
+                                                                            "password": "p"}},
+           "kafka": {"client": {"linger.ms": float("nan")}}}
+    with pytest.raises(ConfigError, match=r"^kafka\.client: linger\.ms must be a finite number"):
+        parse_settings(raw, {})
