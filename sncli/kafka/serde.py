@@ -32,6 +32,7 @@ import orjson
 from sncli.config import SchemaRegistry
 from sncli.kafka.avro_schema import RecordConverter, from_avro_value, sn_names, with_columns
 from sncli.kafka.errors import DecodeError, SchemaError
+from sncli.transport_security import plain_http_off_host
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,12 @@ def registry_client(registry: SchemaRegistry | str) -> Any:
     """A SchemaRegistryClient from settings (or a bare URL): the one the runs and ``doctor`` use."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    if isinstance(registry, SchemaRegistry) and not registry.tls.verify:
-        log.warning("TLS certificate verification is disabled (kafka.schema_registry.tls.verify: false)")
+    if isinstance(registry, SchemaRegistry):
+        if not registry.tls.verify:
+            log.warning("TLS certificate verification is disabled (kafka.schema_registry.tls.verify: false)")
+        if registry.url is not None and plain_http_off_host(registry.url):
+            log.warning("kafka.schema_registry.url is plain http://: its credentials and schemas cross the "
+                        "network unencrypted; use https")
     return SchemaRegistryClient(registry_conf(registry))
 
 
