@@ -13,6 +13,7 @@ content. Anything else, including a ``$`` inside a password, is kept as is.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ from sncli.errors import ConfigError
 from sncli.kafka.retention import RetentionPolicy
 from sncli.logs import register_secrets
 from sncli.servicenow.fields import is_system_field
+from sncli.transport_security import plain_http_off_host
 
 DEFAULT_CONFIG_PATH = Path("sncli.yaml")
 CONFIG_ENV_VAR = "SNCLI_CONFIG"
@@ -48,7 +50,8 @@ _DISCRIMINATORS = ("type", "store")  # the keys that select a variant (auth, key
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `timeout_seconds: .inf` must fail validation, not the run that uses it.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_http_url(value: str, *, what: str = "URL") -> str:
@@ -92,6 +95,7 @@ class OAuthAuth(_Model):
     password: SecretStr | None = None
     refresh_token: SecretStr | None = None
     token_url: str | None = None  # default: <instance_url>/oauth_token.do
+    allow_plain_http: bool = False  # token requests carry the client secret (and password): https only
 
     @model_validator(mode="after")
     def _grant_has_its_credentials(self) -> OAuthAuth:
@@ -146,6 +150,17 @@ class ServiceNowSettings(_Model):
     def _instance_url(cls, value: str) -> str:
         return _check_http_url(value, what="instance_url")
 
+    @model_validator(mode="after")
+    def _token_requests_encrypted(self) -> ServiceNowSettings:
+        auth = self.auth
+        if isinstance(auth, OAuthAuth) and not auth.allow_plain_http:
+            url = auth.token_url or self.instance_url
+            if plain_http_off_host(url):
+                key = "auth.token_url" if auth.token_url else "instance_url"
+                raise ValueError(f"{key} is plain http://: OAuth token requests would send the client secret "
+                                 f"unencrypted; use https, or set auth.allow_plain_http: true")
+        return self
+
     @field_validator("proxy")
     @classmethod
     def _proxy(cls, value: str | None) -> str | None:
@@ -158,6 +173,7 @@ class ServiceNowSettings(_Model):
 class SchemaRegistry(_Model):
     url: str | None = None
     basic_auth_user_info: SecretStr | None = None  # "user:password"
+    tls: Tls = Tls()  # CA bundle and client certificate (mTLS), as for ServiceNow
 
     @field_validator("url")
     @classmethod
@@ -185,6 +201,16 @@ class KafkaSettings(_Model):
     client: dict[str, str | int | float | bool] = {}
     schema_registry: SchemaRegistry = SchemaRegistry()
     topics: TopicDefaults = TopicDefaults()
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _finite_client_numbers(cls, value: object) -> object:
+        # Said here so the error names the setting, not the union member pydantic tried last.
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(f"{key} must be a finite number, got {item}")
+        return value
 
 
 # --------------------------------------------------------------------------- offsets, metrics
@@ -565,19 +591,89 @@ def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settin
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found (use --config or {CONFIG_ENV_VAR})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"config file {path} is not readable: {exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; that is not a config file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not readable: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml_bounded(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: {problem}{where}") from None
     return parse_settings(raw, environ)
+
+
+# --------------------------------------------------------------------------- bounded YAML
+
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 64  # a real config nests 5 deep; PyYAML's composer recurses per level
+MAX_YAML_NODES = 100_000  # after aliases are expanded; a real config has a few hundred
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A YAML document that would take unbounded time or memory to load (too deep, or aliases that explode)."""
+
+    def __init__(self, problem: str, mark: object) -> None:  # a yaml Mark (pure-Python or libyaml)
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+def load_yaml_bounded(text: str) -> Any:
+    """``yaml.safe_load`` for untrusted text: refuses deep nesting and alias bombs before building anything.
+
+    SafeLoader builds no objects from tags, but it still expands aliases: a few
+    hundred bytes of nested aliases ("billion laughs") stand for 10^9 nodes that
+    every later walk of the config visits, and a thousand nested ``[`` overflow
+    the composer's recursion. So the event stream is checked first (the parser
+    is not recursive): nesting depth, and the node count as if every alias were
+    copied, computed per anchor without copying anything.
+    """
+    sizes: dict[str, int] = {}  # anchor -> expanded node count of its node
+    stack: list[tuple[str | None, int]] = []  # open collections: (anchor, nodes so far)
+    total = 0
+
+    def close(anchor: str | None, count: int, mark: object) -> None:
+        nonlocal total
+        if anchor is not None:
+            sizes[anchor] = count
+        if stack:
+            parent_anchor, parent_count = stack[-1]
+            stack[-1] = (parent_anchor, parent_count + count)
+        else:
+            total += count
+        if total + sum(c for _a, c in stack) > MAX_YAML_NODES:
+            raise YamlLimitError(f"more than {MAX_YAML_NODES} values once aliases are expanded "
+                                 f"(an alias bomb?)", mark)
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        mark = event.start_mark
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_YAML_DEPTH:
+                raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
+            stack.append((event.anchor, 1))
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, count = stack.pop()
+            close(anchor, count, mark)
+        elif isinstance(event, yaml.ScalarEvent):
+            close(event.anchor, 1, mark)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes:
+                problem = ("an alias refers to its own parent (a cycle)"
+                           if any(a == event.anchor for a, _c in stack) else f"unknown alias *{event.anchor}")
+                raise YamlLimitError(problem, mark)
+            close(None, sizes[event.anchor], mark)
+    return yaml.safe_load(text)
 
 
 def format_validation_error(exc: ValidationError, data: Any) -> str:

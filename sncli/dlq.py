@@ -31,6 +31,7 @@ import orjson
 from sncli import logs
 from sncli.config import KafkaSettings, Settings
 from sncli.errors import SncliError, UsageError
+from sncli.private_files import create_private, make_dirs
 
 if TYPE_CHECKING:
     from sncli.metrics import RunMetrics
@@ -627,10 +628,11 @@ def export_dlq(
 
     The file is written next to its final name and renamed into place at the end,
     so a failed export never leaves a half-written file that looks complete.
+    The file holds whole records: it is created 0600 (new directories 0700).
     """
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(output.parent)
     partial = output.with_name(output.name + ".partial")
     entries = (e for e in read_view(kafka, topic, view or View()) if filters.matches(e))
     try:
@@ -649,7 +651,7 @@ def _export_row(entry: DlqEntry) -> dict[str, Any]:
 
 def _write_jsonl(entries: Iterable[DlqEntry], path: Path) -> int:
     count = 0
-    with path.open("wb") as out:
+    with open(create_private(path), "wb") as out:
         for entry in entries:
             row = entry.as_row()
             for name, raw in (("key", entry.key), ("value", entry.value)):
@@ -689,7 +691,7 @@ def _write_parquet(entries: Iterable[DlqEntry], path: Path, batch_rows: int) -> 
     schema = _parquet_schema()
     count = 0
     batch: list[dict[str, Any]] = []
-    with pq.ParquetWriter(str(path), schema) as writer:
+    with open(create_private(path), "wb") as out, pq.ParquetWriter(out, schema) as writer:
         for entry in entries:
             row = _export_row(entry)
             row["key"], row["value"] = entry.key, entry.value

@@ -21,8 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sncli.config import SN_DATETIME_FORMAT, BasicAuth, Settings, SourceTable
+from sncli.config import SN_DATETIME_FORMAT, BasicAuth, OAuthAuth, Settings, SourceTable
 from sncli.errors import ExitCode
+from sncli.servicenow.query import Query
+from sncli.transport_security import plain_http_off_host
 
 if TYPE_CHECKING:
     from sncli.servicenow.client import ServiceNowClient
@@ -102,6 +104,34 @@ def time_zone_check(user: str, zone: str | None) -> Check:
     )
 
 
+def transport_checks(settings: Settings) -> list[Check]:
+    """Where credentials or records would cross a network unencrypted or to an unverified peer (config only).
+
+    Plain HTTP to a loopback address (the emulator, a local sidecar) stays on
+    this machine and is not reported.
+    """
+    findings: list[str] = []
+    sn = settings.servicenow
+    if plain_http_off_host(sn.instance_url):
+        findings.append("servicenow.instance_url is plain http://")
+    if not sn.tls.verify:
+        findings.append("servicenow.tls.verify is false")
+    auth = sn.auth
+    if isinstance(auth, OAuthAuth) and plain_http_off_host(auth.token_url or sn.instance_url):
+        findings.append("OAuth token requests go over plain http:// (auth.allow_plain_http)")
+    registry = settings.kafka.schema_registry
+    if registry.url is not None:
+        if plain_http_off_host(registry.url):
+            findings.append("kafka.schema_registry.url is plain http://")
+        if not registry.tls.verify:
+            findings.append("kafka.schema_registry.tls.verify is false")
+    if findings:
+        return [Check("transport security", "warn", "; ".join(findings),
+                      "use https URLs with certificate verification on (tls.ca_bundle for a private CA): "
+                      "otherwise anyone on the network path can read or change credentials and records")]
+    return [Check("transport security", "ok", "https with verified certificates (or loopback only)")]
+
+
 def table_sample_checks(table: SourceTable, sample: dict[str, Any] | None,
                         known_fields: set[str] | None) -> list[Check]:
     """What one sample record (or the dictionary) says about a table's configured fields."""
@@ -171,11 +201,11 @@ def _safe(name: str, probe: Callable[[], list[Check]], hint: str = "") -> list[C
 def _servicenow_checks(settings: Settings, client: ServiceNowClient) -> list[Check]:
     checks: list[Check] = []
     server = client.server_time()
+    # Plain HTTP and unverified TLS are judged by transport_checks (a warning, exit 3).
     scheme = "TLS verified" if settings.servicenow.instance_url.startswith("https") and \
         settings.servicenow.tls.verify else "no TLS verification" if settings.servicenow.instance_url.startswith(
             "https") else "plain HTTP"
-    checks.append(Check("servicenow reachable", "ok", f"{settings.servicenow.instance_url} ({scheme})",
-                        "" if scheme != "plain HTTP" else "use https in production"))
+    checks.append(Check("servicenow reachable", "ok", f"{settings.servicenow.instance_url} ({scheme})"))
     checks.append(clock_skew_check(datetime.now(UTC), server))
     return checks
 
@@ -183,7 +213,7 @@ def _servicenow_checks(settings: Settings, client: ServiceNowClient) -> list[Che
 def _auth_checks(settings: Settings, client: ServiceNowClient) -> list[Check]:
     auth = settings.servicenow.auth
     if isinstance(auth, BasicAuth):
-        client.list_page("sys_user", query=f"user_name={_escape(auth.username)}", fields=["sys_id"], limit=1)
+        client.list_page("sys_user", query=Query().eq("user_name", auth.username).build(), fields=["sys_id"], limit=1)
         return [Check("auth", "ok", f"basic auth as {auth.username}")]
     client.auth.authorization()
     token = getattr(client.auth, "_token", None)
@@ -198,7 +228,7 @@ def _time_zone_checks(settings: Settings, client: ServiceNowClient) -> list[Chec
     user = auth.username
     if not user:
         return [Check("user time zone", "skip", "client_credentials: no user name to look up")]
-    page = client.list_page("sys_user", query=f"user_name={_escape(user)}", fields=["user_name", "time_zone"],
+    page = client.list_page("sys_user", query=Query().eq("user_name", user).build(), fields=["user_name", "time_zone"],
                             limit=1)
     if not page.records:
         return [Check("user time zone", "warn", f"user {user} not readable in sys_user",
@@ -225,7 +255,7 @@ def _table_checks(settings: Settings, client: ServiceNowClient, table: SourceTab
     known: set[str] | None = None
     if sample is None:
         try:
-            rows = client.list_page("sys_dictionary", query=f"name={_escape(table.name)}", fields=["element"],
+            rows = client.list_page("sys_dictionary", query=Query().eq("name", table.name).build(), fields=["element"],
                                     limit=10_000).records
             known = {str(r.get("element")) for r in rows if r.get("element")} or None
         except ServiceNowError:
@@ -286,8 +316,11 @@ def _registry_checks(settings: Settings) -> list[Check]:
             return [Check("schema registry", "fail", "source.format is avro but no schema_registry.url",
                           "set kafka.schema_registry.url")]
         return [Check("schema registry", "skip", "not configured")]
-    return [_http_ok(f"{url}/subjects", "schema registry", fail_status="fail",
-                     hint="check kafka.schema_registry.url")]
+    from sncli.kafka.serde import registry_client
+
+    # The client the runs use: its URL, basic auth, CA bundle and client certificate.
+    subjects = registry_client(settings.kafka.schema_registry).get_subjects()
+    return [Check("schema registry", "ok", f"{url}: {len(subjects)} subject(s)")]
 
 
 def _pushgateway_checks(settings: Settings) -> list[Check]:
@@ -323,16 +356,13 @@ def _offsets_checks(settings: Settings) -> list[Check]:
                   f"{store.location}: {len(stored)} cursor(s), conditional write (If-None-Match) works")]
 
 
-def _escape(value: str) -> str:
-    return value.replace("^", "^^")
-
-
 def run_doctor(settings: Settings) -> list[Check]:
     """Every check, in the order an operator would fix things."""
     from sncli.servicenow.client import ServiceNowClient
 
     checks = [Check("config", "ok", f"{len(settings.source.tables)} source table(s), "
                                     f"{len(settings.sink.topics)} sink topic(s)")]
+    checks.extend(transport_checks(settings))
     with ServiceNowClient(settings.servicenow) as client:
         reach = _safe("servicenow reachable", lambda: _servicenow_checks(settings, client),
                       "check servicenow.instance_url, the network path, tls.ca_bundle and proxy")
@@ -346,7 +376,8 @@ def run_doctor(settings: Settings) -> list[Check]:
                 for table in settings.source.tables:
                     checks.extend(_safe(f"table {table.name}", partial(_table_checks, settings, client, table)))
     checks.extend(_safe("kafka", lambda: _kafka_checks(settings), "check kafka.bootstrap_servers"))
-    checks.extend(_safe("schema registry", lambda: _registry_checks(settings)))
+    checks.extend(_safe("schema registry", lambda: _registry_checks(settings),
+                        "check kafka.schema_registry (url, basic_auth_user_info, tls)"))
     checks.extend(_safe("pushgateway", lambda: _pushgateway_checks(settings)))
     checks.extend(_safe("offsets store", lambda: _offsets_checks(settings),
                         "check offsets.path permissions, or the S3 bucket, credentials and endpoint"))

@@ -3,6 +3,11 @@
 Prints one ready line on stdout once it accepts connections (scripts wait for
 it), logs to stderr, and stops cleanly on SIGTERM or SIGINT. It is driven from
 other processes through its control API under ``/__emulator/``.
+
+That control API has no authentication (it can add records, faults and users)
+and the default credentials are ``admin/admin``: the emulator is a test tool
+for this machine. It listens on loopback only, unless ``--allow-remote`` says
+the operator means to expose it, and then it says so on stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import typer
 from sncli.cli.common import exit_with
 from sncli.cli.render import error_line
 from sncli.errors import ExitCode
+from sncli.transport_security import is_loopback
 
 log = logging.getLogger("sncli.emulator")
 
@@ -31,7 +37,12 @@ def _parse_seed(spec: str) -> tuple[str, int]:
 
 def emulator(
     port: int = typer.Option(18080, "--port", envvar="SNCLI_SNOW_PORT", help="Port to listen on (0 = any free port)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback only, see --allow-remote)."),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote",
+        help="Allow a non-loopback --host. The control API is unauthenticated: anyone who reaches it "
+             "controls the emulator.",
+    ),
     user: str = typer.Option("admin", "--user", envvar="SNCLI_EMULATOR_USER", help="Basic/OAuth user name."),
     password: str = typer.Option(
         "admin", "--password", envvar="SNCLI_EMULATOR_PASSWORD", help="Password of that user.", show_default=False
@@ -59,6 +70,15 @@ def emulator(
     """Run the ServiceNow emulator (Table API, OAuth, faults, journal, control API) until SIGTERM/SIGINT."""
     from sncli.emulator.server import ServiceNowEmulator
 
+    if not is_loopback(host):
+        if not allow_remote:
+            error_line(f"refusing to listen on {host}: the emulator's control API has no authentication and "
+                       f"its default login is admin/admin; use a loopback address, or --allow-remote to expose "
+                       f"it anyway")
+            exit_with(ExitCode.USAGE)
+        default_login = " with the default login admin/admin" if (user, password) == ("admin", "admin") else ""
+        log.warning("listening on %s%s: anyone who can reach it can use the unauthenticated control API "
+                    "under /__emulator/ (add records, faults, users); this is a test tool", host, default_login)
     seeds = [_parse_seed(s) for s in seed]
     emu = ServiceNowEmulator(
         host,

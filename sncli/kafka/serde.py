@@ -32,6 +32,7 @@ import orjson
 from sncli.config import SchemaRegistry
 from sncli.kafka.avro_schema import RecordConverter, from_avro_value, sn_names, with_columns
 from sncli.kafka.errors import DecodeError, RecordEncodeError, SchemaError
+from sncli.transport_security import plain_http_off_host
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +83,41 @@ def decode_value(
 # --------------------------------------------------------------------------- registry
 
 
-def registry_client(registry: SchemaRegistry | str) -> Any:
-    """A SchemaRegistryClient from settings (or a bare URL)."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
+def registry_conf(registry: SchemaRegistry | str) -> dict[str, str | int | bool]:
+    """The SchemaRegistryClient configuration for settings (or a bare URL): auth, TLS, bounded waits."""
     if isinstance(registry, str):
-        conf: dict[str, Any] = {"url": registry}
+        conf: dict[str, str | int | bool] = {"url": registry}
     else:
         if registry.url is None:
             raise SchemaError("kafka.schema_registry.url is not set")
         conf = {"url": registry.url}
         if registry.basic_auth_user_info is not None:
             conf["basic.auth.user.info"] = registry.basic_auth_user_info.get_secret_value()
-    conf.setdefault("timeout", 10)
-    conf.setdefault("max.retries", 2)
-    return SchemaRegistryClient(conf)
+        tls = registry.tls
+        if not tls.verify:
+            conf["ssl.ca.location"] = False  # the client's own spelling of "do not verify"
+        elif tls.ca_bundle is not None:
+            conf["ssl.ca.location"] = str(tls.ca_bundle)
+        if tls.client_cert is not None:
+            conf["ssl.certificate.location"] = str(tls.client_cert)
+        if tls.client_key is not None:
+            conf["ssl.key.location"] = str(tls.client_key)
+    conf["timeout"] = 10
+    conf["max.retries"] = 2
+    return conf
+
+
+def registry_client(registry: SchemaRegistry | str) -> Any:
+    """A SchemaRegistryClient from settings (or a bare URL): the one the runs and ``doctor`` use."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    if isinstance(registry, SchemaRegistry):
+        if not registry.tls.verify:
+            log.warning("TLS certificate verification is disabled (kafka.schema_registry.tls.verify: false)")
+        if registry.url is not None and plain_http_off_host(registry.url):
+            log.warning("kafka.schema_registry.url is plain http://: its credentials and schemas cross the "
+                        "network unencrypted; use https")
+    return SchemaRegistryClient(registry_conf(registry))
 
 
 def _registry_failure(exc: BaseException, what: str) -> SchemaError:

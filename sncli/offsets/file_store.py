@@ -27,9 +27,9 @@ from typing import Any
 from sncli.errors import OffsetsError
 from sncli.offsets.model import StoredOffset
 from sncli.offsets.store import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
+from sncli.private_files import open_lock_file
 
 LOCK_WAIT_SECONDS = 30.0  # the write lock is held for milliseconds; waiting longer means a stuck process
-NEW_FILE_MODE = 0o644
 
 
 def _write_fully(fd: int, data: bytes) -> None:
@@ -197,8 +197,7 @@ class FileStore:
     def _write_lock(self) -> Iterator[None]:
         """Exclusive ``flock`` on ``<path>.lock`` across processes for one read-modify-write."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, NEW_FILE_MODE)
+            fd = open_lock_file(self.lock_path)  # 0600, ours: see sncli.private_files
         except OSError as exc:
             raise OffsetsError(f"cannot open offsets lock file {self.lock_path}: {exc.strerror or exc}") from None
         try:
@@ -219,18 +218,23 @@ class FileStore:
             os.close(fd)  # closing releases the flock
 
     def _write(self, entries: Entries, *, then: Callable[[], None]) -> None:
-        """Replace the file atomically; on any failure the previous file is left exactly as it was."""
+        """Replace the file atomically; on any failure the previous file is left exactly as it was.
+
+        A new file is 0600 (``mkstemp``'s mode); a file that exists keeps the mode
+        its operator gave it.
+        """
         data = render_document(entries)
         directory = self.path.parent
         try:
-            mode = self.path.stat().st_mode & 0o777
+            mode: int | None = self.path.stat().st_mode & 0o777
         except OSError:
-            mode = NEW_FILE_MODE
+            mode = None
         tmp: str | None = None
         try:
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
             try:
-                os.fchmod(fd, mode)
+                if mode is not None:
+                    os.fchmod(fd, mode)
                 _write_fully(fd, data)
                 os.fsync(fd)
             finally:

@@ -4,7 +4,8 @@ Cron and CronJobs start runs on a schedule whether or not the previous one is
 done; two runs over the same table would race on its cursor. The lock lives
 where the offsets live:
 
-- file store: ``flock(LOCK_EX|LOCK_NB)`` on ``<offsets path>.run.<scope>.lock``.
+- file store: ``flock(LOCK_EX|LOCK_NB)`` on ``<offsets path>.run.<scope>.lock``,
+  a 0600 file of this user that no other user can open (see sncli.private_files).
   The kernel drops it when the process dies, so a crash never leaves it stuck.
   The file holds the holder's pid/host/start for the message; it is never deleted
   (deleting a lock file lets two processes lock two different inodes).
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.errors import LockHeldError, OffsetsError
 from sncli.offsets.model import iso_utc
+from sncli.private_files import open_lock_file
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -175,8 +177,8 @@ def lock_path(offsets_path: Path, scope: str) -> Path:
 @contextmanager
 def local_lock(path: Path, scope: str, *, clock: Clock = _utcnow) -> Iterator[RunLock]:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+        # 0600 and ours (sncli.private_files): anyone who can open it can flock it and stop every run.
+        fd = open_lock_file(path)
     except OSError as exc:
         raise OffsetsError(f"cannot open run lock file {path}: {exc.strerror or exc}") from None
     try:

@@ -56,6 +56,7 @@ from sncli.servicenow.errors import (
 from sncli.servicenow.policy import Decision, Failure, decide_failure, decide_status
 from sncli.servicenow.ratelimit import TokenBucket
 from sncli.servicenow.readahead import Answer, Connections, PendingPage, SentRequest
+from sncli.transport_security import plain_http_off_host
 from sncli.turn import CPU
 
 if TYPE_CHECKING:
@@ -148,6 +149,9 @@ class ServiceNowClient:
         self.base_url_path = urlsplit(self.base_url).path  # an instance URL may carry a path prefix
         if not tls.verify:
             log.warning("TLS certificate verification is disabled (servicenow.tls.verify: false)")
+        if plain_http_off_host(self.base_url):
+            log.warning("servicenow.instance_url is plain http://: credentials and records cross the network "
+                        "unencrypted; use https")
         self.auth: Authenticator
         if isinstance(settings.auth, BasicAuth):
             self.auth = BasicAuthenticator(settings.auth)

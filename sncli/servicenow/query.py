@@ -2,9 +2,19 @@
 
 Why a builder rather than f-strings: a value that contains ``^`` would
 otherwise end its condition and start a new one, so a record value such as
-``x^NQactive=false`` could widen a query to the whole table. Here every value
-is escaped (``^`` -> ``^^``, ServiceNow's own escape) and every field name is
-checked, so data can only ever be data.
+``x^NQactive=false`` could widen a query to the whole table. Here a value that
+contains ``^`` is refused (QueryError) and every field name is checked, so data
+can only ever be data.
+
+Why refused rather than escaped: ServiceNow's documentation of encoded queries
+describes ``^`` as the separator and documents no escape for it inside a value.
+An earlier version doubled it (``^^``), which only sncli's own emulator was ever
+shown to read as a literal caret; if the instance reads it otherwise, the
+"escaped" value still splits the query. The values sncli builds queries from
+never need a caret (cursor timestamps, sys_ids, user names); the one that comes
+from data, the correlation value of ``ambiguous: lookup``, makes the write
+ambiguous (dead-lettered) instead of being looked up. Configured base queries
+are the operator's own text and are passed on as written.
 
 ServiceNow's grammar, as used here: conditions joined by ``^`` (AND) or
 ``^OR`` (OR, binding tighter than AND: ``a^b^ORc`` is ``a AND (b OR c)``);
@@ -34,14 +44,17 @@ def check_field(name: str) -> str:
 
 
 def escape_value(value: object) -> str:
-    """A value as it may appear after an operator: ``^`` doubled, scripts refused."""
+    """A value as it may appear after an operator; carets and scripts are refused (see the module doc)."""
     if value is None:
         raise QueryError("a query value cannot be None (use is_empty / is_not_empty)")
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
     if text.lstrip().lower().startswith("javascript:"):
         # ServiceNow evaluates such values as server-side script; data must never do that.
         raise QueryError("a query value may not start with 'javascript:'")
-    return text.replace("^", "^^")
+    if "^" in text:
+        raise QueryError("a query value may not contain '^': ServiceNow documents no escape for it, "
+                         "so it could end the condition and widen the query")
+    return text
 
 
 @dataclass(frozen=True, slots=True)

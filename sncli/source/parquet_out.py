@@ -15,6 +15,8 @@ Memory stays constant: rows are buffered up to ``row_group_rows`` and written as
 one row group. Files are written under a ``.tmp`` name and renamed only when
 the window is complete, so a file with the final name is always whole; an
 interrupted window leaves only ``.tmp`` files, which the next attempt replaces.
+The files hold whole records: they are created 0600, new directories 0700
+(sncli.private_files).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
+
+from sncli.private_files import create_private, make_dirs
 
 TMP_SUFFIX = ".tmp"
 
@@ -50,10 +54,11 @@ class ParquetWindowWriter:
         self.columns: list[str] = []
         self.rows = 0
         self._writer: Any = None
+        self._file: IO[bytes] | None = None  # the open .tmp file the writer writes to
         self._part = 0
         self._parts: list[Path] = []
         self._buffer: list[dict[str, Any]] = []
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
         # A window is always written from its start: files of an earlier attempt go.
         self._remove(f"{self._prefix}.parquet", f"{self._prefix}-part*.parquet")
         self._remove_leftovers()
@@ -95,16 +100,27 @@ class ParquetWindowWriter:
         if self._writer is None:
             path = window_file(self.directory, self.table, self.index, self.count, self._part)
             tmp = path.with_name(path.name + TMP_SUFFIX)
-            self._writer = pq.ParquetWriter(str(tmp), schema, compression="zstd")
+            self._file = open(create_private(tmp), "wb")  # noqa: SIM115 (closed in _close_part / abort)
+            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
             self._parts.append(path)
         self._writer.write_batch(batch)
         self._buffer = []
 
     def _close_part(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            try:
+                self._writer.close()
+            finally:
+                self._writer = None
+                self._close_file()
             self._part += 1
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
 
     def finish(self) -> list[Path]:
         """Write what is buffered, close, and give every part its final name (the window is complete)."""
@@ -122,6 +138,7 @@ class ParquetWindowWriter:
                 self._writer.close()
             finally:
                 self._writer = None
+                self._close_file()
         self._remove_leftovers()
 
 

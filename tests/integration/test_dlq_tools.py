@@ -173,8 +173,10 @@ def test_export_parquet_and_jsonl_one_row_per_dlq_record(
 ) -> None:
     settings, topic = dead_lettered
     kafka, dlq = settings.kafka, settings.sink.dlq_topic
-    out = tmp_path / "dlq.parquet"
+    out = tmp_path / "exports" / "dlq.parquet"
     assert export_dlq(kafka, dlq, Filters(), out, "parquet") == 4
+    assert out.stat().st_mode & 0o777 == 0o600  # whole records: private to the user who exported them
+    assert out.parent.stat().st_mode & 0o777 == 0o700
     table = pq.read_table(out)
     assert table.num_rows == 4
     columns = set(table.column_names)
@@ -191,6 +193,7 @@ def test_export_parquet_and_jsonl_one_row_per_dlq_record(
 
     filtered = tmp_path / "permission.jsonl"
     assert export_dlq(kafka, dlq, make_filters(None, "decode", None, now=NOW), filtered, "jsonl") == 1
+    assert filtered.stat().st_mode & 0o777 == 0o600
     lines = [orjson.loads(line) for line in filtered.read_bytes().splitlines()]
     assert len(lines) == 1 and lines[0]["error_class"] == "decode"
     assert lines[0]["value_encoding"] == "base64"
@@ -200,7 +203,7 @@ def test_export_parquet_and_jsonl_one_row_per_dlq_record(
     empty = tmp_path / "none.parquet"
     assert export_dlq(kafka, dlq, make_filters(None, "conflict", None, now=NOW), empty, "parquet") == 0
     assert pq.read_table(empty).num_rows == 0
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.partial")) and not list(out.parent.glob("*.partial"))
 
 
 def sncli_json(config: Path, *args: str) -> Any:

@@ -105,3 +105,39 @@ def test_bad_seed_spec_is_a_usage_error() -> None:
         timeout=30,
     )
     assert proc.returncode == 2 and "TABLE=COUNT" in proc.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "example.com"])
+def test_a_non_loopback_bind_is_refused_without_allow_remote(host: str) -> None:
+    # admin/admin and an unauthenticated control API must not appear on the network by accident.
+    proc = subprocess.Popen([sys.executable, "-m", "sncli", "emulator", "--port", "0", "--host", host],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()  # the old code printed its ready line and served
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert ready == "" and proc.returncode == 2, ready
+    assert "refusing to listen on" in err and "--allow-remote" in err and "Traceback" not in err
+
+
+def test_allow_remote_binds_every_interface_and_warns() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "sncli", "emulator", "--port", "0", "--host", "0.0.0.0",
+                             "--allow-remote"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = re.search(r"ready on http://0\.0\.0\.0:(\d+)", proc.stdout.readline())
+        assert ready is not None
+        health = requests.get(f"http://127.0.0.1:{ready.group(1)}/__emulator/health", timeout=5)
+        assert health.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert "default login admin/admin" in err and "unauthenticated control API" in err

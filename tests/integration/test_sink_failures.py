@@ -136,18 +136,37 @@ def test_ambiguous_post_lookup_finds_the_record_instead_of_duplicating(
     emulator.state.faults.add(Fault(kind="timeout_after_write", method="POST", table="incident", times=1,
                                     close=True))
     create_topic(kafka_bootstrap, unique_topic, 1)
-    produce(kafka_bootstrap, unique_topic, [(None, json_value({"number": "INC^NQ1", "state": "1"}), None),
+    produce(kafka_bootstrap, unique_topic, [(None, json_value({"number": "INC1", "state": "1"}), None),
                                             (None, json_value({"number": "INC2", "state": "1"}), None)])
     cfg = {"topic": unique_topic, "table": "incident", "ambiguous": "lookup", "correlation_field": "number"}
     settings = settings_of(config_dict(emulator.url, kafka_bootstrap, [cfg], workers=1))
     emulator.state.clear_journal()
     summary = run_drain(settings, DrainOptions())
     assert summary.exit_code == 0, summary.error
-    assert sorted(r["number"] for r in emulator.state.records("incident")) == ["INC2", "INC^NQ1"]
+    assert sorted(r["number"] for r in emulator.state.records("incident")) == ["INC1", "INC2"]
     lookups = [e for e in emulator.state.journal() if e.method == "GET"]
     assert len(lookups) == 1
-    assert lookups[0].query["sysparm_query"] == "number=INC^^NQ1"  # escaped: cannot widen the query
+    assert lookups[0].query["sysparm_query"] == "number=INC1"
     assert lookups[0].query["sysparm_limit"] == "2"
+
+
+def test_an_ambiguous_post_whose_correlation_value_has_a_caret_is_dead_lettered_not_looked_up(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str
+) -> None:
+    # ServiceNow documents no escape for '^' in a query value: the lookup cannot be made safe.
+    emulator.state.faults.add(Fault(kind="timeout_after_write", method="POST", table="incident", times=1,
+                                    close=True))
+    create_topic(kafka_bootstrap, unique_topic, 1)
+    produce(kafka_bootstrap, unique_topic, [(None, json_value({"number": "INC^NQ1", "state": "1"}), None),
+                                            (None, json_value({"number": "INC2", "state": "1"}), None)])
+    cfg = {"topic": unique_topic, "table": "incident", "ambiguous": "lookup", "correlation_field": "number"}
+    settings = settings_of(config_dict(emulator.url, kafka_bootstrap, [cfg], workers=1))
+    emulator.state.clear_journal()
+    summary = run_drain(settings, DrainOptions())
+    assert summary.exit_code == 3 and summary.dlq == {"ambiguous": 1}, summary.error
+    # The first POST did land (its answer was lost): an operator resolves it from the DLQ record.
+    assert sorted(r["number"] for r in emulator.state.records("incident")) == ["INC2", "INC^NQ1"]
+    assert [e for e in emulator.state.journal() if e.method == "GET"] == []  # no query carried the value
 
 
 def test_ambiguous_post_lookup_posts_again_when_nothing_landed_and_fails_on_two_matches(

@@ -13,6 +13,7 @@ from sncli.emulator.faults import Fault, FaultInjector
 from sncli.emulator.render import link_header, render_record
 from sncli.emulator.state import Selection
 from sncli.emulator.store import Record
+from sncli.transport_security import is_loopback
 
 # ----------------------------------------------------------------------------- faults
 
@@ -206,3 +207,11 @@ def test_render_fields_projection_and_display_value_all() -> None:
         "number": {"display_value": "INC1", "value": "INC1"},
         "sys_id": {"display_value": "a" * 32, "value": "a" * 32},
     }
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True), ("localhost", True),
+    ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("example.com", False), ("", False),
+])
+def test_only_loopback_hosts_count_as_local(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
