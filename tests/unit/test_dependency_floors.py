@@ -21,10 +21,11 @@ from packaging.version import Version
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 FIRST_FIXED = {
-    "orjson": ("3.9.15", "CVE-2024-27454: unbounded recursion on deeply nested input"),
-    "requests": ("2.32.4", "CVE-2024-35195 (2.32.0): verify=False sticks to a session; CVE-2024-47081: .netrc leak"),
-    "urllib3": ("2.6.3", "CVE-2024-37891 (2.2.2), CVE-2025-50181/50182 (2.5.0), CVE-2025-66418/66471 (2.6.0), "
-                         "CVE-2026-21441: redirects and decompression bombs"),
+    "orjson": ("3.11.6", "CVE-2024-27454 (3.9.15), CVE-2025-67221: unbounded recursion on deeply nested input"),
+    "requests": ("2.33.0", "CVE-2024-35195 (2.32.0): verify=False sticks to a session; CVE-2024-47081 (2.32.4): "
+                           ".netrc leak; CVE-2026-25645 (2.33.0)"),
+    "urllib3": ("2.7.0", "CVE-2024-37891 (2.2.2), CVE-2025-50181/50182 (2.5.0), CVE-2025-66418/66471 (2.6.0), "
+                         "CVE-2026-21441 (2.6.3), CVE-2026-44431/44432 (2.7.0): redirects and decompression bombs"),
     "certifi": ("2024.7.4", "CVE-2024-39689: GLOBALTRUST roots removed"),
     "pyarrow": ("14.0.1", "CVE-2023-47248: arbitrary code execution from a crafted IPC/Parquet file"),
     "pydantic": ("2.4.0", "CVE-2024-3772: ReDoS in email validation"),
