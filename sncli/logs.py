@@ -177,7 +177,11 @@ def configure(log_format: str | None = None, level: int = logging.INFO) -> None:
         root.removeHandler(old)
     handler: logging.Handler
     if fmt == "json":
-        handler = logging.StreamHandler(sys.stderr)
+        # Past the whole-stream mask: JsonFormatter masks every field that can carry data and leaves
+        # the code's own names alone, where the stream's mask would turn sncli.kafka.admin into
+        # sncli.kafka.*** for a deployment whose password is "admin".
+        stream = sys.stderr.target if isinstance(sys.stderr, RedactingWriter) else sys.stderr
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(JsonFormatter())
     else:
         from rich.logging import RichHandler

@@ -113,3 +113,20 @@ def test_masked_standard_streams_cover_echo_print_and_tracebacks() -> None:
     assert proc.stdout == "echo ***\nprint ***\n"
     assert "RuntimeError: boom http://u:***@h ***" in proc.stderr
     assert "canary" not in proc.stdout + proc.stderr
+
+
+def test_json_log_lines_keep_the_logger_name_behind_the_masked_streams() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from sncli import logs\n"
+        "logs.mask_standard_streams()\n"
+        "logs.configure('json')\n"
+        "logs.register_secrets(['admin'])\n"
+        "logging.getLogger('sncli.kafka.admin').warning('login as admin failed')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    entry = orjson.loads(proc.stderr)
+    assert (entry["logger"], entry["msg"]) == ("sncli.kafka.admin", "login as *** failed")
