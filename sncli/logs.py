@@ -84,8 +84,10 @@ def redact_data(node: Any) -> Any:
 class RedactingWriter(io.TextIOBase):
     """A text stream that masks secrets in every write, then passes the text on to ``target``.
 
-    It has no ``buffer``: whoever looks for the binary stream under it (click
-    does, for odd encodings) falls back to writing text through it.
+    Each write is masked whole, so a secret split over two writes would pass; every
+    writer of the CLI (click, rich, logging, print, Python's traceback printer) writes
+    whole values at a time. It has no ``buffer``: whoever looks for the binary stream
+    under it (click does, for odd encodings) falls back to writing text through it.
     """
 
     def __init__(self, target: TextIO) -> None:
