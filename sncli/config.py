@@ -8,6 +8,10 @@ path, so ``sncli config validate`` in CI catches it before production does.
 Secrets come only from the environment or from files: a scalar that is exactly
 ``${VAR}`` is replaced by the variable, ``${file:/path}`` by the file's
 content. Anything else, including a ``$`` inside a password, is kept as is.
+Only secrets, addresses and user names may be such references (:class:`Role`):
+whoever writes the config must not be able to pull a variable or a file into a
+field sncli prints, logs or pushes as a metric label. Every value a reference
+expands to is masked in all output, like every secret.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -32,10 +39,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from sncli.errors import ConfigError
 from sncli.kafka.retention import RetentionPolicy
-from sncli.logs import register_secrets
+from sncli.logs import MIN_MASKED_LENGTH, REDACTED, mask_url_passwords, redact, register_secrets
 from sncli.servicenow.fields import is_system_field
 from sncli.transport_security import plain_http_off_host
 
@@ -54,11 +62,59 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# --------------------------------------------------------------------------- secrets and ${...} references
+
+
+class Role(IntEnum):
+    """What a config field holds, which decides whether it may be a ``${...}`` reference and is masked.
+
+    The one model of secrets: every ``SecretStr`` field is a SECRET (a new secret
+    key needs nothing more than that type), a field annotated with :data:`EXPANDS`
+    holds an address or a user name, and the entries of ``kafka.client`` take
+    their role from their key (:func:`client_key_role`).
+    """
+
+    PLAIN = 0  # literal only: a ${...} here is a config error
+    EXPANDS = 1  # an address or a user name: may be ${...}; masked in output when it is
+    SECRET = 2  # may be ${...}; always masked in output, *** in `config show`
+
+
+#: Field metadata: an address or a user name, which may come from the environment or a file.
+EXPANDS = Role.EXPANDS
+
+
+@dataclass(frozen=True)
+class EntryRoles:
+    """Field metadata for a mapping of settings passed through: each entry's role comes from its key."""
+
+    of: Callable[[str], Role]
+
+
+#: kafka.client keys that say "sasl" but name a mechanism or a service, not a credential (short, common
+#: values such as PLAIN or kafka, which masking would garble everywhere).
+_CLIENT_PLAIN = frozenset({
+    "sasl.mechanism", "sasl.mechanisms", "sasl.oauthbearer.method", "sasl.kerberos.service.name",
+    "sasl.kerberos.min.time.before.relogin", "enable.sasl.oauthbearer.unsecure.jwt",
+})
+#: kafka.client keys that name an identity: may be ${...}, like servicenow.auth.username.
+_CLIENT_IDENTITY = frozenset({"sasl.username", "sasl.oauthbearer.client.id", "sasl.kerberos.principal"})
+_CLIENT_SECRET_WORDS = ("sasl", "password", "secret", "token", "oauthbearer", "credential", "ssl.key.pem")
+
+
+def client_key_role(key: str) -> Role:
+    """The role of a librdkafka setting under ``kafka.client``, from its key."""
+    lowered = key.lower()
+    if lowered in _CLIENT_PLAIN:
+        return Role.PLAIN
+    if lowered in _CLIENT_IDENTITY:
+        return Role.EXPANDS
+    return Role.SECRET if any(word in lowered for word in _CLIENT_SECRET_WORDS) else Role.PLAIN
+
+
 def _check_http_url(value: str, *, what: str = "URL") -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        shown = _mask_url_password(value) if _url_password(value) else value  # the error is logged
-        raise ValueError(f"{what} must be an http(s) URL with a host, got {shown!r}")
+        raise ValueError(f"{what} must be an http(s) URL with a host, got {mask_url_passwords(value)!r}")
     return value.rstrip("/")
 
 
@@ -82,19 +138,19 @@ def _check_sn_datetime(value: str) -> str:
 
 class BasicAuth(_Model):
     type: Literal["basic"]
-    username: str
+    username: Annotated[str, EXPANDS]
     password: SecretStr
 
 
 class OAuthAuth(_Model):
     type: Literal["oauth"]
     grant_type: Literal["password", "client_credentials", "refresh_token"] = "password"
-    client_id: str
+    client_id: Annotated[str, EXPANDS]
     client_secret: SecretStr
-    username: str | None = None
+    username: Annotated[str | None, EXPANDS] = None
     password: SecretStr | None = None
     refresh_token: SecretStr | None = None
-    token_url: str | None = None  # default: <instance_url>/oauth_token.do
+    token_url: Annotated[str | None, EXPANDS] = None  # default: <instance_url>/oauth_token.do
     allow_plain_http: bool = False  # token requests carry the client secret (and password): https only
 
     @model_validator(mode="after")
@@ -137,13 +193,13 @@ class Tls(_Model):
 
 
 class ServiceNowSettings(_Model):
-    instance_url: str
+    instance_url: Annotated[str, EXPANDS]
     auth: Annotated[BasicAuth | OAuthAuth, Field(discriminator="type")]
     timeout_seconds: float = Field(default=30.0, gt=0)
     rate_limit: RateLimit | None = RateLimit()
     retry: Retry = Retry()
     tls: Tls = Tls()
-    proxy: str | None = None
+    proxy: Annotated[str | None, EXPANDS] = None
 
     @field_validator("instance_url")
     @classmethod
@@ -171,7 +227,7 @@ class ServiceNowSettings(_Model):
 
 
 class SchemaRegistry(_Model):
-    url: str | None = None
+    url: Annotated[str | None, EXPANDS] = None
     basic_auth_user_info: SecretStr | None = None  # "user:password"
     tls: Tls = Tls()  # CA bundle and client certificate (mTLS), as for ServiceNow
 
@@ -197,8 +253,8 @@ class TopicDefaults(_Model):
 
 
 class KafkaSettings(_Model):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    client: dict[str, str | int | float | bool] = {}
+    bootstrap_servers: Annotated[str, EXPANDS] = "127.0.0.1:9092"
+    client: Annotated[dict[str, str | int | float | bool], EntryRoles(client_key_role)] = {}
     schema_registry: SchemaRegistry = SchemaRegistry()
     topics: TopicDefaults = TopicDefaults()
 
@@ -223,8 +279,8 @@ class FileOffsets(_Model):
 
 class S3Offsets(_Model):
     store: Literal["s3"]
-    url: str
-    endpoint_url: str | None = None
+    url: Annotated[str, EXPANDS]
+    endpoint_url: Annotated[str | None, EXPANDS] = None
     region: str | None = None
     lease_seconds: int = Field(default=300, ge=10)
     # per_key: one object per table / backfill window under ``<key>.d/`` (writers never contend);
@@ -236,7 +292,7 @@ class S3Offsets(_Model):
     def _s3_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme != "s3" or not parts.netloc or not parts.path.strip("/"):
-            raise ValueError(f"must be s3://bucket/key, got {value!r}")
+            raise ValueError(f"must be s3://bucket/key, got {mask_url_passwords(value)!r}")
         return value
 
     @field_validator("endpoint_url")
@@ -254,7 +310,7 @@ class S3Offsets(_Model):
 
 
 class MetricsSettings(_Model):
-    pushgateway: str | None = None
+    pushgateway: Annotated[str | None, EXPANDS] = None
     job: str = "sncli"
 
     @field_validator("pushgateway")
@@ -440,56 +496,110 @@ class Settings(_Model):
         return self.source.dlq_topic or self.sink.dlq_topic
 
     def secret_values(self) -> list[str]:
-        """Every configured secret, so log filters can redact them wherever they appear."""
+        """Every configured secret (by :class:`Role`) and URL password, so output can mask them."""
         found: list[str] = []
-        for value in _walk_values(self):
-            if isinstance(value, SecretStr):
-                raw = value.get_secret_value()
-                if raw:
-                    found.append(raw)
-            elif isinstance(value, str) and (password := _url_password(value)):
+        for role, value in _walk_roles(self):
+            if role is Role.SECRET and value:
+                found.append(value)
+            elif password := _url_password(value):
                 found.append(password)  # proxy / registry / pushgateway URLs may carry credentials
-        for key, val in self.kafka.client.items():
-            if _looks_secret(key) and isinstance(val, str) and val:
-                found.append(val)
         return found
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain data with every secret replaced by ``***``."""
-        data = self.model_dump(mode="json")
-        secrets = set(self.secret_values())
-        redacted: dict[str, Any] = _redact(data, secrets)
-        return redacted
+        """The settings as plain data with every secret replaced by ``***`` and URL passwords masked."""
+        return _redacted_dump(self, self.model_dump(mode="json"))
 
 
-def _looks_secret(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in ("password", "secret", "token", "key", "credential"))
+def _field_role(info: FieldInfo) -> Role:
+    if SecretStr in _types_in(info.annotation):
+        return Role.SECRET
+    return max((m for m in info.metadata if isinstance(m, Role)), default=Role.PLAIN)
 
 
-def _walk_values(model: BaseModel) -> Iterator[Any]:
-    for name in type(model).model_fields:
+def _entry_roles(info: FieldInfo) -> EntryRoles | None:
+    return next((m for m in info.metadata if isinstance(m, EntryRoles)), None)
+
+
+def _types_in(annotation: object) -> list[object]:
+    """The types a field's annotation holds: union members and list items unwrapped."""
+    if get_origin(annotation) in (Union, UnionType, list):
+        return [t for arg in get_args(annotation) for t in _types_in(arg)]
+    return [annotation]
+
+
+def _models_in(info: FieldInfo) -> tuple[type[BaseModel], ...]:
+    return tuple(t for t in _types_in(info.annotation) if isinstance(t, type) and issubclass(t, BaseModel))
+
+
+def field_role(keys: Sequence[object]) -> Role | None:
+    """The role of the field at ``keys`` (the mapping keys of a config document, list positions left out).
+
+    None when the keys name no field (an unknown key, reported as such by validation).
+    Below a field that holds plain data (a list, a mapping) everything has that field's role.
+    """
+    models: tuple[type[BaseModel], ...] = (Settings,)
+    role = Role.PLAIN
+    for depth, key in enumerate(keys):
+        if not models:
+            return role
+        infos = [m.model_fields[key] for m in models if isinstance(key, str) and key in m.model_fields]
+        if not infos:
+            return None
+        entries = next((e for e in map(_entry_roles, infos) if e is not None), None)
+        if entries is not None and depth + 1 < len(keys):
+            entry = keys[depth + 1]
+            return entries.of(entry) if isinstance(entry, str) else Role.PLAIN
+        role = max(map(_field_role, infos))  # the variants of a union may differ; the widest wins
+        models = tuple(m for info in infos for m in _models_in(info))
+    return role
+
+
+def _walk_roles(model: BaseModel) -> Iterator[tuple[Role, str]]:
+    """Every text value of the settings with its role; secrets revealed, for masking."""
+    for name, info in type(model).model_fields.items():
         value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            yield from _walk_values(value)
+        entries = _entry_roles(info)
+        if isinstance(value, dict) and entries is not None:
+            yield from ((entries.of(str(k)), v) for k, v in value.items() if isinstance(v, str))
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, BaseModel):
+                yield from _walk_roles(item)
+            elif isinstance(item, SecretStr):
+                yield Role.SECRET, item.get_secret_value()
+            elif isinstance(item, str):
+                yield _field_role(info), item
+
+
+def _redacted_dump(model: BaseModel, dump: dict[str, Any]) -> dict[str, Any]:
+    """``dump`` (the model's JSON dump) with its secrets as ``***``, walked along the model that knows them."""
+    shown: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value, data = getattr(model, name), dump[name]
+        entries = _entry_roles(info)
+        if isinstance(value, SecretStr):
+            shown[name] = REDACTED if value.get_secret_value() else ""
+        elif isinstance(value, BaseModel):
+            shown[name] = _redacted_dump(value, data)
         elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, BaseModel):
-                    yield from _walk_values(item)
+            shown[name] = [_redacted_dump(v, d) if isinstance(v, BaseModel) else _shown_plain(d)
+                           for v, d in zip(value, data, strict=True)]
+        elif isinstance(value, dict) and entries is not None:
+            shown[name] = {k: REDACTED if entries.of(str(k)) is Role.SECRET else _shown_plain(d)
+                           for k, d in data.items()}
         else:
-            yield value
+            shown[name] = _shown_plain(data)
+    return shown
 
 
-def _redact(node: Any, secrets: set[str]) -> Any:
-    if isinstance(node, dict):
-        return {k: ("***" if _looks_secret(str(k)) and v else _redact(v, secrets)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_redact(v, secrets) for v in node]
-    if isinstance(node, str) and (node in secrets or node == "**********"):
-        return "***"
-    if isinstance(node, str) and _url_password(node):
-        return _mask_url_password(node)
-    return node
+def _shown_plain(data: Any) -> Any:
+    if isinstance(data, str):
+        return mask_url_passwords(data)
+    if isinstance(data, list):
+        return [_shown_plain(d) for d in data]
+    if isinstance(data, dict):
+        return {k: _shown_plain(d) for k, d in data.items()}
+    return data
 
 
 def _url_password(value: str) -> str | None:
@@ -500,13 +610,6 @@ def _url_password(value: str) -> str | None:
         return urlsplit(value).password or None
     except ValueError:
         return None
-
-
-def _mask_url_password(value: str) -> str:
-    parts = urlsplit(value)
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 # --------------------------------------------------------------------------- loading
@@ -528,34 +631,66 @@ def referenced_files(text: str) -> list[Path]:
     return [Path(p) for p in dict.fromkeys(m.group("path") for m in _FILE_TOKEN.finditer(text))]
 
 
-def expand_env(node: Any, environ: Mapping[str, str], path: str = "", _open: frozenset[int] = frozenset()) -> Any:
-    """Replace whole-token ``${VAR}`` / ``${file:PATH}`` scalars; leave every other string alone.
+class Expanded(NamedTuple):
+    """A config document with its ``${...}`` references replaced, and the values to mask in output."""
 
-    ``_open`` holds the containers on the current path: a YAML alias that refers to
-    one of its own parents would otherwise recurse forever.
+    document: Any
+    to_mask: list[str]  # every value a reference expanded to, and every secret written inline
+
+
+def expand_references(raw: Any, environ: Mapping[str, str]) -> Expanded:
+    """Replace whole-token ``${VAR}`` / ``${file:PATH}`` scalars in the fields that may hold them.
+
+    A reference in a PLAIN field (:func:`field_role`) is a ConfigError naming the key;
+    one under an unknown key is left for validation to report as unknown. A value
+    shorter than MIN_MASKED_LENGTH could not be masked without garbling output, so
+    a reference expanding to one (but not to nothing) is refused too.
     """
-    if isinstance(node, dict | list):
-        if id(node) in _open:
-            raise ConfigError(f"{path or '<root>'}: a YAML alias refers to its own parent (a cycle)")
-        inner = _open | {id(node)}
-        if isinstance(node, dict):
-            return {k: expand_env(v, environ, _join(path, _key_text(k)), inner) for k, v in node.items()}
-        return [expand_env(v, environ, f"{path}[{i}]", inner) for i, v in enumerate(node)]
-    if isinstance(node, str):
-        match = _WHOLE_TOKEN.match(node.strip())
-        if not match:
+    to_mask: list[str] = []
+
+    def expand(node: Any, path: str, keys: tuple[object, ...], open_: frozenset[int]) -> Any:
+        # open_ holds the containers on the current path: a YAML alias that refers to
+        # one of its own parents would otherwise recurse forever.
+        if isinstance(node, dict | list):
+            if id(node) in open_:
+                raise ConfigError(f"{path or '<root>'}: a YAML alias refers to its own parent (a cycle)")
+            inner = open_ | {id(node)}
+            if isinstance(node, dict):
+                return {k: expand(v, _join(path, _key_text(k)), (*keys, k), inner) for k, v in node.items()}
+            return [expand(v, f"{path}[{i}]", keys, inner) for i, v in enumerate(node)]
+        if not isinstance(node, str):
             return node
-        if match.group("file"):
-            file_path = Path(match.group("path"))
-            try:
-                return file_path.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(f"{path or '<root>'}: cannot read secret file {file_path}: {exc.strerror}") from None
-        var = match.group("var")
-        if var not in environ:
-            raise ConfigError(f"{path or '<root>'}: environment variable {var} is not set")
-        return environ[var]
-    return node
+        role = field_role(keys)
+        match = _WHOLE_TOKEN.match(node.strip())
+        if match is None or role is None:
+            if role is Role.SECRET:
+                to_mask.append(node)
+            return node
+        where = path or "<root>"
+        if role is Role.PLAIN:
+            raise ConfigError(f"{where}: ${{...}} is not expanded here; only secrets, addresses and user names "
+                              "may come from the environment or a file")
+        value = _read_reference(match, where, environ)
+        if 0 < len(value) < MIN_MASKED_LENGTH:
+            raise ConfigError(f"{where}: {node.strip()} is shorter than {MIN_MASKED_LENGTH} characters, "
+                              "too short to be masked in output")
+        to_mask.append(value)
+        return value
+
+    return Expanded(expand(raw, "", (), frozenset()), to_mask)
+
+
+def _read_reference(match: re.Match[str], where: str, environ: Mapping[str, str]) -> str:
+    if match.group("file"):
+        file_path = Path(match.group("path"))
+        try:
+            return file_path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret file {file_path}: {exc.strerror}") from None
+    var = match.group("var")
+    if var not in environ:
+        raise ConfigError(f"{where}: environment variable {var} is not set")
+    return environ[var]
 
 
 def _join(path: str, key: str) -> str:
@@ -571,20 +706,22 @@ def _key_text(key: object) -> str:
 def parse_settings(raw: Any, environ: Mapping[str, str] | None = None) -> Settings:
     """Validate already-parsed YAML; every failure is a ConfigError naming the key path.
 
-    Every config read registers its secrets for masking in logs
-    (:func:`sncli.logs.register_secrets`) before anyone can log them: the first
-    one of a run, and each one a looping ``--every`` process reloads, so a rotated
-    password is masked like the one the process started with.
+    Every config read registers its secrets and expanded values for masking in all
+    output (:func:`sncli.logs.register_secrets`) before validating, so neither a
+    validation error nor anything logged later can show them: the first config of
+    a run, a rejected one, and each one a looping ``--every`` process reloads (a
+    rotated password is masked like the one the process started with).
     """
     if raw is None:
         raise ConfigError("<root>: the config is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"<root>: expected a mapping of sections, got {type(raw).__name__}")
-    expanded = expand_env(raw, os.environ if environ is None else environ)
+    expanded, to_mask = expand_references(raw, os.environ if environ is None else environ)
+    register_secrets(to_mask)
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, expanded)) from None
+        raise ConfigError(redact(format_validation_error(exc, expanded))) from None
     register_secrets(settings.secret_values())
     return settings
 

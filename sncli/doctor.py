@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sncli.config import SN_DATETIME_FORMAT, BasicAuth, OAuthAuth, Settings, SourceTable
 from sncli.errors import ExitCode
+from sncli.logs import mask_url_passwords
 from sncli.servicenow.query import Query
 from sncli.transport_security import plain_http_off_host
 
@@ -205,7 +206,8 @@ def _servicenow_checks(settings: Settings, client: ServiceNowClient) -> list[Che
     scheme = "TLS verified" if settings.servicenow.instance_url.startswith("https") and \
         settings.servicenow.tls.verify else "no TLS verification" if settings.servicenow.instance_url.startswith(
             "https") else "plain HTTP"
-    checks.append(Check("servicenow reachable", "ok", f"{settings.servicenow.instance_url} ({scheme})"))
+    shown = mask_url_passwords(settings.servicenow.instance_url)
+    checks.append(Check("servicenow reachable", "ok", f"{shown} ({scheme})"))
     checks.append(clock_skew_check(datetime.now(UTC), server))
     return checks
 
@@ -299,13 +301,14 @@ def _kafka_checks(settings: Settings) -> list[Check]:
 def _http_ok(url: str, what: str, *, fail_status: Status, hint: str) -> Check:
     import requests
 
+    shown = mask_url_passwords(url)  # a registry or gateway URL may carry user:password
     try:
         resp = requests.get(url, timeout=5)
     except requests.RequestException as exc:
-        return Check(what, fail_status, f"{url}: {type(exc).__name__}", hint)
+        return Check(what, fail_status, f"{shown}: {type(exc).__name__}", hint)
     if resp.status_code >= 400:
-        return Check(what, fail_status, f"{url}: HTTP {resp.status_code}", hint)
-    return Check(what, "ok", url)
+        return Check(what, fail_status, f"{shown}: HTTP {resp.status_code}", hint)
+    return Check(what, "ok", shown)
 
 
 def _registry_checks(settings: Settings) -> list[Check]:

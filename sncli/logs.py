@@ -1,18 +1,25 @@
-"""Logging set-up: rich on a terminal, one JSON object per line elsewhere.
+"""Logging set-up (rich on a terminal, one JSON object per line elsewhere) and the one place secrets are masked.
 
 Logs go to stderr; stdout carries only results. Every configured secret is
-registered with :class:`RedactingFilter`, which masks it in the final text of
-each record, so a secret that sneaks into an exception message is masked too.
+registered here (:func:`register_secrets`), and :func:`redact` masks the
+registered secrets and the password of any ``scheme://user:password@`` URL in
+a text. Every output channel passes through it: :class:`RedactingFilter` masks
+each log record's final text (exception messages and tracebacks included), and
+:func:`mask_standard_streams` puts :class:`RedactingWriter` in front of the
+process's stdout and stderr, so results, ``--json`` summaries, error lines,
+doctor tables and any traceback Python prints are masked too.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -20,6 +27,11 @@ _context: dict[str, Any] = {}
 _secrets: set[str] = set()
 _lock = threading.Lock()
 REDACTED = "***"
+#: Shorter values are never masked: hiding every "1" or "yes" would garble all output. The config
+#: refuses a ``${...}`` reference that expands to fewer characters (sncli.config).
+MIN_MASKED_LENGTH = 4
+#: The password of a URL's userinfo, wherever the URL appears and whether or not it was registered.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:)[^\s/?#\"'<>]+(?=@)")
 
 
 def set_context(**fields: Any) -> None:
@@ -28,17 +40,93 @@ def set_context(**fields: Any) -> None:
 
 
 def register_secrets(values: Iterable[str]) -> None:
+    """Mask these values from now on, in every output; values under MIN_MASKED_LENGTH are left alone."""
+    forms = {form for value in values if len(value) >= MIN_MASKED_LENGTH for form in _written_forms(value)}
     with _lock:
-        _secrets.update(v for v in values if v and len(v) >= 3)
+        _secrets.update(forms)
+
+
+def _written_forms(secret: str) -> set[str]:
+    """A secret as output may carry it: as is, escaped in a JSON string, and inside a Python repr."""
+    return {secret, orjson.dumps(secret).decode()[1:-1], repr(secret)[1:-1]}
+
+
+def mask_url_passwords(text: str) -> str:
+    """``http://user:pw@host`` -> ``http://user:***@host`` for every URL in ``text`` (pure)."""
+    return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}", text) if "://" in text else text
 
 
 def redact(text: str) -> str:
-    if not _secrets:
-        return text
-    for secret in sorted(_secrets, key=len, reverse=True):
+    """``text`` with every registered secret and every password inside a URL replaced by ``***``."""
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    return mask_url_passwords(text)
+
+
+def redact_data(node: Any) -> Any:
+    """``node`` (JSON-like data) with :func:`redact` applied to every string, keys included.
+
+    For structured output: masking each value before it is serialised also
+    catches a secret that serialisation would escape or a renderer would wrap.
+    """
+    if isinstance(node, str):
+        return redact(node)
+    if isinstance(node, dict):
+        return {redact_data(k): redact_data(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [redact_data(v) for v in node]
+    return node
+
+
+class RedactingWriter(io.TextIOBase):
+    """A text stream that masks secrets in every write, then passes the text on to ``target``.
+
+    Each write is masked whole, so a secret split over two writes would pass; every
+    writer of the CLI (click, rich, logging, print, Python's traceback printer) writes
+    whole values at a time. It has no ``buffer``: whoever looks for the binary stream
+    under it (click does, for odd encodings) falls back to writing text through it.
+    """
+
+    def __init__(self, target: TextIO) -> None:
+        super().__init__()
+        self.target = target
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self.target.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+    def fileno(self) -> int:
+        return self.target.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.target.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self.target.errors
+
+
+def mask_standard_streams() -> None:
+    """Put :class:`RedactingWriter` in front of ``sys.stdout`` and ``sys.stderr`` (once per process)."""
+    if not isinstance(sys.stdout, RedactingWriter):
+        sys.stdout = RedactingWriter(sys.stdout)
+    if not isinstance(sys.stderr, RedactingWriter):
+        sys.stderr = RedactingWriter(sys.stderr)
 
 
 class RedactingFilter(logging.Filter):
@@ -91,7 +179,11 @@ def configure(log_format: str | None = None, level: int = logging.INFO) -> None:
         root.removeHandler(old)
     handler: logging.Handler
     if fmt == "json":
-        handler = logging.StreamHandler(sys.stderr)
+        # Past the whole-stream mask: JsonFormatter masks every field that can carry data and leaves
+        # the code's own names alone, where the stream's mask would turn sncli.kafka.admin into
+        # sncli.kafka.*** for a deployment whose password is "admin".
+        stream = sys.stderr.target if isinstance(sys.stderr, RedactingWriter) else sys.stderr
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(JsonFormatter())
     else:
         from rich.logging import RichHandler

@@ -63,6 +63,7 @@ def root(
         raise typer.BadParameter("must be 'text' or 'json'", param_hint="--log-format")
     state = AppState(config_path=config, log_format=log_format, json_output=json_output)
     ctx.obj = state
+    logs.mask_standard_streams()  # before anything holds on to the streams: logging, consoles
     logs.configure(log_format)
     logs.set_context(run_id=state.run_id, command=ctx.invoked_subcommand)
 

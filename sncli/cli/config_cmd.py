@@ -30,9 +30,12 @@ def show(ctx: typer.Context, config: Path | None = CONFIG_OPTION) -> None:
     """Print the effective config (defaults filled in) with every secret shown as ***."""
     import yaml
 
+    from sncli.logs import redact_data
+
     state = state_of(ctx, config)
     data = state.settings().redacted()
     if state.json_output:
         print_json(data)
     else:
-        typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+        # Masked before dumping: YAML may fold a long value over lines, where no mask would find it.
+        typer.echo(yaml.safe_dump(redact_data(data), sort_keys=False).rstrip())

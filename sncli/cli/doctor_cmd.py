@@ -20,6 +20,7 @@ def doctor(ctx: typer.Context, config: Path | None = CONFIG_OPTION) -> None:
     from rich.table import Table
 
     from sncli.doctor import exit_code_for, run_doctor
+    from sncli.logs import redact
 
     state = state_of(ctx, config)
     checks = run_doctor(state.settings())
@@ -31,6 +32,7 @@ def doctor(ctx: typer.Context, config: Path | None = CONFIG_OPTION) -> None:
         for column in ("check", "status", "detail", "hint"):
             table.add_column(column, overflow="fold")
         for c in checks:
-            table.add_row(c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.detail, c.hint)
+            # Masked per cell: the table folds long cells over lines, where the stream's mask would miss them.
+            table.add_row(redact(c.name), f"[{_STYLE[c.status]}]{c.status}[/]", redact(c.detail), redact(c.hint))
         stdout_console().print(table)
     exit_with(code)

@@ -1,4 +1,10 @@
-"""Consoles: results on stdout, everything else (logs, progress) on stderr."""
+"""Consoles: results on stdout, everything else (logs, progress) on stderr.
+
+Both streams are masked as a whole once the CLI starts
+(:func:`sncli.logs.mask_standard_streams`); the writers here mask their data
+before it is serialised as well, so a secret that JSON would escape or a
+renderer would wrap cannot slip through.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +34,16 @@ def print_json(data: Any) -> None:
     """One JSON document on stdout, for scripts (``--json``)."""
     import orjson
 
-    sys.stdout.write(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+    from sncli.logs import redact_data
+
+    text = orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode()  # default=str: dates, paths
+    sys.stdout.write(orjson.dumps(redact_data(orjson.loads(text)), option=orjson.OPT_INDENT_2).decode() + "\n")
     sys.stdout.flush()
 
 
 def error_line(message: str) -> None:
     """The single line an operator reads when a run fails before or outside logging."""
-    sys.stderr.write(f"sncli: error: {message}\n")
+    from sncli.logs import redact
+
+    sys.stderr.write(f"sncli: error: {redact(message)}\n")
     sys.stderr.flush()

@@ -122,3 +122,35 @@ def test_servicenow_unreachable_fails_and_skips_dependent_checks(tmp_path: Path,
     assert code == 1
     assert names["servicenow reachable"]["status"] == "fail"
     assert "auth" not in names and names["kafka"]["status"] == "ok"
+
+
+def test_urls_and_expanded_values_are_shown_masked_in_json_and_in_the_table(
+    tmp_path: Path, seeded: ServiceNowEmulator, kafka_bootstrap: str, pushgateway_url: str, registry_url: str
+) -> None:
+    """Registry and Pushgateway URLs carry user:password (both services ignore it); the instance URL
+    comes from the environment. Doctor reaches all three and shows none of those values."""
+    canaries = {"pushgateway": "cAnary-PGW-doctor-1", "registry": "cAnary-SR-doctor-2"}
+    config = write_config(tmp_path, seeded, kafka_bootstrap,
+                          pushgateway_url.replace("://", f"://pg-user:{canaries['pushgateway']}@", 1))
+    data = yaml.safe_load(config.read_text())
+    data["kafka"]["schema_registry"] = {"url": registry_url.replace("://", f"://sr-user:{canaries['registry']}@", 1)}
+    data["servicenow"]["instance_url"] = "${SN_URL}"
+    config.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "SN_PASSWORD": "admin", "SN_URL": seeded.url}
+    outputs, stdouts = [], []
+    for json_flag in (["--json"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sncli", *json_flag, "--log-format", "json", "doctor", "--config", str(config)],
+            capture_output=True, text=True, env=env, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        outputs.append(proc.stdout + proc.stderr)
+        stdouts.append(proc.stdout)
+    checks = by_name(json.loads(stdouts[0]))
+    assert checks["pushgateway"]["detail"] == pushgateway_url.replace("://", "://pg-user:***@", 1) + "/-/ready"
+    assert checks["schema registry"]["detail"] == registry_url.replace("://", "://sr-user:***@", 1) + "/subjects"
+    assert checks["servicenow reachable"]["detail"] == "*** (plain HTTP)"
+    for output in outputs:
+        assert "pg-user:***@" in output and "sr-user:***@" in output
+        for secret in (*canaries.values(), seeded.url):
+            assert secret not in output

@@ -121,6 +121,7 @@ def test_a_secret_rotated_between_cycles_is_masked_like_the_first(
     assert proc.returncode == 0
     log, printed = errors.read_text(), output.read_text()
     warnings = [line for line in log.splitlines() if "could not push metrics" in line]
-    assert len(warnings) >= 2 and all("sncli:***@127.0.0.1" in line for line in warnings)
+    # The URL came from a ${file:} reference: like every expanded value it is masked whole.
+    assert len(warnings) >= 2 and all("could not push metrics to ***" in line for line in warnings)
     for canary in (old, new):
         assert canary not in log and canary not in printed

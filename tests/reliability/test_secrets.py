@@ -19,6 +19,7 @@ tests/integration/test_sn_client.py::test_tls_verification_is_on_by_default_and_
 
 from __future__ import annotations
 
+import copy
 import json
 import urllib.request
 import uuid
@@ -34,6 +35,7 @@ from sncli.emulator.server import ServiceNowEmulator
 from tests.fixtures.kafka import read_all
 from tests.reliability.support import (
     CliResult,
+    assert_one_line_error,
     create_topic,
     produce,
     run_sncli,
@@ -199,3 +201,41 @@ def test_config_show_hides_a_password_inside_a_url(place: str, tmp_path: Path) -
         result = run_sncli(config, "config", "show", json_output=json_output, env=CANARY)
         assert result.code == 0, result.stderr
         assert url.split(":")[2].split("@")[0] not in result.stdout
+
+
+# --------------------------------------------------------------------------- ${...} references and their values
+
+BASIC_CONFIG: dict[str, Any] = {"servicenow": {"instance_url": "https://dev1.service-now.com",
+                                               "auth": {"type": "basic", "username": "u",
+                                                        "password": "${SN_PASSWORD}"}}}
+
+
+def test_a_reference_in_a_field_that_is_no_secret_or_address_exits_2_naming_the_key(tmp_path: Path) -> None:
+    """metrics.job becomes the Pushgateway's job label: a config author must not pull a secret into it."""
+    config = write_config(tmp_path / "c.yaml", {**BASIC_CONFIG, "metrics": {"job": "${SN_PASSWORD}"}})
+    result = run_sncli(config, "config", "validate", env=CANARY)
+    assert_one_line_error(result, 2, "metrics.job: ${...} is not expanded here")
+    assert CANARY["SN_PASSWORD"] not in result.output
+
+
+def test_a_config_error_line_never_shows_an_expanded_value(tmp_path: Path) -> None:
+    data = copy.deepcopy(BASIC_CONFIG)
+    data["servicenow"]["instance_url"] = "${SN_URL}"
+    config = write_config(tmp_path / "c.yaml", data)
+    result = run_sncli(config, "config", "validate", env={**CANARY, "SN_URL": "cAnary-URL-no-scheme.example"})
+    assert_one_line_error(result, 2, "servicenow.instance_url:", "'***'")
+    assert "cAnary" not in result.output
+
+
+def test_config_show_hides_oauthbearer_config_and_every_expanded_value(tmp_path: Path) -> None:
+    data = copy.deepcopy(BASIC_CONFIG)
+    data["servicenow"]["auth"]["username"] = "${SN_USER}"
+    data["kafka"] = {"client": {"sasl.mechanism": "OAUTHBEARER",
+                                "sasl.oauthbearer.config": "clientId=sncli clientSecret=cAnary-OAUTHBEARER-3d"}}
+    config = write_config(tmp_path / "c.yaml", data)
+    env = {**CANARY, "SN_USER": "cAnary-USER-6a0f"}
+    for json_output in (False, True):
+        result = run_sncli(config, "config", "show", json_output=json_output, env=env)
+        assert result.code == 0, result.stderr
+        assert "OAUTHBEARER" in result.stdout and "cAnary" not in result.output
+

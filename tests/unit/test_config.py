@@ -12,7 +12,7 @@ from sncli.config import Settings, load_settings, parse_settings, table_fingerpr
 from sncli.errors import ConfigError, ExitCode
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sncli.yaml"
-ENV = {"SN_PASSWORD": "pw"}
+ENV = {"SN_PASSWORD": "pw-from-env"}  # 4+ characters: shorter ones cannot be masked, so are refused
 
 
 def example() -> dict[str, Any]:
@@ -174,3 +174,153 @@ def test_safety_lag_of_one_second_is_accepted() -> None:
     raw = example()
     raw["source"]["safety_lag_seconds"] = 1
     assert parse_settings(raw, ENV).source.safety_lag_seconds == 1
+
+
+# --------------------------------------------------------------------------- secrets and ${...} references
+
+
+def set_at(raw: dict[str, Any], path: str, value: object) -> dict[str, Any]:
+    """Set ``value`` at a dotted path (a ``[i]`` part indexes a list), creating mappings on the way.
+
+    Under ``kafka.client`` the rest of the path is one key (librdkafka's keys have dots).
+    """
+    if path.startswith("kafka.client."):
+        raw.setdefault("kafka", {}).setdefault("client", {})[path.removeprefix("kafka.client.")] = value
+        return raw
+    node: Any = raw
+    parts = path.replace("[", ".[").split(".")
+    for part in parts[:-1]:
+        node = node[int(part[1:-1])] if part.startswith("[") else node.setdefault(part, {})
+    last = parts[-1]
+    if last.startswith("["):
+        node[int(last[1:-1])] = value
+    else:
+        node[last] = value
+    return raw
+
+
+PLAIN_FIELDS = ["metrics.job", "source.tables[0].topic", "source.tables[1].query", "sink.group_id",
+                "sink.dlq_topic", "offsets.path", "kafka.client.sasl.mechanism", "kafka.client.linger.ms",
+                "sink.topics[0].table", "servicenow.tls.ca_bundle"]
+
+
+@pytest.mark.parametrize("path", PLAIN_FIELDS)
+def test_a_reference_in_a_field_that_is_no_secret_or_address_is_a_config_error(path: str) -> None:
+    # A ConfigMap author must not pull an environment variable or a file into a field sncli prints,
+    # logs or pushes as a metric label (metrics.job becomes the Pushgateway's job label).
+    for reference in ("${SN_PASSWORD}", "${file:/etc/hostname}"):
+        message = error_of(set_at(example(), path, reference))
+        assert message.startswith(f"{path}: ${{...}} is not expanded here"), message
+        assert "pw-from-env" not in message
+
+
+EXPANDING_FIELDS = {
+    "servicenow.instance_url": "https://expanded-1.service-now.com",
+    "servicenow.proxy": "http://proxy-user:proxy-pw-71@proxy.local:3128",
+    "servicenow.auth.username": "user-from-env",
+    "servicenow.auth.password": "password-from-env",
+    "kafka.bootstrap_servers": "broker-from-env:9093",
+    "kafka.client.sasl.password": "sasl-pw-from-env",
+    "kafka.client.sasl.username": "sasl-user-from-env",
+    "kafka.client.sasl.oauthbearer.config": "clientId=a clientSecret=b-from-env",
+    "kafka.schema_registry.url": "http://registry-from-env:8081",
+    "kafka.schema_registry.basic_auth_user_info": "sr-user:sr-pw-from-env",
+    "metrics.pushgateway": "http://gateway-from-env:9091",
+}
+
+
+@pytest.mark.parametrize("path", sorted(EXPANDING_FIELDS))
+def test_a_reference_expands_in_secrets_addresses_and_user_names_and_its_value_is_masked(path: str) -> None:
+    from sncli.logs import redact
+
+    value = EXPANDING_FIELDS[path]
+    parse_settings(set_at(example(), path, "${FROM_ENV}"), {**ENV, "FROM_ENV": value})
+    assert redact(f"shown: {value}.") == "shown: ***."
+
+
+def test_oauth_and_s3_fields_expand_too() -> None:
+    from sncli.logs import redact
+
+    raw = example()
+    raw["servicenow"]["auth"] = {"type": "oauth", "client_id": "${ID}", "client_secret": "${file:/dev/null}",
+                                 "username": "${ID}", "password": "${SN_PASSWORD}", "token_url": "${TOKEN_URL}"}
+    raw["offsets"] = {"store": "s3", "url": "${S3_URL}", "endpoint_url": "${S3_ENDPOINT}"}
+    env = {**ENV, "ID": "client-id-from-env", "TOKEN_URL": "https://idp.local/token",
+           "S3_URL": "s3://bucket-from-env/key", "S3_ENDPOINT": "http://s3-from-env:9000"}
+    settings = parse_settings(raw, env)
+    assert settings.offsets.store == "s3" and settings.offsets.bucket == "bucket-from-env"
+    for value in env.values():
+        assert redact(value) == "***"
+
+
+def test_a_reference_too_short_to_be_masked_is_refused_without_showing_it() -> None:
+    message = error_of(example(), env={"SN_PASSWORD": "pw"})
+    assert message == "servicenow.auth.password: ${SN_PASSWORD} is shorter than 4 characters, " \
+                      "too short to be masked in output"
+    empty = parse_settings(example(), {"SN_PASSWORD": ""})  # nothing to mask: an empty value is allowed
+    assert empty.servicenow.auth.password.get_secret_value() == ""
+
+
+def test_a_config_error_never_shows_an_expanded_value() -> None:
+    raw = set_at(example(), "offsets", {"store": "s3", "url": "${S3_URL}"})
+    message = error_of(raw, env={**ENV, "S3_URL": "not-an-s3-url-cAnary-5150"})
+    assert message == "offsets.url: must be s3://bucket/key, got '***'"
+    raw = set_at(example(), "servicenow.instance_url", "${SN_URL}")
+    message = error_of(raw, env={**ENV, "SN_URL": "cAnary-no-scheme.service-now.com"})
+    assert "cAnary" not in message and message.startswith("servicenow.instance_url:")
+
+
+def test_a_rejected_config_registers_its_secrets_for_masking_too() -> None:
+    from sncli.logs import redact
+
+    raw = example()
+    raw["source"]["page_sise"] = 10
+    raw["kafka"]["client"] = {"sasl.password": "inline-sasl-cAnary-2"}
+    error_of(raw, env={"SN_PASSWORD": "rejected-pw-cAnary-1"})
+    # A looping process logs the rejected reload; nothing that config held may show in that line or later.
+    assert redact("rejected-pw-cAnary-1 inline-sasl-cAnary-2") == "*** ***"
+
+
+def test_config_show_redacts_by_the_secret_model_not_by_key_name() -> None:
+    raw = example()
+    raw["servicenow"]["auth"] = {"type": "oauth", "client_id": "cid", "client_secret": "canary-cs",
+                                 "username": "u", "password": "canary-pw", "token_url": "https://idp.local/token"}
+    raw["kafka"]["client"] = {"sasl.oauthbearer.config": "clientId=x clientSecret=canary-oauthbearer",
+                              "sasl.mechanism": "OAUTHBEARER", "sasl.username": "kafka-user", "linger.ms": 5}
+    shown = parse_settings(raw, ENV).redacted()
+    assert shown["kafka"]["client"] == {"sasl.oauthbearer.config": "***", "sasl.mechanism": "OAUTHBEARER",
+                                        "sasl.username": "kafka-user", "linger.ms": 5}
+    auth = shown["servicenow"]["auth"]
+    assert (auth["client_secret"], auth["password"], auth["refresh_token"]) == ("***", "***", None)
+    assert (auth["client_id"], auth["username"], auth["token_url"]) == ("cid", "u", "https://idp.local/token")
+    assert shown["source"]["tables"][0]["key"] == {"type": "sys_id"}  # a key named "key" is no secret
+
+
+def test_every_secret_str_field_is_a_secret_and_the_addresses_are_the_expanding_fields() -> None:
+    """The field model: any SecretStr is a secret (a new secret key needs no other change); which plain
+    text fields may expand ${...} is listed here, so widening that list is a deliberate change."""
+    from pydantic import BaseModel, SecretStr
+
+    from sncli.config import Role, Settings, _models_in, _types_in, field_role
+
+    roles: dict[str, Role | None] = {}
+
+    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, info in model.model_fields.items():
+            path = (*prefix, name)
+            roles[".".join(path)] = field_role(path)
+            if SecretStr in _types_in(info.annotation):
+                assert field_role(path) is Role.SECRET, path
+            for inner in _models_in(info):
+                walk(inner, path)
+
+    walk(Settings, ())
+    expanding = {path for path, role in roles.items() if role is Role.EXPANDS}
+    assert expanding == {
+        "servicenow.instance_url", "servicenow.proxy", "servicenow.auth.username", "servicenow.auth.client_id",
+        "servicenow.auth.token_url", "kafka.bootstrap_servers", "kafka.schema_registry.url", "offsets.url",
+        "offsets.endpoint_url", "metrics.pushgateway",
+    }
+    assert {p for p, r in roles.items() if r is Role.SECRET} >= {
+        "servicenow.auth.password", "servicenow.auth.client_secret", "servicenow.auth.refresh_token",
+        "kafka.schema_registry.basic_auth_user_info"}

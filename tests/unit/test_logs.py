@@ -51,3 +51,82 @@ def test_context_table_and_traceback_are_masked() -> None:
     entry = orjson.loads(text)
     assert entry["command"] == "source poll ***" and entry["table"] == "***" and entry["attempt"] == 3
     assert "token *** refused" in entry["exc"]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("GET http://svc:pw-9f@proxy:3128/x failed", "GET http://svc:***@proxy:3128/x failed"),
+        ("url='https://u:p@ss@registry.example/subjects'", "url='https://u:***@registry.example/subjects'"),
+        ('{"url":"http://:tok3n@gw:9091","b":"ftp://x:y@h"}', '{"url":"http://:***@gw:9091","b":"ftp://x:***@h"}'),
+        ("http://user@host/no-password and a@b:c", "http://user@host/no-password and a@b:c"),
+    ],
+)
+def test_a_password_inside_any_url_is_masked_registered_or_not(text: str, shown: str) -> None:
+    assert logs.redact(text) == shown
+
+
+def test_a_secret_escaped_by_json_or_repr_is_masked_too() -> None:
+    secret = 'pa"ss\\wo\nrd-31'
+    logs.register_secrets([secret])
+    for text in (orjson.dumps({"error": f"login {secret} refused"}).decode(), repr(f"login {secret} refused")):
+        assert "wo" not in logs.redact(text), text
+
+
+def test_values_too_short_to_mask_are_left_alone() -> None:
+    # Masking "yes" or "1" everywhere would garble every line; the config refuses such ${...} values instead.
+    logs.register_secrets(["yes", "1", "four"])
+    assert logs.redact("yes, 1 or four") == "yes, 1 or ***"
+    assert logs.MIN_MASKED_LENGTH == 4
+
+
+def test_the_redacting_writer_masks_every_write_and_keeps_the_stream_interface() -> None:
+    import io
+
+    logs.register_secrets(["canary-writer-77"])
+    target = io.StringIO()
+    writer = logs.RedactingWriter(target)
+    writer.write("a canary-writer-77 in a line\n")
+    print("print canary-writer-77", file=writer)
+    writer.writelines(["and canary-writer-77\n"])
+    assert target.getvalue() == "a *** in a line\nprint ***\nand ***\n"
+    with pytest.raises(TypeError):
+        writer.write(b"bytes bypass nothing")  # type: ignore[arg-type]
+    assert not writer.isatty() and not hasattr(writer, "buffer")
+
+
+def test_masked_standard_streams_cover_echo_print_and_tracebacks() -> None:
+    """Anything the process writes to stdout or stderr, a traceback Python prints included, is masked."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, typer\n"
+        "from sncli import logs\n"
+        "logs.mask_standard_streams()\n"
+        "logs.register_secrets(['canary-stream-31'])\n"
+        "typer.echo('echo canary-stream-31')\n"
+        "print('print canary-stream-31')\n"
+        "raise RuntimeError('boom http://u:canary-url-pw@h canary-stream-31')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "echo ***\nprint ***\n"
+    assert "RuntimeError: boom http://u:***@h ***" in proc.stderr
+    assert "canary" not in proc.stdout + proc.stderr
+
+
+def test_json_log_lines_keep_the_logger_name_behind_the_masked_streams() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from sncli import logs\n"
+        "logs.mask_standard_streams()\n"
+        "logs.configure('json')\n"
+        "logs.register_secrets(['admin'])\n"
+        "logging.getLogger('sncli.kafka.admin').warning('login as admin failed')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    entry = orjson.loads(proc.stderr)
+    assert (entry["logger"], entry["msg"]) == ("sncli.kafka.admin", "login as *** failed")
