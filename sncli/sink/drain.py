@@ -545,8 +545,14 @@ class SinkRun:
             self._dead_letter(job, Failure(exc.error_class, exc.message, table=topic.table, attempts=0),
                               generation, op="none")
             return
-        except Exception as exc:  # not the record's fault (e.g. the Schema Registry is down): stop here
+        except KafkaError as exc:  # not the record's fault (the Schema Registry is down): stop here
             self._fail(f"cannot decode {tp[0]}[{tp[1]}]@{offset}: {exc}")
+            return
+        except Exception as exc:  # anything else one record's bytes provoke is that record's problem
+            failure = Failure("decode", f"cannot decode or resolve the value: {type(exc).__name__}: {exc}",
+                              table=topic.table, attempts=0)
+            self._plan_entry(job, None, RecordError("decode", failure.message))
+            self._dead_letter(job, failure, generation, op="none")
             return
         self._plan_entry(job, plan, None)
         if isinstance(plan, Skip):
