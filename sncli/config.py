@@ -41,7 +41,7 @@ SN_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _WHOLE_TOKEN = re.compile(r"^\$\{(?:(?P<file>file:)(?P<path>[^}]+)|(?P<var>[A-Za-z_][A-Za-z0-9_]*))\}$")
 _FILE_TOKEN = re.compile(r"\$\{file:(?P<path>[^}]+)\}")
-_TABLE_NAME = re.compile(r"^[a-z0-9_]+$")
+_TABLE_NAME = re.compile(r"[a-z0-9_]+")
 _DISCRIMINATORS = ("type", "store")  # the keys that select a variant (auth, key, offsets)
 
 
@@ -59,7 +59,7 @@ def _check_http_url(value: str, *, what: str = "URL") -> str:
 
 def _check_table_name(value: str) -> str:
     # Table names become URL path segments; anything else could address another endpoint.
-    if not _TABLE_NAME.match(value):
+    if not _TABLE_NAME.fullmatch(value):
         raise ValueError(f"table name must match [a-z0-9_]+, got {value!r}")
     return value
 
@@ -270,7 +270,7 @@ class SourceTable(_Model):
     @field_validator("topic")
     @classmethod
     def _topic(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9._-]{1,249}$", value):
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
             raise ValueError(f"not a valid Kafka topic name: {value!r}")
         return value
 

@@ -54,8 +54,8 @@ H_ATTEMPTS = ERROR_PREFIX + "attempts"
 H_TIMESTAMP = ERROR_PREFIX + "timestamp"
 ERROR_HEADERS = (H_CLASS, H_MESSAGE, H_STATUS, H_TOPIC, H_PARTITION, H_OFFSET, H_TABLE, H_ATTEMPTS, H_TIMESTAMP)
 MAX_MESSAGE_CHARS = 1000
-_SYS_ID = re.compile(r"^[0-9a-f]{32}$")
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_SYS_ID = re.compile(r"[0-9a-f]{32}")
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 Headers = Sequence[tuple[str, bytes | None]]
@@ -218,7 +218,7 @@ def _guess_sys_id(key: bytes | None, value: bytes | None, headers: Headers) -> s
             return raw.decode("utf-8", "replace")
     if key is not None:
         text = key.decode("utf-8", "replace")
-        if _SYS_ID.match(text):
+        if _SYS_ID.fullmatch(text):
             return text
     return None
 
@@ -285,7 +285,7 @@ def make_filters(
 def parse_since(text: str, *, now: datetime) -> datetime:
     """``2h`` / ``30m`` / ``7d`` ago, or an ISO / ``YYYY-MM-DD HH:MM:SS`` time (UTC unless it says otherwise)."""
     value = text.strip()
-    relative = _RELATIVE.match(value)
+    relative = _RELATIVE.fullmatch(value)
     if relative:
         return now - timedelta(seconds=float(relative.group(1)) * _UNITS[relative.group(2)])
     parsed = _parse_iso(value)
