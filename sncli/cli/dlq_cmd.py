@@ -82,6 +82,7 @@ def inspect(
     if state.json_output:
         print_json([entry.as_row() for entry in entries])
         return
+    from rich.markup import escape
     from rich.table import Table
 
     plural = "s" if len(entries) != 1 else ""
@@ -94,11 +95,12 @@ def inspect(
         when = entry.dead_lettered_at.strftime("%Y-%m-%d %H:%M:%S") if entry.dead_lettered_at else ""
         cells = [
             f"{entry.partition}:{entry.offset}", when, entry.table, entry.sys_id or "", entry.error_class,
-            "" if entry.status is None else str(entry.status), entry.message,
+            "" if entry.status is None else str(entry.status),
+            f"[unparseable {', '.join(entry.problems)}] {entry.message}" if entry.problems else entry.message,
         ]
         if history:
             cells.append("yes" if entry.pending else "no")
-        listing.add_row(*cells)
+        listing.add_row(*(escape(cell) for cell in cells))  # data, not markup: "[...]" must show
     table_console().print(listing)
 
 
@@ -114,6 +116,11 @@ def replay(
     group: str | None = typer.Option(
         None, "--group", help="Consumer group for replay progress (default: <sink.group_id>-dlq-replay)."
     ),
+    trust_unsigned: bool = typer.Option(
+        False, "--trust-unsigned",
+        help="Also replay records without a signature (written before sink.dlq_signing_key was set, or "
+             "without one); needs --topic: their claim to come from it is taken on your word.",
+    ),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Re-attempt DLQ records into ServiceNow; failures go back to the DLQ.
@@ -121,8 +128,11 @@ def replay(
     Progress is committed in its own consumer group, so a replay resumes where the
     last one stopped and never repeats finished work. Records the filters do not
     select are carried forward (re-queued unchanged at the end of the DLQ) for a
-    later replay. Exit 0 when every selected record was written, 3 when some
-    failed again, 1 when the run failed.
+    later replay. Only records signed with sink.dlq_signing_key are written;
+    others are refused (unsigned ones kept in the DLQ, forged ones passed over).
+    Exit 0 when every selected record was written, 3 when some failed again or
+    were refused, 2 without a signing key (unless --trust-unsigned --topic),
+    1 when the run failed.
     """
     state = state_of(ctx, config)
     settings = state.settings()
@@ -132,7 +142,8 @@ def replay(
     stop = threading.Event()
     with stop_on_signals(stop):
         summary = guard(
-            lambda: run_replay(settings, filters, group_id=group, dry_run=dry_run, workers=workers, stop=stop)
+            lambda: run_replay(settings, filters, group_id=group, dry_run=dry_run, workers=workers, stop=stop,
+                               trust_unsigned=trust_unsigned)
         )
     render_summary(summary, json_output=state.json_output, command="dlq replay")
     exit_with(summary.exit_code)

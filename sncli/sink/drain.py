@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sncli.config import Settings, SinkTopic
-from sncli.dlq import DlqWriter, Failure, Origin, dlq_headers
+from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
 from sncli.errors import ExitCode, UsageError
 from sncli.kafka.consumer import reset_policy, start_positions
 from sncli.kafka.errors import KafkaError
@@ -77,6 +77,7 @@ class DrainSummary:
     topics: list[str] = field(default_factory=list)
     group_id: str = ""
     carried_forward: int = 0  # dlq replay: records not selected, re-queued unchanged at the DLQ's end
+    refused: dict[str, int] = field(default_factory=dict)  # dlq replay: not written, by reason (unsigned, ...)
     plan: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,6 +100,8 @@ class DrainSummary:
         }
         if self.carried_forward:
             data["carried_forward"] = self.carried_forward
+        if self.refused:
+            data["refused"] = dict(sorted(self.refused.items()))
         if self.plan is not None:
             data["plan"] = self.plan
         return data
@@ -294,7 +297,8 @@ class SinkRun:
                 from sncli.servicenow.client import ServiceNowClient
 
                 self._client = ServiceNowClient(self.settings.servicenow, metrics=self.metrics, pool_size=self.workers)
-                self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic)
+                self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic,
+                                             signer=DlqSigner.of(self.settings.sink))
                 self._pool = KeyedPool(self.workers, self.settings.sink.max_pending, self._write, name="sink-worker")
             self._start_reading(wanted, present)
             join_timeout = max(60.0, 2.5 * session_ms / 1000.0)
@@ -438,7 +442,7 @@ class SinkRun:
             summary.error = self._fatal
             summary.stopped_by = "error"
             summary.exit_code = int(ExitCode.FAILED)
-        elif summary.dlq:
+        elif summary.dlq or summary.refused:
             summary.exit_code = int(ExitCode.PARTIAL)
         else:
             summary.exit_code = int(ExitCode.OK)
@@ -673,7 +677,8 @@ class SinkRun:
                 return
             self._done(job.tp, job.offset, generation)
 
-        self._dlq_writer.send(msg.key(), msg.value(), list(msg.headers() or []), acked)
+        # As read, signature included: re-signing would vouch for a record nobody checked.
+        self._dlq_writer.send(msg.key(), msg.value(), list(msg.headers() or []), acked, sign=False)
 
     def _count_skip(self, table: str, op: str, reason: str) -> None:
         self.metrics.sink_records.labels(table=table, op=op, outcome="skipped").inc()
