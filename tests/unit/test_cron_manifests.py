@@ -61,7 +61,7 @@ def test_containers_get_config_and_secrets_from_kubernetes_objects() -> None:
 
 def test_configmap_config_is_valid_sncli_config() -> None:
     text = load("configmap.yaml")["data"]["sncli.yaml"]
-    env = {name: "x" for name in re.findall(r"\$\{([A-Z_]+)\}", text)}
+    env = {name: "x" * 32 for name in re.findall(r"\$\{([A-Z_]+)\}", text)}  # keys have a minimum length
     settings = parse_settings(yaml.safe_load(text), env)
     assert settings.offsets.store == "s3"
     assert settings.source.tables
