@@ -530,6 +530,7 @@ class DlqWriter:
         self._kafka = kafka
         self.topic = topic
         self.signer = signer
+        self._warned_unsigned = False
         self._lock = threading.Lock()
         self._checked = False
         self._unusable: str | None = None
@@ -568,6 +569,10 @@ class DlqWriter:
             on_done(problem)
             return
         if sign:
+            if not self.signer.enabled and not self._warned_unsigned:
+                self._warned_unsigned = True
+                log.warning("sink.dlq_signing_key is not set: DLQ records are written unsigned, and dlq replay "
+                            "writes them only with --trust-unsigned --topic")
             headers = self.signer.sign(key, value, headers)
 
         def delivered(err: Any, _msg: Any) -> None:

@@ -308,13 +308,14 @@ def test_records_written_straight_to_the_dlq_cannot_use_another_topics_rights(
         (sid(50).encode(), None, claims(hr)),                                          # DELETE alice
         (sid(50).encode(), None, claims(hr) + copied),                                 # a stolen signature
         (b"n", json_value({"number": "N"}), claims(inc, **{"sncli.error.attempts": "²".encode()})),
+        (b"old", json_value({"number": "OLD"}), claims(inc)),  # as dead-lettered before the key was set
     ])
 
     # inspect shows every record, the unparseable one marked; nothing dies.
     listing = sncli_run(config, "dlq", "inspect")
     assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
     rows = json.loads(listing.stdout)
-    assert len(rows) == 5 and [r["problems"] for r in rows if r["problems"]] == [["sncli.error.attempts"]]
+    assert len(rows) == 6 and [r["problems"] for r in rows if r["problems"]] == [["sncli.error.attempts"]]
     text = subprocess.run([sys.executable, "-m", "sncli", "--config", str(config), "dlq", "inspect"],
                           capture_output=True, text=True, timeout=60, env={**os.environ})
     assert text.returncode == 0 and "unparseable" in text.stdout, text.stderr
@@ -326,18 +327,22 @@ def test_records_written_straight_to_the_dlq_cannot_use_another_topics_rights(
     assert replayed.returncode == 3, replayed.stderr
     summary = json.loads(replayed.stdout)
     assert summary["written"] == {"post": 1} and summary["dlq"] == {}, summary
-    assert summary["refused"] == {"bad_signature": 1, "malformed": 1, "unsigned": 2}, summary
+    assert summary["refused"] == {"bad_signature": 1, "malformed": 1, "unsigned": 3}, summary
     assert [(e.method, e.table) for e in writes(emulator.state.journal())] == [("POST", "u_denied")]
     assert [r["user_name"] for r in emulator.state.records("sys_user") if r["sys_id"] == sid(50)] == ["alice"]
     assert not [r for r in emulator.state.records("sys_user") if r.get("user_name") == "mallory"]
 
     # The unsigned ones stay pending (they may predate the key); the rest are history.
     pending = inspect_dlq(settings.kafka, dlq, Filters(), 100, view=View(replay_group(settings.sink.group_id)))
-    assert [(e.origin.topic if e.origin else None, e.value is None) for e in pending] == [(hr, False), (hr, True)]
+    assert [(e.origin.topic if e.origin else None, e.key) for e in pending] == [
+        (hr, None), (hr, sid(50).encode()), (inc, b"old")]
 
-    # Vouching for unsigned records of the incidents topic hands nothing of hr's rights out either.
+    # The operator vouches for the unsigned records of the incidents topic: the old one is written,
+    # and nothing of hr's rights is handed out (its records are not selected, only carried forward).
+    emulator.state.clear_journal()
     vouched = run_replay(settings, make_filters(None, None, None, now=NOW, topic=inc), trust_unsigned=True)
-    assert vouched.exit_code == 0 and vouched.written == {} and vouched.carried_forward == 2
+    assert vouched.exit_code == 0 and vouched.written == {"post": 1} and vouched.carried_forward == 2
+    assert [(e.method, e.table) for e in writes(emulator.state.journal())] == [("POST", "incident")]
     # Without a key, replay writes nothing at all unless told which topic to vouch for (exit 2).
     data["sink"].pop("dlq_signing_key")
     unkeyed = sncli_run(write_config(tmp_path / "nokey.yaml", data), "dlq", "replay")

@@ -137,3 +137,16 @@ def test_replay_without_a_key_needs_the_operator_to_vouch_for_one_topic() -> Non
         check_replay_trust(signer(KEY), Filters(), trust_unsigned=True)
     check_replay_trust(signer(), Filters(topic="public.incidents"), trust_unsigned=True)
     check_replay_trust(signer(KEY), Filters(), trust_unsigned=False)
+
+
+def test_the_signing_keys_are_secrets_in_logs_and_config_show() -> None:
+    from sncli.config import parse_settings
+
+    data = {"servicenow": {"instance_url": "https://x.service-now.com",
+                           "auth": {"type": "basic", "username": "u", "password": "${PW}"}},
+            "sink": {"dlq_signing_key": "${DLQ_KEY}", "dlq_previous_signing_key": "${OLD_KEY}"}}
+    settings = parse_settings(data, {"PW": "pw-canary-123", "DLQ_KEY": KEY, "OLD_KEY": OLD_KEY})
+    assert {KEY, OLD_KEY} <= set(settings.secret_values())  # registered for log redaction
+    shown = str(settings.redacted())
+    assert KEY not in shown and OLD_KEY not in shown
+    assert DlqSigner.of(settings.sink).keys == (KEY.encode(), OLD_KEY.encode())
