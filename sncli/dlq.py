@@ -241,6 +241,7 @@ class DlqEntry:
     sys_id: str | None
     pending: bool | None = None  # still to be handled by a replay (None: not asked, see View)
     problems: tuple[str, ...] = ()  # sncli headers that could not be parsed: shown, never replayed
+    signature: Verdict | None = None  # what replay would make of it (None: not checked, see with_signatures)
 
     def original_headers(self) -> list[tuple[str, bytes | None]]:
         """The headers the record had before it was dead-lettered."""
@@ -265,6 +266,7 @@ class DlqEntry:
             "sys_id": self.sys_id,
             "pending": self.pending,
             "problems": list(self.problems),
+            "signature": self.signature,
             "key": _text_or_none(self.key),
             "value": _text_or_none(self.value),
             "headers": {k: _text_or_none(v) for k, v in self.original_headers()},
@@ -715,12 +717,20 @@ def read_view(kafka: KafkaSettings, topic: str, view: View) -> Iterator[DlqEntry
     yield from mark_pending(read_dlq(kafka, topic, start=start), progress, history=view.history)
 
 
+def with_signatures(entries: Iterable[DlqEntry], signer: DlqSigner | None) -> Iterator[DlqEntry]:
+    """The entries with their signature checked (``valid``, ``unsigned``, ...); unchanged without a signer."""
+    for entry in entries:
+        yield entry if signer is None else replace(
+            entry, signature=signer.verify(entry.key, entry.value, entry.headers))
+
+
 def inspect_dlq(
-    kafka: KafkaSettings, topic: str, filters: Filters, limit: int, *, view: View | None = None
+    kafka: KafkaSettings, topic: str, filters: Filters, limit: int, *, view: View | None = None,
+    signer: DlqSigner | None = None,
 ) -> list[DlqEntry]:
     """The ``limit`` most recently dead-lettered records that match, oldest first."""
     newest: list[tuple[tuple[str, int, int], DlqEntry]] = []
-    for entry in read_view(kafka, topic, view or View()):
+    for entry in with_signatures(read_view(kafka, topic, view or View()), signer):
         if not filters.matches(entry):
             continue
         when = format_timestamp(entry.dead_lettered_at) if entry.dead_lettered_at else ""
@@ -747,6 +757,7 @@ def export_dlq(
     *,
     view: View | None = None,
     batch_rows: int = 1000,
+    signer: DlqSigner | None = None,
 ) -> int:
     """Write the matching DLQ records, one row each with the error headers as columns; returns the count.
 
@@ -757,7 +768,7 @@ def export_dlq(
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    entries = (e for e in read_view(kafka, topic, view or View()) if filters.matches(e))
+    entries = (e for e in with_signatures(read_view(kafka, topic, view or View()), signer) if filters.matches(e))
     try:
         count = _write_parquet(entries, partial, batch_rows) if fmt == "parquet" else _write_jsonl(entries, partial)
         os.replace(partial, output)
@@ -803,7 +814,7 @@ def _parquet_schema() -> Any:
         ("error_topic", pa.string()), ("error_partition", pa.int32()), ("error_offset", pa.int64()),
         ("error_table", pa.string()), ("error_attempts", pa.int32()), ("error_timestamp", ts),
         ("replay_count", pa.int32()), ("sys_id", pa.string()), ("pending", pa.bool_()),
-        ("problems", pa.list_(pa.string())),
+        ("problems", pa.list_(pa.string())), ("signature", pa.string()),
         ("key", pa.binary()), ("value", pa.binary()), ("headers", pa.string()),
     ])
 

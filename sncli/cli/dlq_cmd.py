@@ -68,17 +68,21 @@ def inspect(
 ) -> None:
     """List the DLQ records still pending, with their error context; commits nothing.
 
+    The signature column says what replay would make of each record: valid
+    (written), unsigned (kept), invalid (passed over), unchecked (no key set).
+
     Pending: neither written by a replay nor re-queued by one (a re-queued copy
     is listed in their place). ``--all`` lists the full history instead.
     """
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
-    from sncli.dlq import inspect_dlq
+    from sncli.dlq import DlqSigner, inspect_dlq
 
     name = dlq_topic or settings.sink.dlq_topic
     view = _view(settings, group, history)
-    entries = guard(lambda: inspect_dlq(settings.kafka, name, filters, limit, view=view))
+    signer = DlqSigner.of(settings.sink)
+    entries = guard(lambda: inspect_dlq(settings.kafka, name, filters, limit, view=view, signer=signer))
     if state.json_output:
         print_json([entry.as_row() for entry in entries])
         return
@@ -88,14 +92,14 @@ def inspect(
     plural = "s" if len(entries) != 1 else ""
     title = f"{name}: {len(entries)} record{plural}" if history else f"{name}: {len(entries)} pending record{plural}"
     listing = Table(title=title)
-    columns = ["offset", "time", "table", "sys_id", "class", "status", "message"]
+    columns = ["offset", "time", "table", "sys_id", "class", "status", "signature", "message"]
     for column in [*columns, "pending"] if history else columns:
         listing.add_column(column, overflow="fold")
     for entry in entries:
         when = entry.dead_lettered_at.strftime("%Y-%m-%d %H:%M:%S") if entry.dead_lettered_at else ""
         cells = [
             f"{entry.partition}:{entry.offset}", when, entry.table, entry.sys_id or "", entry.error_class,
-            "" if entry.status is None else str(entry.status),
+            "" if entry.status is None else str(entry.status), entry.signature or "",
             f"[unparseable {', '.join(entry.problems)}] {entry.message}" if entry.problems else entry.message,
         ]
         if history:
@@ -167,11 +171,12 @@ def export(
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
-    from sncli.dlq import export_dlq
+    from sncli.dlq import DlqSigner, export_dlq
 
     name = dlq_topic or settings.sink.dlq_topic
     view = _view(settings, group, history)
-    count = guard(lambda: export_dlq(settings.kafka, name, filters, output, fmt.lower(), view=view))
+    signer = DlqSigner.of(settings.sink)
+    count = guard(lambda: export_dlq(settings.kafka, name, filters, output, fmt.lower(), view=view, signer=signer))
     if state.json_output:
         print_json({"rows": count, "output": str(output), "format": fmt.lower(), "dlq_topic": name,
                     "view": "all" if history else "pending"})

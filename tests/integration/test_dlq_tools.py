@@ -316,6 +316,9 @@ def test_records_written_straight_to_the_dlq_cannot_use_another_topics_rights(
     assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
     rows = json.loads(listing.stdout)
     assert len(rows) == 6 and [r["problems"] for r in rows if r["problems"]] == [["sncli.error.attempts"]]
+    assert sorted((r["key"] or "", r["signature"]) for r in rows) == [
+        ("", "unsigned"), (sid(50), "invalid"), (sid(50), "unsigned"), ("n", "unsigned"), ("old", "unsigned"),
+        ("real", "valid")]
     text = subprocess.run([sys.executable, "-m", "sncli", "--config", str(config), "dlq", "inspect"],
                           capture_output=True, text=True, timeout=60, env={**os.environ})
     assert text.returncode == 0 and "unparseable" in text.stdout, text.stderr
