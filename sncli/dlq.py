@@ -899,10 +899,11 @@ def run_replay(
         summary = run.summary
         summary.refused[reason] = summary.refused.get(reason, 0) + 1
         if summary.plan is not None:
-            summary.plan.append({"topic": claimed, "partition": entry.origin.partition if entry.origin else -1,
-                                 "offset": entry.origin.offset if entry.origin else -1, "dlq_partition":
-                                 entry.partition, "dlq_offset": entry.offset, "operation": "REFUSED",
-                                 "error": reason})
+            origin = entry.origin or Origin(claimed, -1, -1)
+            summary.plan.append({
+                "topic": origin.topic, "partition": origin.partition, "offset": origin.offset,
+                "dlq_partition": entry.partition, "dlq_offset": entry.offset, "operation": "REFUSED", "error": reason,
+            })
         if not park:
             return None
         return Job((dlq_topic, entry.partition), entry.offset, _placeholder(entry), None, carry=msg)

@@ -323,6 +323,12 @@ def test_records_written_straight_to_the_dlq_cannot_use_another_topics_rights(
                           capture_output=True, text=True, timeout=60, env={**os.environ})
     assert text.returncode == 0 and "unparseable" in text.stdout, text.stderr
 
+    # The plan shows the refusals; a dry run writes nothing.
+    plan = run_replay(settings, Filters(), dry_run=True)
+    assert plan.exit_code == 3 and plan.refused == {"bad_signature": 1, "malformed": 1, "unsigned": 3}
+    assert sorted(p["error"] for p in plan.plan or [] if p["operation"] == "REFUSED") == [
+        "bad_signature", "malformed", "unsigned", "unsigned", "unsigned"]
+
     # Replay: the real record is written, every forged one refused; exit 3, not 1.
     emulator.state.update_settings(denied_tables=set())
     emulator.state.clear_journal()
