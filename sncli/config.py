@@ -53,7 +53,8 @@ SN_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _WHOLE_TOKEN = re.compile(r"^\$\{(?:(?P<file>file:)(?P<path>[^}]+)|(?P<var>[A-Za-z_][A-Za-z0-9_]*))\}$")
 _FILE_TOKEN = re.compile(r"\$\{file:(?P<path>[^}]+)\}")
-_TABLE_NAME = re.compile(r"^[a-z0-9_]+$")
+_TABLE_NAME = re.compile(r"[a-z0-9_]+")
+MIN_SIGNING_KEY_CHARS = 16
 _DISCRIMINATORS = ("type", "store")  # the keys that select a variant (auth, key, offsets)
 
 
@@ -120,7 +121,7 @@ def _check_http_url(value: str, *, what: str = "URL") -> str:
 
 def _check_table_name(value: str) -> str:
     # Table names become URL path segments; anything else could address another endpoint.
-    if not _TABLE_NAME.match(value):
+    if not _TABLE_NAME.fullmatch(value):
         raise ValueError(f"table name must match [a-z0-9_]+, got {value!r}")
     return value
 
@@ -361,7 +362,7 @@ class SourceTable(_Model):
     @field_validator("topic")
     @classmethod
     def _topic(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9._-]{1,249}$", value):
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
             raise ValueError(f"not a valid Kafka topic name: {value!r}")
         return value
 
@@ -470,7 +471,21 @@ class SinkSettings(_Model):
     workers: int = Field(default=8, ge=1, le=256)
     max_pending: int = Field(default=10_000, ge=1)
     dlq_topic: str = "servicenow.dlq"
+    # HMAC key for DLQ records (``${VAR}`` / ``${file:...}``): replay trusts only what it signed.
+    dlq_signing_key: SecretStr | None = None
+    dlq_previous_signing_key: SecretStr | None = None  # still verifies, never signs (key rotation)
     topics: list[SinkTopic] = []
+
+    @model_validator(mode="after")
+    def _signing_keys(self) -> SinkSettings:
+        for name in ("dlq_signing_key", "dlq_previous_signing_key"):
+            key: SecretStr | None = getattr(self, name)
+            if key is not None and len(key.get_secret_value().strip()) < MIN_SIGNING_KEY_CHARS:
+                raise ValueError(f"{name} must be at least {MIN_SIGNING_KEY_CHARS} characters "
+                                 "(e.g. openssl rand -hex 32)")
+        if self.dlq_previous_signing_key is not None and self.dlq_signing_key is None:
+            raise ValueError("dlq_previous_signing_key needs dlq_signing_key (the key that signs from now on)")
+        return self
 
     def topic(self, name: str) -> SinkTopic:
         for topic in self.topics:

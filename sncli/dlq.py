@@ -5,6 +5,13 @@ A DLQ record is the original record (key, value, headers untouched) plus
 the original bytes means a replay resolves it exactly as the drain did, and
 ``sncli.error.topic`` tells the replay which ``sink.topics`` entry applies.
 
+That header hands out the rights of a sink topic (its table, routing, deletes),
+so replay must not take it from whoever can produce to the DLQ: every record
+sncli writes there is signed (:class:`DlqSigner`, an HMAC over the key, the
+value and every header, with ``sink.dlq_signing_key``) and replay writes only
+records whose signature checks out, unless the operator vouches for unsigned
+ones of one named topic (``--trust-unsigned --topic``).
+
 The first half of this module is pure (building headers, parsing them back,
 filters); the I/O (bounded reads, replay, export) comes after and imports
 Kafka lazily.
@@ -13,7 +20,9 @@ Kafka lazily.
 from __future__ import annotations
 
 import base64
+import hashlib
 import heapq
+import hmac
 import logging
 import os
 import re
@@ -29,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from sncli import logs
-from sncli.config import KafkaSettings, Settings
+from sncli.config import KafkaSettings, Settings, SinkSettings
 from sncli.errors import SncliError, UsageError
 from sncli.private_files import create_private, make_dirs
 
@@ -56,10 +65,14 @@ H_OFFSET = ERROR_PREFIX + "offset"
 H_TABLE = ERROR_PREFIX + "table"
 H_ATTEMPTS = ERROR_PREFIX + "attempts"
 H_TIMESTAMP = ERROR_PREFIX + "timestamp"
+H_SIGNATURE = ERROR_PREFIX + "signature"  # v1:<key id>:<hex HMAC-SHA256>; see DlqSigner
 ERROR_HEADERS = (H_CLASS, H_MESSAGE, H_STATUS, H_TOPIC, H_PARTITION, H_OFFSET, H_TABLE, H_ATTEMPTS, H_TIMESTAMP)
 MAX_MESSAGE_CHARS = 1000
-_SYS_ID = re.compile(r"^[0-9a-f]{32}$")
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_SYS_ID = re.compile(r"[0-9a-f]{32}")
+#: A header number: ASCII digits only (int() also takes '٣', str.isdigit() '²'), at most an int64's length.
+_NUMBER = re.compile(r"[0-9]{1,19}")
+_SIGNATURE = re.compile(r"v1:(?P<kid>[0-9a-f]{16}):(?P<mac>[0-9a-f]{64})")
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 Headers = Sequence[tuple[str, bytes | None]]
@@ -124,6 +137,90 @@ def dlq_headers(
     return kept + added
 
 
+# --------------------------------------------------------------------------- signing
+
+Verdict = Literal["valid", "unsigned", "invalid", "unchecked"]
+
+
+@dataclass(frozen=True)
+class DlqSigner:
+    """Signs DLQ records and checks them: who can produce to the DLQ gains no sink topic's rights.
+
+    The signature is an HMAC-SHA256, keyed with ``sink.dlq_signing_key``, over the
+    record's key, its value and every header in order except the signature
+    itself: the ``sncli.error.*`` headers replay trusts (topic, partition, offset,
+    table, class, ...) and the original ones resolve reads (``sn.table``,
+    ``sn.sys_id``). Each part is framed with its length, so no bytes can move from
+    one part to another. The header carries a key id (derived from the key, not
+    revealing it) so a rotated key still verifies as ``dlq_previous_signing_key``.
+
+    ``keys[0]`` signs; every key verifies. No key: :meth:`sign` leaves the record
+    unsigned and :meth:`verify` answers ``unchecked``.
+    """
+
+    keys: tuple[bytes, ...] = ()
+
+    @classmethod
+    def of(cls, sink: SinkSettings) -> DlqSigner:
+        found = (sink.dlq_signing_key, sink.dlq_previous_signing_key)
+        return cls(tuple(k.get_secret_value().strip().encode() for k in found if k is not None))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def sign(self, key: bytes | None, value: bytes | None, headers: Headers) -> list[tuple[str, bytes | None]]:
+        """``headers`` without any earlier signature, then this record's (unchanged without a key)."""
+        kept = [(k, v) for k, v in headers if k != H_SIGNATURE]
+        if not self.keys:
+            return kept
+        secret = self.keys[0]
+        signature = f"v1:{_key_id(secret)}:{_mac(secret, key, value, kept).hex()}"
+        return [*kept, (H_SIGNATURE, signature.encode())]
+
+    def verify(self, key: bytes | None, value: bytes | None, headers: Headers) -> Verdict:
+        """``valid`` only when the signature matches the record as read, under a configured key."""
+        signatures = [v for k, v in headers if k == H_SIGNATURE]
+        if not signatures:
+            return "unsigned"
+        if not self.keys:
+            return "unchecked"
+        raw = signatures[0]
+        if len(signatures) != 1 or raw is None:
+            return "invalid"
+        match = _SIGNATURE.fullmatch(raw.decode("ascii", "replace"))
+        if match is None:
+            return "invalid"
+        for secret in self.keys:
+            if hmac.compare_digest(_key_id(secret), match.group("kid")):
+                expected = _mac(secret, key, value, [(k, v) for k, v in headers if k != H_SIGNATURE]).hex()
+                return "valid" if hmac.compare_digest(expected, match.group("mac")) else "invalid"
+        return "invalid"  # signed with a key this config does not have
+
+
+def _key_id(secret: bytes) -> str:
+    return hmac.new(secret, b"sncli-dlq-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def _mac(secret: bytes, key: bytes | None, value: bytes | None, headers: Headers) -> bytes:
+    mac = hmac.new(secret, b"sncli-dlq-v1\n", hashlib.sha256)
+
+    def part(raw: bytes | None) -> None:
+        if raw is None:
+            mac.update(b"\x00")
+        else:
+            mac.update(b"\x01" + len(raw).to_bytes(8, "big"))
+            mac.update(raw)
+
+    part(key)
+    part(value)
+    mac.update(len(headers).to_bytes(8, "big"))
+    for name, raw in headers:
+        part(name.encode("utf-8", "surrogateescape"))
+        part(raw)
+    return mac.digest()
+
+
 # --------------------------------------------------------------------------- reading back
 
 
@@ -147,6 +244,8 @@ class DlqEntry:
     replay_count: int
     sys_id: str | None
     pending: bool | None = None  # still to be handled by a replay (None: not asked, see View)
+    problems: tuple[str, ...] = ()  # sncli headers that could not be parsed: shown, never replayed
+    signature: Verdict | None = None  # what replay would make of it (None: not checked, see with_signatures)
 
     def original_headers(self) -> list[tuple[str, bytes | None]]:
         """The headers the record had before it was dead-lettered."""
@@ -170,6 +269,8 @@ class DlqEntry:
             "replay_count": self.replay_count,
             "sys_id": self.sys_id,
             "pending": self.pending,
+            "problems": list(self.problems),
+            "signature": self.signature,
             "key": _text_or_none(self.key),
             "value": _text_or_none(self.value),
             "headers": {k: _text_or_none(v) for k, v in self.original_headers()},
@@ -179,16 +280,33 @@ class DlqEntry:
 def parse_entry(
     partition: int, offset: int, timestamp_ms: int | None, key: bytes | None, value: bytes | None, headers: Headers
 ) -> DlqEntry:
-    """Read a DLQ record back; missing or malformed headers degrade to empty values, never raise."""
+    """Read a DLQ record back; never raises.
+
+    Missing headers degrade to empty values. Malformed numbers (anything but up
+    to 19 ASCII digits) are listed in ``problems``: the tools show such a record
+    and replay refuses it.
+    """
     found: dict[str, str] = {}
     for name, raw in headers:
         if raw is not None and (name.startswith(ERROR_PREFIX) or name == REPLAY_COUNT):
             found[name] = raw.decode("utf-8", "replace")
+    problems: list[str] = []
+
+    def number(name: str) -> int | None:
+        text = found.get(name, "")
+        if text == "":
+            return None
+        if _NUMBER.fullmatch(text):
+            return int(text)
+        problems.append(name)
+        return None
+
     origin = None
     topic = found.get(H_TOPIC)
-    partition_text, offset_text = found.get(H_PARTITION, ""), found.get(H_OFFSET, "")
-    if topic and partition_text.isdigit() and offset_text.isdigit():
-        origin = Origin(topic, int(partition_text), int(offset_text))
+    origin_partition, origin_offset = number(H_PARTITION), number(H_OFFSET)
+    if topic and origin_partition is not None and origin_offset is not None:
+        origin = Origin(topic, origin_partition, origin_offset)
+    status, attempts, replay_count = number(H_STATUS), number(H_ATTEMPTS), number(REPLAY_COUNT)
     return DlqEntry(
         partition=partition,
         offset=offset,
@@ -198,13 +316,14 @@ def parse_entry(
         headers=tuple(headers),
         error_class=found.get(H_CLASS, ""),
         message=found.get(H_MESSAGE, ""),
-        status=_int_or_none(found.get(H_STATUS)),
+        status=status,
         origin=origin,
         table=found.get(H_TABLE, ""),
-        attempts=_int_or_none(found.get(H_ATTEMPTS)) or 0,
+        attempts=attempts or 0,
         dead_lettered_at=_parse_iso(found.get(H_TIMESTAMP)),
-        replay_count=_int_or_none(found.get(REPLAY_COUNT)) or 0,
+        replay_count=replay_count or 0,
         sys_id=_guess_sys_id(key, value, headers),
+        problems=tuple(problems),
     )
 
 
@@ -222,7 +341,7 @@ def _guess_sys_id(key: bytes | None, value: bytes | None, headers: Headers) -> s
             return raw.decode("utf-8", "replace")
     if key is not None:
         text = key.decode("utf-8", "replace")
-        if _SYS_ID.match(text):
+        if _SYS_ID.fullmatch(text):
             return text
     return None
 
@@ -289,7 +408,7 @@ def make_filters(
 def parse_since(text: str, *, now: datetime) -> datetime:
     """``2h`` / ``30m`` / ``7d`` ago, or an ISO / ``YYYY-MM-DD HH:MM:SS`` time (UTC unless it says otherwise)."""
     value = text.strip()
-    relative = _RELATIVE.match(value)
+    relative = _RELATIVE.fullmatch(value)
     if relative:
         return now - timedelta(seconds=float(relative.group(1)) * _UNITS[relative.group(2)])
     parsed = _parse_iso(value)
@@ -303,15 +422,9 @@ def _parse_iso(text: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _int_or_none(text: str | None) -> int | None:
-    if text is None or not text.strip().lstrip("-").isdigit():
-        return None
-    return int(text)
 
 
 def _ms_to_datetime(ms: int | None) -> datetime | None:
@@ -402,9 +515,13 @@ class DlqWriter:
     first use, not at start: a drain whose records all succeed never needs it,
     and when it is missing the run fails at the first record that needed it,
     with everything before that record committed.
+
+    Every record is signed with ``signer`` (see :class:`DlqSigner`) unless the
+    caller passes ``sign=False``: only a record re-queued unchanged is sent as it
+    was read, so an unverified record is never given a valid signature.
     """
 
-    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, *, signer: DlqSigner) -> None:
         from confluent_kafka import Producer
 
         from sncli.kafka.conf import delivery_timeout_ms, producer_config
@@ -418,6 +535,8 @@ class DlqWriter:
         self._produce: Any = self._producer.produce
         self._kafka = kafka
         self.topic = topic
+        self.signer = signer
+        self._warned_unsigned = False
         self._lock = threading.Lock()
         self._checked = False
         self._unusable: str | None = None
@@ -444,12 +563,23 @@ class DlqWriter:
         value: bytes | None,
         headers: list[tuple[str, bytes | None]],
         on_done: Callable[[str | None], None],
+        *,
+        sign: bool = True,
     ) -> None:
-        """Queue one DLQ record; ``on_done(None)`` once acknowledged, ``on_done(error)`` if it cannot be."""
+        """Queue one DLQ record; ``on_done(None)`` once acknowledged, ``on_done(error)`` if it cannot be.
+
+        ``sign=False``: the headers are sent as given (a record carried forward unchanged).
+        """
         problem = self._check_topic()
         if problem is not None:
             on_done(problem)
             return
+        if sign:
+            if not self.signer.enabled and not self._warned_unsigned:
+                self._warned_unsigned = True
+                log.warning("sink.dlq_signing_key is not set: DLQ records are written unsigned, and dlq replay "
+                            "writes them only with --trust-unsigned --topic")
+            headers = self.signer.sign(key, value, headers)
 
         def delivered(err: Any, _msg: Any) -> None:
             on_done(None if err is None else f"DLQ topic {self.topic}: {err.str()}")
@@ -591,12 +721,20 @@ def read_view(kafka: KafkaSettings, topic: str, view: View) -> Iterator[DlqEntry
     yield from mark_pending(read_dlq(kafka, topic, start=start), progress, history=view.history)
 
 
+def with_signatures(entries: Iterable[DlqEntry], signer: DlqSigner | None) -> Iterator[DlqEntry]:
+    """The entries with their signature checked (``valid``, ``unsigned``, ...); unchanged without a signer."""
+    for entry in entries:
+        yield entry if signer is None else replace(
+            entry, signature=signer.verify(entry.key, entry.value, entry.headers))
+
+
 def inspect_dlq(
-    kafka: KafkaSettings, topic: str, filters: Filters, limit: int, *, view: View | None = None
+    kafka: KafkaSettings, topic: str, filters: Filters, limit: int, *, view: View | None = None,
+    signer: DlqSigner | None = None,
 ) -> list[DlqEntry]:
     """The ``limit`` most recently dead-lettered records that match, oldest first."""
     newest: list[tuple[tuple[str, int, int], DlqEntry]] = []
-    for entry in read_view(kafka, topic, view or View()):
+    for entry in with_signatures(read_view(kafka, topic, view or View()), signer):
         if not filters.matches(entry):
             continue
         when = format_timestamp(entry.dead_lettered_at) if entry.dead_lettered_at else ""
@@ -623,6 +761,7 @@ def export_dlq(
     *,
     view: View | None = None,
     batch_rows: int = 1000,
+    signer: DlqSigner | None = None,
 ) -> int:
     """Write the matching DLQ records, one row each with the error headers as columns; returns the count.
 
@@ -634,7 +773,7 @@ def export_dlq(
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     make_dirs(output.parent)
     partial = output.with_name(output.name + ".partial")
-    entries = (e for e in read_view(kafka, topic, view or View()) if filters.matches(e))
+    entries = (e for e in with_signatures(read_view(kafka, topic, view or View()), signer) if filters.matches(e))
     try:
         count = _write_parquet(entries, partial, batch_rows) if fmt == "parquet" else _write_jsonl(entries, partial)
         os.replace(partial, output)
@@ -680,6 +819,7 @@ def _parquet_schema() -> Any:
         ("error_topic", pa.string()), ("error_partition", pa.int32()), ("error_offset", pa.int64()),
         ("error_table", pa.string()), ("error_attempts", pa.int32()), ("error_timestamp", ts),
         ("replay_count", pa.int32()), ("sys_id", pa.string()), ("pending", pa.bool_()),
+        ("problems", pa.list_(pa.string())), ("signature", pa.string()),
         ("key", pa.binary()), ("value", pa.binary()), ("headers", pa.string()),
     ])
 
@@ -725,6 +865,7 @@ def run_replay(
     workers: int | None = None,
     stop: threading.Event | None = None,
     metrics: RunMetrics | None = None,
+    trust_unsigned: bool = False,
 ) -> DrainSummary:
     """Re-attempt the selected DLQ records through the sink's resolve/write path.
 
@@ -739,23 +880,56 @@ def run_replay(
     them). So one group serves every filter: a replay of ``--table incident``
     never hides the problem records from a later replay, and a later unfiltered
     replay never re-sends (and duplicates) what an earlier filtered one wrote.
+
+    A selected record is written only when its signature checks out
+    (:class:`DlqSigner`). Refused records are counted in ``summary.refused`` (exit
+    3) and never written: an unsigned one is carried forward (it may predate the
+    key: ``trust_unsigned`` with a ``--topic`` filter replays those), one with a
+    wrong signature or unparseable headers is passed over (committed past; still
+    in ``dlq inspect --all``).
     """
     from sncli.sink.drain import DrainOptions, Job, SinkRun
     from sncli.sink.resolve import InRecord
 
+    signer = DlqSigner.of(settings.sink)
+    check_replay_trust(signer, filters, trust_unsigned=trust_unsigned)
     topics = {t.topic: t for t in settings.sink.topics}
     dlq_topic = settings.sink.dlq_topic
     group = replay_group(settings.sink.group_id, group_id)
 
+    def refuse(msg: Any, entry: DlqEntry, reason: RefusedReason, *, park: bool) -> Job | None:
+        claimed = entry.origin.topic if entry.origin else "?"
+        log.warning("%s[%d]@%d refused (%s; claims to come from %s): %s", dlq_topic, entry.partition,
+                    entry.offset, reason, claimed, "kept in the DLQ" if park else "not replayed")
+        summary = run.summary
+        summary.refused[reason] = summary.refused.get(reason, 0) + 1
+        if summary.plan is not None:
+            origin = entry.origin or Origin(claimed, -1, -1)
+            summary.plan.append({
+                "topic": origin.topic, "partition": origin.partition, "offset": origin.offset,
+                "dlq_partition": entry.partition, "dlq_offset": entry.offset, "operation": "REFUSED", "error": reason,
+            })
+        if not park:
+            return None
+        return Job((dlq_topic, entry.partition), entry.offset, _placeholder(entry), None, carry=msg)
+
     def prepare(msg: Any) -> Job | None:
         timestamp_type, timestamp_ms = msg.timestamp()
+        headers = msg.headers() or []
         entry = parse_entry(msg.partition(), msg.offset(), timestamp_ms if timestamp_type else None,
-                            msg.key(), msg.value(), msg.headers() or [])
+                            msg.key(), msg.value(), headers)
+        if entry.problems and filters.matches(entry):
+            return refuse(msg, entry, "malformed", park=False)
         if not filters.matches(entry) or entry.origin is None:
             if entry.origin is None:
                 log.warning("%s[%d]@%d has no origin offset (a source record, or not by sncli): carried forward",
                             dlq_topic, entry.partition, entry.offset)
             return Job((dlq_topic, entry.partition), entry.offset, _placeholder(entry), None, carry=msg)
+        verdict = signer.verify(entry.key, entry.value, headers)
+        if verdict == "invalid":
+            return refuse(msg, entry, "bad_signature", park=False)
+        if verdict != "valid" and not trust_unsigned:
+            return refuse(msg, entry, "unsigned", park=True)
         origin = entry.origin
         record = InRecord(origin.topic, origin.partition, origin.offset, entry.key, entry.value,
                           tuple(entry.original_headers()), timestamp_ms if timestamp_type else None)
@@ -775,6 +949,21 @@ def run_replay(
     )
     log.info("replaying %s%s in group %s", dlq_topic, f" ({filters.describe()})" if not filters.empty else "", group)
     return run.run_and_push({"command": "dlq_replay", "table": filters.table or "all"})
+
+
+RefusedReason = Literal["unsigned", "bad_signature", "malformed"]
+
+
+def check_replay_trust(signer: DlqSigner, filters: Filters, *, trust_unsigned: bool) -> None:
+    """Refuse a replay that would hand out sink topics' rights on a DLQ producer's word (exit 2)."""
+    if trust_unsigned and filters.topic is None:
+        raise UsageError("--trust-unsigned needs --topic: name the one sink topic whose settings (table, routing, "
+                         "deletes) the unsigned records may use")
+    if not signer.enabled and not trust_unsigned:
+        raise UsageError("sink.dlq_signing_key is not set, so DLQ records cannot be verified and replay writes "
+                         "none of them: whoever can produce to the DLQ could claim any sink topic. Set the key "
+                         "(the sink signs what it dead-letters from then on), or replay the records of one topic "
+                         "you vouch for with --trust-unsigned --topic TOPIC")
 
 
 def _placeholder(entry: DlqEntry) -> InRecord:

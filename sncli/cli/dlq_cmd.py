@@ -68,37 +68,43 @@ def inspect(
 ) -> None:
     """List the DLQ records still pending, with their error context; commits nothing.
 
+    The signature column says what replay would make of each record: valid
+    (written), unsigned (kept), invalid (passed over), unchecked (no key set).
+
     Pending: neither written by a replay nor re-queued by one (a re-queued copy
     is listed in their place). ``--all`` lists the full history instead.
     """
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
-    from sncli.dlq import inspect_dlq
+    from sncli.dlq import DlqSigner, inspect_dlq
 
     name = dlq_topic or settings.sink.dlq_topic
     view = _view(settings, group, history)
-    entries = guard(lambda: inspect_dlq(settings.kafka, name, filters, limit, view=view))
+    signer = DlqSigner.of(settings.sink)
+    entries = guard(lambda: inspect_dlq(settings.kafka, name, filters, limit, view=view, signer=signer))
     if state.json_output:
         print_json([entry.as_row() for entry in entries])
         return
+    from rich.markup import escape
     from rich.table import Table
 
     plural = "s" if len(entries) != 1 else ""
     title = f"{name}: {len(entries)} record{plural}" if history else f"{name}: {len(entries)} pending record{plural}"
     listing = Table(title=title)
-    columns = ["offset", "time", "table", "sys_id", "class", "status", "message"]
+    columns = ["offset", "time", "table", "sys_id", "class", "status", "signature", "message"]
     for column in [*columns, "pending"] if history else columns:
         listing.add_column(column, overflow="fold")
     for entry in entries:
         when = entry.dead_lettered_at.strftime("%Y-%m-%d %H:%M:%S") if entry.dead_lettered_at else ""
         cells = [
             f"{entry.partition}:{entry.offset}", when, entry.table, entry.sys_id or "", entry.error_class,
-            "" if entry.status is None else str(entry.status), entry.message,
+            "" if entry.status is None else str(entry.status), entry.signature or "",
+            f"[unparseable {', '.join(entry.problems)}] {entry.message}" if entry.problems else entry.message,
         ]
         if history:
             cells.append("yes" if entry.pending else "no")
-        listing.add_row(*cells)
+        listing.add_row(*(escape(cell) for cell in cells))  # data, not markup: "[...]" must show
     table_console().print(listing)
 
 
@@ -114,6 +120,11 @@ def replay(
     group: str | None = typer.Option(
         None, "--group", help="Consumer group for replay progress (default: <sink.group_id>-dlq-replay)."
     ),
+    trust_unsigned: bool = typer.Option(
+        False, "--trust-unsigned",
+        help="Also replay records without a signature (written before sink.dlq_signing_key was set, or "
+             "without one); needs --topic: their claim to come from it is taken on your word.",
+    ),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Re-attempt DLQ records into ServiceNow; failures go back to the DLQ.
@@ -121,8 +132,11 @@ def replay(
     Progress is committed in its own consumer group, so a replay resumes where the
     last one stopped and never repeats finished work. Records the filters do not
     select are carried forward (re-queued unchanged at the end of the DLQ) for a
-    later replay. Exit 0 when every selected record was written, 3 when some
-    failed again, 1 when the run failed.
+    later replay. Only records signed with sink.dlq_signing_key are written;
+    others are refused (unsigned ones kept in the DLQ, forged ones passed over).
+    Exit 0 when every selected record was written, 3 when some failed again or
+    were refused, 2 without a signing key (unless --trust-unsigned --topic),
+    1 when the run failed.
     """
     state = state_of(ctx, config)
     settings = state.settings()
@@ -132,7 +146,8 @@ def replay(
     stop = threading.Event()
     with stop_on_signals(stop):
         summary = guard(
-            lambda: run_replay(settings, filters, group_id=group, dry_run=dry_run, workers=workers, stop=stop)
+            lambda: run_replay(settings, filters, group_id=group, dry_run=dry_run, workers=workers, stop=stop,
+                               trust_unsigned=trust_unsigned)
         )
     render_summary(summary, json_output=state.json_output, command="dlq replay")
     exit_with(summary.exit_code)
@@ -156,11 +171,12 @@ def export(
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
-    from sncli.dlq import export_dlq
+    from sncli.dlq import DlqSigner, export_dlq
 
     name = dlq_topic or settings.sink.dlq_topic
     view = _view(settings, group, history)
-    count = guard(lambda: export_dlq(settings.kafka, name, filters, output, fmt.lower(), view=view))
+    signer = DlqSigner.of(settings.sink)
+    count = guard(lambda: export_dlq(settings.kafka, name, filters, output, fmt.lower(), view=view, signer=signer))
     if state.json_output:
         print_json({"rows": count, "output": str(output), "format": fmt.lower(), "dlq_topic": name,
                     "view": "all" if history else "pending"})

@@ -116,7 +116,9 @@ def render_summary(summary: DrainSummary, *, json_output: bool, command: str = "
         table_console().print(table)
     written = ", ".join(f"{op} {n}" for op, n in sorted(summary.written.items())) or "0"
     dlq = ", ".join(f"{cls} {n}" for cls, n in sorted(summary.dlq.items())) or "0"
-    passed = f", carried forward {summary.carried_forward} (not selected)" if summary.carried_forward else ""
+    passed = f", carried forward {summary.carried_forward}" if summary.carried_forward else ""
+    if summary.refused:
+        passed += ", refused " + ", ".join(f"{why} {n}" for why, n in sorted(summary.refused.items()))
     console.print(
         f"{command}: {summary.messages} messages{passed}, written {written}, skipped {summary.skipped}, "
         f"dead-lettered {dlq}; stopped by {summary.stopped_by} after {summary.duration_seconds:.1f}s "

@@ -62,8 +62,8 @@ _DOUBLE: list[Any] = ["null", "double", "string"]
 _TIMESTAMP: list[Any] = ["null", {"type": "long", "logicalType": "timestamp-millis"}, "string"]
 
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
-_INTEGER = re.compile(r"^[+-]?\d+$")
-_SN_DATETIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_SN_DATETIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})")
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
@@ -211,7 +211,7 @@ def _as_long(value: Any) -> Any:
     if type(value) is str:
         if value == "":
             return None
-        if _INTEGER.match(value):
+        if _INTEGER.fullmatch(value):
             number = int(value)
             if _LONG_MIN <= number <= _LONG_MAX:
                 return number
@@ -255,7 +255,7 @@ def _as_timestamp_ms(value: Any) -> Any:
     if type(value) is str:
         if value == "":
             return None
-        match = _SN_DATETIME.match(value)
+        match = _SN_DATETIME.fullmatch(value)
         if match:
             try:
                 y, mo, d, h, mi, sec = (int(g) for g in match.groups())

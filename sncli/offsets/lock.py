@@ -47,7 +47,7 @@ log = logging.getLogger("sncli.offsets")
 
 Clock = Callable[[], datetime]
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
-_S3_SCOPE = re.compile(r"^[A-Za-z0-9._/:+-]+$")
+_S3_SCOPE = re.compile(r"[A-Za-z0-9._/:+-]+")
 
 
 def _utcnow() -> datetime:
@@ -213,7 +213,7 @@ def _read_fd(fd: int) -> bytes:
 
 
 def lease_key(offsets_key: str, scope: str) -> str:
-    if not scope or not _S3_SCOPE.match(scope):
+    if not scope or not _S3_SCOPE.fullmatch(scope):
         raise ValueError(f"lock scope must match [A-Za-z0-9._/:+-]+, got {scope!r}")
     return f"{offsets_key}.locks/{scope}"
 

@@ -20,10 +20,10 @@ OFFSET_VERSION = 1  # meaning of (timestamp, sys_id); bump when the cursor seman
 DOCUMENT_VERSION = 1  # layout of the JSON document holding every key
 SN_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-_SYS_ID = re.compile(r"^[0-9a-f]{32}$")
-_TABLE = re.compile(r"^[a-z0-9_]+$")
-_RANGE_ID = re.compile(r"^[A-Za-z0-9._:+-]+$")
-_BACKFILL_KEY = re.compile(r"^backfill/(?P<table>[a-z0-9_]+)/(?P<range>[^/]+)/(?P<i>\d+)of(?P<n>\d+)$")
+_SYS_ID = re.compile(r"[0-9a-f]{32}")
+_TABLE = re.compile(r"[a-z0-9_]+")
+_RANGE_ID = re.compile(r"[A-Za-z0-9._:+-]+")
+_BACKFILL_KEY = re.compile(r"backfill/(?P<table>[a-z0-9_]+)/(?P<range>[^/]+)/(?P<i>[0-9]+)of(?P<n>[0-9]+)")
 
 
 # --------------------------------------------------------------------------- errors
@@ -169,7 +169,7 @@ class KeyInfo:
 
 def poll_key(table: str) -> str:
     """The regular poll cursor of a table is stored under the table's name."""
-    if not _TABLE.match(table):
+    if not _TABLE.fullmatch(table):
         raise ValueError(f"not a table name: {table!r}")
     return table
 
@@ -177,7 +177,7 @@ def poll_key(table: str) -> str:
 def backfill_key(table: str, range_id: str, index: int, count: int) -> str:
     """``backfill/<table>/<range-id>/<i>of<N>``: one cursor per window of one split range."""
     poll_key(table)
-    if not _RANGE_ID.match(range_id):
+    if not _RANGE_ID.fullmatch(range_id):
         raise ValueError(f"range id must match [A-Za-z0-9._:+-]+, got {range_id!r}")
     if count < 1 or index < 0 or index > count:
         raise ValueError(f"window {index} of {count} is not a valid window")
@@ -190,7 +190,7 @@ def backfill_prefix(table: str) -> str:
 
 
 def parse_key(key: str) -> KeyInfo:
-    match = _BACKFILL_KEY.match(key)
+    match = _BACKFILL_KEY.fullmatch(key)
     if match:
         return KeyInfo(
             kind="backfill",
@@ -199,7 +199,7 @@ def parse_key(key: str) -> KeyInfo:
             index=int(match.group("i")),
             count=int(match.group("n")),
         )
-    if _TABLE.match(key):
+    if _TABLE.fullmatch(key):
         return KeyInfo(kind="poll", table=key)
     raise ValueError(f"not an offset key: {key!r}")
 
@@ -247,6 +247,6 @@ def normalize_timestamp(value: str) -> str:
 
 def check_sys_id(value: str) -> str:
     """'' (no record read at that second yet) or 32 lowercase hex characters."""
-    if value and not _SYS_ID.match(value):
+    if value and not _SYS_ID.fullmatch(value):
         raise ValueError(f"sys_id must be 32 lowercase hex characters, got {value!r}")
     return value

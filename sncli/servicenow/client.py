@@ -68,8 +68,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 DisplayValue = Literal["false", "true", "all"]
 
-_TABLE = re.compile(r"^[a-z0-9_]+$")
-_SYS_ID = re.compile(r"^[0-9a-f]{32}$")
+_TABLE = re.compile(r"[a-z0-9_]+")
+_SYS_ID = re.compile(r"[0-9a-f]{32}")
 _FAILURE_TEXT = {
     Failure.CONNECT: "could not connect",
     Failure.SENT: "no answer",
@@ -641,7 +641,7 @@ def _endpoint(table: str) -> str:
 
 
 def _check_table(table: str) -> str:
-    if not _TABLE.match(table):
+    if not _TABLE.fullmatch(table):
         raise BadRequestError(None, f"invalid table name {table!r}")
     return table
 
@@ -652,7 +652,7 @@ def _table_path(table: str) -> str:
 
 def _record_path(table: str, sys_id: str) -> str:
     # A sys_id comes from data (Kafka messages); it must not be able to address another path.
-    if not isinstance(sys_id, str) or not _SYS_ID.match(sys_id):
+    if not isinstance(sys_id, str) or not _SYS_ID.fullmatch(sys_id):
         raise BadRequestError(None, f"invalid sys_id {str(sys_id)[:40]!r} (expected 32 lowercase hex digits)",
                               endpoint=_endpoint(table))
     return f"{_table_path(table)}/{sys_id}"

@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-_FIELD = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)*$")
+_FIELD = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
 _ORDER_PREFIXES = ("ORDERBYDESC", "ORDERBY", "GROUPBY")
 
 
@@ -38,7 +38,7 @@ class QueryError(ValueError):
 
 def check_field(name: str) -> str:
     """A field name as ServiceNow spells them (lowercase, digits, ``_``, dot-walks); else QueryError."""
-    if not isinstance(name, str) or not _FIELD.match(name):
+    if not isinstance(name, str) or not _FIELD.fullmatch(name):
         raise QueryError(f"invalid field name {name!r} (expected [a-z0-9_] names, dot-walked with '.')")
     return name
 

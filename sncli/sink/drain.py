@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sncli.config import Settings, SinkTopic
-from sncli.dlq import DlqWriter, Failure, Origin, dlq_headers
+from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
 from sncli.errors import ExitCode, UsageError
 from sncli.kafka.consumer import reset_policy, start_positions
 from sncli.kafka.errors import KafkaError
@@ -93,6 +93,7 @@ class DrainSummary:
     topics: list[str] = field(default_factory=list)
     group_id: str = ""
     carried_forward: int = 0  # dlq replay: records not selected, re-queued unchanged at the DLQ's end
+    refused: dict[str, int] = field(default_factory=dict)  # dlq replay: not written, by reason (unsigned, ...)
     plan: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,6 +116,8 @@ class DrainSummary:
         }
         if self.carried_forward:
             data["carried_forward"] = self.carried_forward
+        if self.refused:
+            data["refused"] = dict(sorted(self.refused.items()))
         if self.plan is not None:
             data["plan"] = self.plan
         return data
@@ -318,7 +321,8 @@ class SinkRun:
                 from sncli.servicenow.client import ServiceNowClient
 
                 self._client = ServiceNowClient(self.settings.servicenow, metrics=self.metrics, pool_size=self.workers)
-                self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic)
+                self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic,
+                                             signer=DlqSigner.of(self.settings.sink))
                 self._pool = KeyedPool(self.workers, self.settings.sink.max_pending, self._write, name="sink-worker")
             self._start_reading(wanted, present)
             join_timeout = max(60.0, 2.5 * session_ms / 1000.0)
@@ -463,7 +467,7 @@ class SinkRun:
             summary.error = self._fatal
             summary.stopped_by = "error"
             summary.exit_code = int(ExitCode.FAILED)
-        elif summary.dlq:
+        elif summary.dlq or summary.refused:
             summary.exit_code = int(ExitCode.PARTIAL)
         else:
             summary.exit_code = int(ExitCode.OK)
@@ -607,8 +611,14 @@ class SinkRun:
             self._dead_letter(job, Failure(exc.error_class, exc.message, table=topic.table, attempts=0),
                               generation, op="none")
             return
-        except Exception as exc:  # not the record's fault (e.g. the Schema Registry is down): stop here
+        except KafkaError as exc:  # not the record's fault (the Schema Registry is down): stop here
             self._fail(f"cannot decode {tp[0]}[{tp[1]}]@{offset}: {exc}")
+            return
+        except Exception as exc:  # anything else one record's bytes provoke is that record's problem
+            failure = Failure("decode", f"cannot decode or resolve the value: {type(exc).__name__}: {exc}",
+                              table=topic.table, attempts=0)
+            self._plan_entry(job, None, RecordError("decode", failure.message))
+            self._dead_letter(job, failure, generation, op="none")
             return
         self._plan_entry(job, plan, None)
         if isinstance(plan, Skip):
@@ -744,7 +754,8 @@ class SinkRun:
                 return
             self._done(job.tp, job.offset, generation)
 
-        self._dlq_writer.send(msg.key(), msg.value(), list(msg.headers() or []), acked)
+        # As read, signature included: re-signing would vouch for a record nobody checked.
+        self._dlq_writer.send(msg.key(), msg.value(), list(msg.headers() or []), acked, sign=False)
 
     def _count_skip(self, table: str, op: str, reason: str) -> None:
         self.metrics.sink_records.labels(table=table, op=op, outcome="skipped").inc()

@@ -33,8 +33,9 @@ RESERVED_FIELDS = frozenset(
 )
 SYS_ID_HEADER = "sn.sys_id"
 FLATTEN_SEPARATOR = "_"
-_SYS_ID = re.compile(r"^[0-9a-f]{32}$")
-_TABLE = re.compile(r"^[a-z0-9_]+$")
+MAX_FLATTEN_DEPTH = 64  # objects inside one field that nested: flatten unfolds
+_SYS_ID = re.compile(r"[0-9a-f]{32}")
+_TABLE = re.compile(r"[a-z0-9_]+")
 _SHOWN = 60  # characters of a bad value quoted in an error message
 
 Operation = Literal["POST", "PATCH", "DELETE"]
@@ -147,7 +148,7 @@ def route(headers: Headers, topic: SinkTopic) -> str:
     if raw is None:
         return topic.table
     name = _text(raw, f"header {topic.route_header}")
-    if name == topic.table or (name in topic.allowed_tables and _TABLE.match(name)):
+    if name == topic.table or (name in topic.allowed_tables and _TABLE.fullmatch(name)):
         return name
     raise RecordError(
         "record", f"header {topic.route_header} names table {_quote(name)}, which is not in allowed_tables"
@@ -178,7 +179,7 @@ def find_sys_id(value: Mapping[str, Any] | None, record: InRecord, order: Sequen
         elif source == "key" and record.key is not None:
             candidate = _text(record.key, "the record key")
         if candidate:
-            if not _SYS_ID.match(candidate):
+            if not _SYS_ID.fullmatch(candidate):
                 raise RecordError(
                     "record", f"sys_id from the {source} must be 32 lowercase hex characters, got {_quote(candidate)}"
                 )
@@ -238,16 +239,37 @@ def _expand(name: str, value: Any, nested: str) -> list[tuple[str, str]]:
         if nested == "stringify":
             return [(name, _dumps(value, name))]
         if nested == "flatten":
-            out: list[tuple[str, str]] = []
-            for child, child_value in value.items():
-                out.extend(_expand(f"{name}{FLATTEN_SEPARATOR}{child}", child_value, nested))
-            return out
+            return _flatten(name, value)
         raise RecordError("record", f"field {_quote(name)} holds an object (set nested: flatten or stringify)")
     if isinstance(value, list | tuple):
         if nested == "stringify":
             return [(name, _dumps(list(value), name))]
         raise RecordError("record", f"field {_quote(name)} holds a list (set nested: stringify)")
     return [(name, scalar_text(value, name))]
+
+
+def _flatten(name: str, value: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``{"a": {"b": 1}}`` -> ``a_b = "1"``, in document order; iterative, so depth costs no stack.
+
+    A value is a few KB of brackets away from any depth; past :data:`MAX_FLATTEN_DEPTH`
+    levels it is a record error like any other shape the sink cannot write.
+    """
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any, int]] = [(name, value, 1)]
+    while stack:
+        path, node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > MAX_FLATTEN_DEPTH:
+                raise RecordError(
+                    "record", f"field {_quote(name)} is nested more than {MAX_FLATTEN_DEPTH} objects deep"
+                )
+            children = [(f"{path}{FLATTEN_SEPARATOR}{child}", inner, depth + 1) for child, inner in node.items()]
+            stack.extend(reversed(children))
+        elif isinstance(node, list | tuple):
+            raise RecordError("record", f"field {_quote(path)} holds a list (set nested: stringify)")
+        else:
+            out.append((path, scalar_text(node, path)))
+    return out
 
 
 def scalar_text(value: Any, name: str) -> str:

@@ -217,7 +217,7 @@ def save_plan(store: OffsetStore, table: str, rid: str, windows: list[Window], f
         store.save(StoredOffset.new(plan_key(table, rid, w.index, w.count), w.lo_text, "", fingerprint))
 
 
-_RANGE = re.compile(r"^(?P<since>\d{8}T\d{6})-(?P<until>\d{8}T\d{6})(?P<suffix>.*)$")
+_RANGE = re.compile(r"(?P<since>[0-9]{8}T[0-9]{6})-(?P<until>[0-9]{8}T[0-9]{6})(?P<suffix>.*)")
 
 
 def unfinished_until(
@@ -238,7 +238,7 @@ def unfinished_until(
         rid = info.range_id or ""
         if not rid.endswith(PLAN_SUFFIX):
             continue
-        match = _RANGE.match(rid[: -len(PLAN_SUFFIX)])
+        match = _RANGE.fullmatch(rid[: -len(PLAN_SUFFIX)])
         if not match or match.group("suffix") != suffix or from_compact(match.group("since")) != since:
             continue
         until = from_compact(match.group("until"))

@@ -54,7 +54,7 @@ class CursorValueError(ValueError):
     """A record's timestamp is not 'YYYY-MM-DD HH:MM:SS': it cannot be a cursor (nor be stored as one)."""
 
 
-_SN_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+_SN_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -194,7 +194,7 @@ def _last_if_ordered(cursor: Cursor, records: Sequence[dict[str, Any]], ts_field
 
 
 def _checked(last: tuple[str, str], ts_field: str) -> Cursor:
-    if not _SN_TIMESTAMP.match(last[0]):
+    if not _SN_TIMESTAMP.fullmatch(last[0]):
         raise CursorValueError(
             f"{ts_field} of record {last[1] or '(no sys_id)'} is {last[0]!r}, not 'YYYY-MM-DD HH:MM:SS': "
             f"it cannot be a cursor (use a date-time field as timestamp_field, and display_value false or all)"

@@ -37,6 +37,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sncli.config import source_fingerprint
+from sncli.dlq import DlqSigner
 from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
 from sncli.kafka.errors import ProduceError
 from sncli.metrics import RunMetrics
@@ -399,7 +400,7 @@ class KafkaPageOutput:
         self._settings = settings
         self._topic = table.topic
         self._dead_letters = SourceDeadLetters(settings.kafka, settings.source_dlq_topic, table=table.name,
-                                               topic=table.topic)
+                                               topic=table.topic, signer=DlqSigner.of(settings.sink))
         self._dlq_counter = metrics.source_dlq_records
         self.dead_lettered: dict[str, int] = {}
         self._shape = RecordShape(

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sncli.config import KafkaSettings
-from sncli.dlq import DlqWriter, Failure, Origin, dlq_headers
+from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
 from sncli.kafka.errors import ProduceError, Rejected
 from sncli.source.record import PageMessages, Refusal
 
@@ -155,8 +155,9 @@ class SourceDeadLetters:
     The writer (a producer) is made on first use: most runs never need it.
     """
 
-    def __init__(self, kafka: KafkaSettings, dlq_topic: str, *, table: str, topic: str) -> None:
+    def __init__(self, kafka: KafkaSettings, dlq_topic: str, *, table: str, topic: str, signer: DlqSigner) -> None:
         self._kafka = kafka
+        self._signer = signer
         self.dlq_topic = dlq_topic
         self._table = table
         self._topic = topic
@@ -167,7 +168,7 @@ class SourceDeadLetters:
         if not refused:
             return
         if self._writer is None:
-            self._writer = DlqWriter(self._kafka, self.dlq_topic)
+            self._writer = DlqWriter(self._kafka, self.dlq_topic, signer=self._signer)
         writer = self._writer
         errors: list[str] = []
         done: list[None] = []

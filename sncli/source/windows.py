@@ -37,7 +37,7 @@ from sncli.source.cursor import SN_FORMAT
 
 CountMany = Callable[[Sequence[tuple[int, int]]], list[int]]
 
-_WINDOW_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_WINDOW_SPEC = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,7 @@ def range_id(since: int, until: int) -> str:
 
 def parse_range_id(value: str) -> tuple[int, int] | None:
     """``(since, until)`` of a range id made by :func:`range_id`; None for anything else."""
-    match = re.match(r"^(\d{8}T\d{6})-(\d{8}T\d{6})(?:\..*)?$", value)
+    match = re.fullmatch(r"([0-9]{8}T[0-9]{6})-([0-9]{8}T[0-9]{6})(?:\..*)?", value)
     if not match:
         return None
     return from_compact(match.group(1)), from_compact(match.group(2))
@@ -96,7 +96,7 @@ def parse_range_id(value: str) -> tuple[int, int] | None:
 
 def parse_window_spec(spec: str) -> tuple[int, int]:
     """``"i/N"`` (0-based i) -> ``(i, N)``; ValueError with the reason otherwise."""
-    match = _WINDOW_SPEC.match(spec)
+    match = _WINDOW_SPEC.fullmatch(spec)
     if not match:
         raise ValueError(f"--window must be 'i/N' (0-based), got {spec!r}")
     index, count = int(match.group(1)), int(match.group(2))

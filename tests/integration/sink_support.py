@@ -13,6 +13,8 @@ import yaml
 from sncli.config import Settings, parse_settings
 
 SESSION_TIMEOUT_MS = 6000
+#: The DLQ signing key of the test configs (replay writes only records signed with it).
+DLQ_KEY = "test-dlq-signing-key-0123456789abcdef"
 Headers = list[tuple[str, bytes | None]]
 
 
@@ -52,6 +54,7 @@ def config_dict(
             "group_id": group_id or f"sink-{uuid.uuid4().hex[:8]}",
             "workers": workers,
             "dlq_topic": dlq_topic or f"dlq-{uuid.uuid4().hex[:8]}",
+            "dlq_signing_key": DLQ_KEY,
             "topics": list(topics),
         },
     }

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from sncli.emulator.server import ServiceNowEmulator
 from sncli.sink.drain import DrainOptions, run_drain
 from tests.fixtures.kafka import read_all
 from tests.integration.sink_support import (
+    DLQ_KEY,
     committed_offsets,
     config_dict,
     create_topic,
@@ -160,6 +162,7 @@ def test_replay_of_a_topic_no_longer_configured_goes_back_to_the_dlq(
     settings, _topic = dead_lettered
     data: dict[str, Any] = settings.model_dump(mode="json")
     data["servicenow"]["auth"]["password"] = "admin"
+    data["sink"]["dlq_signing_key"] = DLQ_KEY
     data["sink"]["topics"] = [{"topic": "something-else", "table": "incident"}]
     changed = settings_of(data)
     summary = run_replay(changed, make_filters(None, "permission", None, now=NOW))
@@ -220,6 +223,7 @@ def test_inspect_and_export_list_what_is_pending_and_the_full_history_with_all(
     kafka, dlq = settings.kafka, settings.sink.dlq_topic
     data: dict[str, Any] = settings.model_dump(mode="json")
     data["servicenow"]["auth"]["password"] = "admin"
+    data["sink"]["dlq_signing_key"] = DLQ_KEY
     config = write_config(tmp_path / "sncli.yaml", data)
     pending = View(replay_group(settings.sink.group_id))
     history = View(replay_group(settings.sink.group_id), history=True)
@@ -256,3 +260,103 @@ def test_inspect_and_export_list_what_is_pending_and_the_full_history_with_all(
     # A group that never replayed sees everything as pending; reading committed nothing anywhere.
     assert len(inspect_dlq(kafka, dlq, Filters(), 100, view=View("never-replayed"))) == 9
     assert committed_offsets(kafka.bootstrap_servers, "never-replayed", dlq, 2) == {0: -1001, 1: -1001}
+
+
+# --------------------------------------------------------------------------- hostile DLQ records (issue 15)
+
+
+def sncli_run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sncli", "--json", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=60, env={**os.environ})
+
+
+def claims(topic: str, **extra: bytes) -> list[tuple[str, bytes | None]]:
+    """The sncli.error.* headers a DLQ producer can write by hand."""
+    headers: dict[str, bytes] = {"sncli.error.class": b"record", "sncli.error.message": b"x",
+                                 "sncli.error.topic": topic.encode(), "sncli.error.partition": b"0",
+                                 "sncli.error.offset": b"0", "sncli.error.attempts": b"1", **extra}
+    return list(headers.items())
+
+
+def test_records_written_straight_to_the_dlq_cannot_use_another_topics_rights(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The forgery of issue 15: a DLQ record claiming hr.users created and deleted sys_user records.
+
+    Only the incidents topic's producer fed the sink; whoever wrote the other
+    DLQ records (unsigned, a signature copied from a real record, an unparseable
+    number) gets nothing written, and nothing stops the replay.
+    """
+    hr, inc, dlq = (f"{n}-{uuid.uuid4().hex[:8]}" for n in ("hr-users", "incidents", "dlq"))
+    emulator.state.insert("sys_user", {"sys_id": sid(50), "user_name": "alice"})
+    emulator.state.update_settings(denied_tables={"u_denied"})
+    create_topic(kafka_bootstrap, inc, 1)
+    create_topic(kafka_bootstrap, dlq, 1)
+    hr_cfg = {"topic": hr, "table": "sys_user", "delete_on_tombstone": True, "sys_id_from": ["value", "header", "key"]}
+    inc_cfg = {"topic": inc, "table": "incident", "route_header": "sn.table", "allowed_tables": ["u_denied"]}
+    data = config_dict(emulator.url, kafka_bootstrap, [hr_cfg, inc_cfg], dlq_topic=dlq, workers=1)
+    settings = settings_of(data)
+    config = write_config(tmp_path / "sncli.yaml", data)
+
+    # A real failure first: the sink dead-letters (and signs) one incidents record.
+    produce(kafka_bootstrap, inc, [(b"real", json_value({"number": "REAL"}), [("sn.table", b"u_denied")])])
+    assert run_drain(settings, DrainOptions()).dlq == {"permission": 1}
+    real = read_all(kafka_bootstrap, dlq)[0]
+    copied = [(k, v) for k, v in real.headers if k == "sncli.error.signature"]
+    assert len(copied) == 1
+
+    # Then what a DLQ producer writes by hand.
+    produce(kafka_bootstrap, dlq, [
+        (None, json_value({"user_name": "mallory", "roles": "admin"}), claims(hr)),    # POST sys_user
+        (sid(50).encode(), None, claims(hr)),                                          # DELETE alice
+        (sid(50).encode(), None, claims(hr) + copied),                                 # a stolen signature
+        (b"n", json_value({"number": "N"}), claims(inc, **{"sncli.error.attempts": "²".encode()})),
+        (b"old", json_value({"number": "OLD"}), claims(inc)),  # as dead-lettered before the key was set
+    ])
+
+    # inspect shows every record, the unparseable one marked; nothing dies.
+    listing = sncli_run(config, "dlq", "inspect")
+    assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
+    rows = json.loads(listing.stdout)
+    assert len(rows) == 6 and [r["problems"] for r in rows if r["problems"]] == [["sncli.error.attempts"]]
+    assert sorted((r["key"] or "", r["signature"]) for r in rows) == [
+        ("", "unsigned"), (sid(50), "invalid"), (sid(50), "unsigned"), ("n", "unsigned"), ("old", "unsigned"),
+        ("real", "valid")]
+    text = subprocess.run([sys.executable, "-m", "sncli", "--config", str(config), "dlq", "inspect"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert text.returncode == 0 and "unparseable" in text.stdout, text.stderr
+
+    # The plan shows the refusals; a dry run writes nothing.
+    plan = run_replay(settings, Filters(), dry_run=True)
+    assert plan.exit_code == 3 and plan.refused == {"bad_signature": 1, "malformed": 1, "unsigned": 3}
+    assert sorted(p["error"] for p in plan.plan or [] if p["operation"] == "REFUSED") == [
+        "bad_signature", "malformed", "unsigned", "unsigned", "unsigned"]
+
+    # Replay: the real record is written, every forged one refused; exit 3, not 1.
+    emulator.state.update_settings(denied_tables=set())
+    emulator.state.clear_journal()
+    replayed = sncli_run(config, "dlq", "replay")
+    assert replayed.returncode == 3, replayed.stderr
+    summary = json.loads(replayed.stdout)
+    assert summary["written"] == {"post": 1} and summary["dlq"] == {}, summary
+    assert summary["refused"] == {"bad_signature": 1, "malformed": 1, "unsigned": 3}, summary
+    assert [(e.method, e.table) for e in writes(emulator.state.journal())] == [("POST", "u_denied")]
+    assert [r["user_name"] for r in emulator.state.records("sys_user") if r["sys_id"] == sid(50)] == ["alice"]
+    assert not [r for r in emulator.state.records("sys_user") if r.get("user_name") == "mallory"]
+
+    # The unsigned ones stay pending (they may predate the key); the rest are history.
+    pending = inspect_dlq(settings.kafka, dlq, Filters(), 100, view=View(replay_group(settings.sink.group_id)))
+    assert [(e.origin.topic if e.origin else None, e.key) for e in pending] == [
+        (hr, None), (hr, sid(50).encode()), (inc, b"old")]
+
+    # The operator vouches for the unsigned records of the incidents topic: the old one is written,
+    # and nothing of hr's rights is handed out (its records are not selected, only carried forward).
+    emulator.state.clear_journal()
+    vouched = run_replay(settings, make_filters(None, None, None, now=NOW, topic=inc), trust_unsigned=True)
+    assert vouched.exit_code == 0 and vouched.written == {"post": 1} and vouched.carried_forward == 2
+    assert [(e.method, e.table) for e in writes(emulator.state.journal())] == [("POST", "incident")]
+    # Without a key, replay writes nothing at all unless told which topic to vouch for (exit 2).
+    data["sink"].pop("dlq_signing_key")
+    unkeyed = sncli_run(write_config(tmp_path / "nokey.yaml", data), "dlq", "replay")
+    assert unkeyed.returncode == 2 and "dlq_signing_key" in unkeyed.stderr and "Traceback" not in unkeyed.stderr
+    assert writes(emulator.state.journal(), "sys_user") == []

@@ -226,3 +226,69 @@ def test_a_5mb_value_the_dlq_cannot_take_stops_the_run_below_it_and_a_fixed_reru
     dead = read_all(kafka_bootstrap, dlq, timeout=60, expected=1)
     assert len(dead) == 1 and dead[0].value == huge
     assert emulator.state.get("incident", sid(1))["seq"] == "9"  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- small poison (issue 15, section 2)
+
+
+def test_a_small_value_nested_a_thousand_deep_is_dead_lettered_and_the_records_behind_it_written(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """6 KB of brackets on a ``nested: flatten`` topic once stopped every drain at the same offset (exit 1)."""
+    topic, dlq, group = (f"deep-{n}-{uuid.uuid4().hex[:8]}" for n in ("t", "dlq", "grp"))
+    emulator.state.insert("incident", {"sys_id": sid(1), "seq": "-1"})
+    create_topic(kafka_bootstrap, topic, 1)
+    create_topic(kafka_bootstrap, dlq, 1)
+    deep = b'{"a":' * 1000 + b'{"leaf":"x"}' + b"}" * 1000
+    produce(kafka_bootstrap, topic, [
+        (b"k", orjson.dumps({"sys_id": sid(1), "seq": "0"}), None),
+        (b"deep", deep, None),
+        (b"k", orjson.dumps({"sys_id": sid(1), "seq": "2"}), None),
+    ])
+    config = write_config(tmp_path / "c.yaml", sink_config(
+        emulator.url, kafka_bootstrap, [{"topic": topic, "table": "incident", "nested": "flatten"}],
+        group_id=group, dlq_topic=dlq, workers=1))
+    result = run_sncli(config, "sink", "drain", json_output=True, timeout=120)
+    assert result.code == 3, result.stderr[-3000:]
+    assert "Traceback" not in result.output
+    assert result.json()["dlq"] == {"record": 1}
+    dead = read_all(kafka_bootstrap, dlq, timeout=30, expected=1)
+    assert [(r.key, r.value, r.header("sncli.error.offset")) for r in dead] == [(b"deep", deep, b"1")]
+    assert b"deep" in (dead[0].header("sncli.error.message") or b"")
+    assert emulator.state.get("incident", sid(1))["seq"] == "2"  # type: ignore[index]
+    assert committed_offsets(kafka_bootstrap, group, topic, 1) == {0: 3}
+
+
+def test_any_exception_resolving_one_record_dead_letters_it_as_decode(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only RecordError: whatever one record's bytes make the resolver raise is that record's problem."""
+    from sncli.config import parse_settings
+    from sncli.sink import drain
+
+    topic, dlq, group = (f"boom-{n}-{uuid.uuid4().hex[:8]}" for n in ("t", "dlq", "grp"))
+    create_topic(kafka_bootstrap, topic, 1)
+    create_topic(kafka_bootstrap, dlq, 1)
+    produce(kafka_bootstrap, topic, [
+        (b"a", orjson.dumps({"number": "A"}), None),
+        (b"boom", orjson.dumps({"number": "BOOM"}), None),
+        (b"c", orjson.dumps({"number": "C"}), None),
+    ])
+    real_resolve = drain.resolve
+
+    def resolve(record: Any, cfg: Any, decode: Any) -> Any:
+        if record.key == b"boom":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_resolve(record, cfg, decode)
+
+    monkeypatch.setattr(drain, "resolve", resolve)
+    settings = parse_settings(sink_config(emulator.url, kafka_bootstrap, [{"topic": topic, "table": "incident"}],
+                                          group_id=group, dlq_topic=dlq, workers=1), {})
+    summary = drain.run_drain(settings, drain.DrainOptions())
+    assert summary.exit_code == 3 and summary.error is None, summary.error
+    assert summary.dlq == {"decode": 1} and summary.written == {"post": 2}
+    dead = read_all(kafka_bootstrap, dlq, timeout=30, expected=1)
+    assert [(r.key, r.header("sncli.error.class")) for r in dead] == [(b"boom", b"decode")]
+    assert b"RecursionError" in (dead[0].header("sncli.error.message") or b"")
+    assert sorted(r["number"] for r in emulator.state.records("incident")) == ["A", "C"]
+    assert committed_offsets(kafka_bootstrap, group, topic, 1) == {0: 3}

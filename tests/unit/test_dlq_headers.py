@@ -175,3 +175,29 @@ def test_records_below_the_replay_groups_commit_are_history_the_rest_pending() -
     assert [(e.partition, e.offset, e.pending) for e in marked] == [
         (0, 0, False), (0, 1, False), (0, 2, True), (1, 0, False), (1, 5, True), (2, 0, True)]
     assert marked[0].as_row()["pending"] is False and entries[0].as_row()["pending"] is None
+
+
+# --------------------------------------------------------------------------- strict header numbers
+
+
+@pytest.mark.parametrize("bad", ["²", "٣", "1" * 5000, "-1", " 1", "1\n", "0x10", "1_000", "+1", "1.0", "\uff11"])
+@pytest.mark.parametrize("header", [
+    "sncli.error.attempts", "sncli.error.status", "sncli.error.partition", "sncli.error.offset", "sncli.replay.count",
+])
+def test_a_malformed_number_is_a_problem_not_an_exception(header: str, bad: str) -> None:
+    good = dlq_headers([], Failure("permission", "403", status=403), ORIGIN, now=NOW, replay_count=1)
+    headers = [(k, bad.encode() if k == header else v) for k, v in good]
+    entry = parse_entry(0, 3, None, b"k", b"{}", headers)  # '²' and 5000 digits once raised ValueError
+    assert entry.problems == (header,)
+    row = entry.as_row()
+    assert row["problems"] == [header]
+    assert entry.attempts >= 0 and entry.replay_count >= 0
+
+
+def test_well_formed_numbers_have_no_problems() -> None:
+    good = dlq_headers([], Failure("permission", "403", status=403), ORIGIN, now=NOW, replay_count=1)
+    entry = parse_entry(0, 3, None, b"k", b"{}", good)
+    assert entry.problems == () and entry.origin == ORIGIN
+    assert entry.status == 403 and entry.attempts == 1 and entry.replay_count == 1
+    odd_time = parse_entry(0, 3, None, None, None, [("sncli.error.timestamp", b"0001-01-01T00:00:00+01:00")])
+    assert odd_time.dead_lettered_at is None

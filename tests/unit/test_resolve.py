@@ -398,3 +398,47 @@ def test_patch_body_is_exactly_the_non_system_fields(fields: dict[str, str]) -> 
         assert plan == Write(op="PATCH", table="incident", sys_id=SID, body=expected)
     else:
         assert isinstance(plan, Skip)
+
+
+# --------------------------------------------------------------------------- hostile input (issue 15, section 2)
+
+
+def deeply_nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": "x"}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_a_value_nested_a_thousand_deep_is_a_record_error_not_a_recursion_error() -> None:
+    raw = b'{"a":' * 1000 + b'{"leaf":"x"}' + b"}" * 1000  # 6 KB; orjson reads up to 1024 levels
+    assert len(raw) < 8 * 1024
+    err = error_of(rec(raw=raw), topic(nested="flatten"))
+    assert err.error_class == "record" and "deep" in err.message
+    assert error_of(rec(raw=raw), topic(nested="stringify")).error_class == "record"
+
+
+def test_flatten_keeps_working_within_the_depth_limit() -> None:
+    plan = resolve(rec(deeply_nested(20)), topic(nested="flatten"))
+    assert isinstance(plan, Write) and plan.body == {"_".join(["a"] * 20 + ["leaf"]): "x"}
+
+
+@pytest.mark.parametrize("source", ["header", "key", "value"])
+def test_a_sys_id_with_a_trailing_newline_is_a_record_error(source: str) -> None:
+    bad = SID + "\n"
+    if source == "header":
+        record = rec({"a": "1"}, headers=(("sn.sys_id", bad.encode()),))
+    elif source == "key":
+        record = rec({"a": "1"}, key=bad.encode())
+    else:
+        record = rec({"sys_id": bad, "a": "1"})
+    err = error_of(record, topic(sys_id_from=["value", "header", "key"]))
+    assert err.error_class == "record" and "32 lowercase hex" in err.message
+
+
+def test_a_routed_table_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ValueError):
+        topic(route_header="sn.table", allowed_tables=["u_x\n"])
+    err = error_of(rec({"a": "1"}, headers=(("sn.table", b"incident\n"),)),
+                   topic(route_header="sn.table", allowed_tables=["u_x"]))
+    assert err.error_class == "record"
