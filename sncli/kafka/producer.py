@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from sncli.config import KafkaSettings
 from sncli.kafka import conf as _conf
@@ -55,18 +55,7 @@ Headers = list[tuple[str, bytes]]
 #: page may be queued a moment after the first and still be waiting its turn.
 FLUSH_MARGIN_SECONDS = 5.0
 _BACKPRESSURE_POLL_SECONDS = 0.05
-#: A flush in turns (see ``flush``): the pause while others use the turn, the wait slice while none does.
 WARM_UP_TIMEOUT_SECONDS = 10.0
-ACK_PAUSE_SECONDS = 0.0005
-ACK_SLICE_SECONDS = 0.001
-
-
-class Idle(Protocol):
-    """What a flush needs of the CPU turn (:class:`sncli.turn.Turn`)."""
-
-    def contended(self) -> bool: ...
-
-    def pause(self, seconds: float) -> None: ...
 
 
 class PageProducer:
@@ -229,21 +218,15 @@ class PageProducer:
         """Serve delivery reports without waiting for the batch (optional, keeps the report queue short)."""
         self._producer.poll(timeout)
 
-    def flush(self, timeout: float | None = None, *, idle: Idle | None = None) -> int:
+    def flush(self, timeout: float | None = None) -> int:
         """Wait for every record sent since the last flush; return how many were acknowledged.
 
         Raises ProduceError if any record failed, or if the wait timed out with
         records outstanding. ``timeout`` defaults to the delivery timeout plus a
         margin, so a broker that is down fails the flush in bounded time.
-
-        ``idle`` (the CPU turn, :mod:`sncli.turn`): while another thread waits
-        for it, the flush does not wait inside librdkafka (serving reports as
-        they come, each a GIL hand-over) but serves what has arrived, then
-        gives the turn up for a short pause, and again; otherwise it waits in
-        slices inside librdkafka, which wakes as soon as the reports arrive.
         """
         wait = self._timeout_s + FLUSH_MARGIN_SECONDS if timeout is None else timeout
-        remaining = self._producer.flush(wait) if idle is None else self._flush_in_turns(wait, idle)
+        remaining: int = self._producer.flush(wait)
         sent, failed, first = self._sent, self._failed, self._first_error
         # Every record not reported failed was acknowledged, once nothing is outstanding (module doc);
         # with records outstanding, a lower bound (librdkafka's count also holds pending events).
@@ -276,20 +259,6 @@ class PageProducer:
         if self._broken is not None:
             raise ProduceError(self._broken, topic=topic, acked=acked)
         return acked
-
-    def _flush_in_turns(self, wait: float, idle: Idle) -> int:
-        deadline = time.monotonic() + wait
-        remaining: int = self._producer.flush(0)
-        while remaining > 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            if idle.contended():
-                idle.pause(min(ACK_PAUSE_SECONDS, left))
-                remaining = self._producer.flush(0)
-            else:
-                remaining = self._producer.flush(min(ACK_SLICE_SECONDS, left))
-        return remaining
 
     def close(self, timeout: float = 5.0) -> int:
         """Give queued records ``timeout`` seconds to be delivered; return how many were left.

@@ -60,7 +60,6 @@ from sncli.source.record import (
     decoded_fields,
     instance_name,
 )
-from sncli.turn import CPU
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
@@ -395,7 +394,7 @@ class KafkaPageOutput:
         return self._settle
 
     def _settle(self) -> int:
-        acked = self._producer.flush(idle=CPU)  # waits for the broker without the CPU turn
+        acked = self._producer.flush()
         self._produced.inc(acked)
         return acked
 
@@ -437,6 +436,9 @@ class _Counted:
     def __init__(self, pending: PendingPage[DecodedPage[Records]], counter: Any) -> None:
         self._pending = pending
         self._counter = counter
+
+    def answered(self, timeout: float) -> bool:
+        return self._pending.answered(timeout)
 
     def ready(self, timeout: float) -> bool:
         return self._pending.ready(timeout)
@@ -550,8 +552,7 @@ def poll_table(
 
 def _after(gate: Callable[[], None], send: Send) -> Send:
     def gated(records: Records, prepared: Any) -> Settle:
-        with CPU.released():  # waiting for the topic check: other loops may work meanwhile
-            gate()
+        gate()
         return send(records, prepared)
 
     return gated
