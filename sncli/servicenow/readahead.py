@@ -17,6 +17,13 @@ as for any call; a retry goes through requests as usual. The client sends the
 first attempt of every other call on these connections too, sent and read at
 once: a third of requests' CPU per call (sink workers share one GIL for it).
 
+Waits: an attempt sent ahead has ``servicenow.timeout_seconds`` from its send
+for its answer to start, however long its reader took to come for it; then it
+is a timeout like any other attempt's (a read is retried). ``answered`` waits
+for the attempt to be over; ``ready`` says whether ``result`` would return
+without waiting for ServiceNow (the answer is a 2xx: no backoff, Retry-After
+or token refresh behind it).
+
 Connections: urllib3's (requests' own transport), one per request in flight,
 kept alive between pages; TLS is set up as requests sets it (verification
 with certifi's bundle or ``tls.ca_bundle``, a file or a directory; the client

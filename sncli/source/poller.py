@@ -20,13 +20,13 @@ One page, in order:
 Step 2 comes before step 3 so that the broker acknowledges page N while the
 loop decodes N+1, and N+2 is being answered while N is settled and stored.
 The bound keeps a slow ServiceNow answer from holding N's cursor back: when
-N+1 is late, N is settled and stored first; so it is when N+1's first attempt
-failed (its retries wait for a backoff, a Retry-After or a token), so that a
-run stopped or killed during N+1's retries does not send N again. At most two pages are requested
-ahead of the one being delivered; a page requested ahead but not delivered (a
-stop, a failure) is dropped unread. A failure found in N+1 during step 2 (a
-page out of keyset order, a record the encoder refuses) is raised only once N
-is stored.
+N+1 is late, N is settled and stored first. So it is when N+1's first attempt
+failed (its retries wait for a backoff, a Retry-After or a token): a run
+stopped or killed during N+1's retries does not send N again. At most two
+pages are requested ahead of the one being delivered; a page requested ahead
+but not delivered (a stop, a failure) is dropped unread. A failure found in
+N+1 during step 2 (a page out of keyset order, a record the encoder refuses)
+is raised only once N is stored.
 
 Bounds are checked at page boundaries: a shared record budget (``--max-records``;
 each page is fetched with ``limit = min(page_size, what is left)``, so the bound
