@@ -106,6 +106,31 @@ def test_oauth_token_expiring_mid_run_with_a_failing_token_endpoint_does_not_dea
     assert sum(1 for e in grants if e.status == 200) >= 2, "the token never expired mid-run: nothing was tested"
 
 
+def test_oauth_token_expiring_mid_run_does_not_deadlock_a_parallel_backfill(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    """Issue 14.1 for ``backfill --parallel``: its windows share one client, as a poll's tables do."""
+    emulator.state.generate("incident", 3_000, at=NOW - timedelta(days=1), spread_seconds=80_000, field_count=5,
+                            record_bytes=100, seed=5)
+    emulator.state.update_settings(token_ttl_seconds=1, read_latency_ms=30)
+    for skip in (1, 4, 7):
+        emulator.state.faults.add(Fault(kind="status", status=503, path_prefix=TOKEN_PATH, skip=skip, times=2))
+    config = _config(
+        tmp_path, emulator, kafka_bootstrap, [{"name": "incident", "topic": unique_topic}], page_size=100,
+        servicenow={"auth": OAUTH, "rate_limit": {"requests_per_second": 40, "burst": 2}, "timeout_seconds": 5,
+                    "retry": {"max_attempts": 5, "initial_backoff_ms": 50, "max_backoff_ms": 200}},
+    )
+
+    proc = start_sncli("--json", "--config", str(config), "backfill", "--table", "incident", "--parallel", "3")
+    out, err = finish(proc, within=60)
+
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out)["tables"]["incident"]["records"] == 3_000
+    grants = [e for e in emulator.state.journal() if e.path == TOKEN_PATH]
+    assert sum(1 for e in grants if e.status == 503) >= 2, "the token endpoint never failed: nothing was tested"
+    assert sum(1 for e in grants if e.status == 200) >= 2, "the token never expired mid-run: nothing was tested"
+
+
 def _silent_after_first_answer(emulator: ServiceNowEmulator) -> Fault:
     """The cycle's clock request is answered; every page request after it is taken and never answered."""
     return emulator.state.faults.add(
