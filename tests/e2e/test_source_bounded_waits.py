@@ -110,7 +110,7 @@ def test_oauth_token_expiring_mid_run_does_not_deadlock_a_parallel_backfill(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
 ) -> None:
     """Issue 14.1 for ``backfill --parallel``: its windows share one client, as a poll's tables do."""
-    emulator.state.generate("incident", 3_000, at=NOW - timedelta(days=1), spread_seconds=80_000, field_count=5,
+    emulator.state.generate("incident", 6_000, at=NOW - timedelta(days=1), spread_seconds=80_000, field_count=5,
                             record_bytes=100, seed=5)
     emulator.state.update_settings(token_ttl_seconds=1, read_latency_ms=30)
     for skip in (1, 4, 7):
@@ -125,7 +125,7 @@ def test_oauth_token_expiring_mid_run_does_not_deadlock_a_parallel_backfill(
     out, err = finish(proc, within=60)
 
     assert proc.returncode == 0, err[-3000:]
-    assert json.loads(out)["tables"]["incident"]["records"] == 3_000
+    assert json.loads(out)["tables"]["incident"]["records"] == 6_000
     grants = [e for e in emulator.state.journal() if e.path == TOKEN_PATH]
     assert sum(1 for e in grants if e.status == 503) >= 2, "the token endpoint never failed: nothing was tested"
     assert sum(1 for e in grants if e.status == 200) >= 2, "the token never expired mid-run: nothing was tested"
