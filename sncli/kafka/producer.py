@@ -229,9 +229,8 @@ class PageProducer:
         records outstanding. ``timeout`` defaults to the delivery timeout plus a
         margin, so a broker that is down fails the flush in bounded time.
 
-        It serves what has arrived, then waits in 1 ms slices: the source's
-        hot path waited so while it had a CPU turn to share, and measured no
-        faster with one long wait inside librdkafka.
+        It serves what has arrived, then waits in 1 ms slices, as the source's
+        page loop always has (one long wait inside librdkafka measured no faster).
         """
         wait = self._timeout_s + FLUSH_MARGIN_SECONDS if timeout is None else timeout
         deadline = time.monotonic() + wait
