@@ -208,7 +208,9 @@ class SentRequest:
         if (pending is not None and pending()) or select.select([sock], [], [], max(0.0, min(timeout, left)))[0]:
             self._readable_at = time.perf_counter()
             return True
-        if time.perf_counter() >= self._deadline:
+        now = time.perf_counter()
+        if now >= self._deadline:
+            self.seconds = now - self._sent_at  # the latency metric sees the whole wait
             self._fail(TimeoutError(f"no answer within timeout_seconds={self._timeout:g}"))
             return True
         return False
