@@ -30,7 +30,9 @@ one, failures are dropped silently.
 A cost that remains (confluent-kafka 2.16): that C handler takes the GIL once
 per record, so a flush waits for any other thread's Python work (the source's
 next-page decoding) once per record it serves. Measured with a thread holding
-the GIL: a 1 000-record flush takes 200+ ms instead of 4 ms.
+the GIL: a 1 000-record flush takes 200+ ms instead of 4 ms. A page loop
+therefore decodes the next page before it flushes, on its own thread; the
+tables of a poll (windows of a backfill) on other threads do pay it.
 
 The hot path is ``send_page``: one loop of ``produce`` calls per page with the
 per-batch counters updated once.
@@ -41,7 +43,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from sncli.config import KafkaSettings
 from sncli.kafka import conf as _conf
@@ -55,18 +57,9 @@ Headers = list[tuple[str, bytes]]
 #: page may be queued a moment after the first and still be waiting its turn.
 FLUSH_MARGIN_SECONDS = 5.0
 _BACKPRESSURE_POLL_SECONDS = 0.05
-#: A flush in turns (see ``flush``): the pause while others use the turn, the wait slice while none does.
 WARM_UP_TIMEOUT_SECONDS = 10.0
-ACK_PAUSE_SECONDS = 0.0005
+#: A flush waits for acknowledgements in slices this long (see ``flush``).
 ACK_SLICE_SECONDS = 0.001
-
-
-class Idle(Protocol):
-    """What a flush needs of the CPU turn (:class:`sncli.turn.Turn`)."""
-
-    def contended(self) -> bool: ...
-
-    def pause(self, seconds: float) -> None: ...
 
 
 class PageProducer:
@@ -250,21 +243,24 @@ class PageProducer:
         """Serve delivery reports without waiting for the batch (optional, keeps the report queue short)."""
         self._producer.poll(timeout)
 
-    def flush(self, timeout: float | None = None, *, idle: Idle | None = None) -> int:
+    def flush(self, timeout: float | None = None) -> int:
         """Wait for every record sent since the last flush; return how many were acknowledged.
 
         Raises ProduceError if any record failed, or if the wait timed out with
         records outstanding. ``timeout`` defaults to the delivery timeout plus a
         margin, so a broker that is down fails the flush in bounded time.
 
-        ``idle`` (the CPU turn, :mod:`sncli.turn`): while another thread waits
-        for it, the flush does not wait inside librdkafka (serving reports as
-        they come, each a GIL hand-over) but serves what has arrived, then
-        gives the turn up for a short pause, and again; otherwise it waits in
-        slices inside librdkafka, which wakes as soon as the reports arrive.
+        It serves what has arrived, then waits in 1 ms slices, as the source's
+        page loop always has (one long wait inside librdkafka measured no faster).
         """
         wait = self._timeout_s + FLUSH_MARGIN_SECONDS if timeout is None else timeout
-        remaining = self._producer.flush(wait) if idle is None else self._flush_in_turns(wait, idle)
+        deadline = time.monotonic() + wait
+        remaining: int = self._producer.flush(0)
+        while remaining > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            remaining = self._producer.flush(min(ACK_SLICE_SECONDS, left))
         sent, failed, first, rejected = self._sent, self._failed, self._first_error, self._rejected
         # Every record not reported failed was acknowledged, once nothing is outstanding (module doc);
         # with records outstanding, a lower bound (librdkafka's count also holds pending events).
@@ -299,20 +295,6 @@ class PageProducer:
         if self._broken is not None:
             raise ProduceError(self._broken, topic=topic, acked=acked)
         return acked
-
-    def _flush_in_turns(self, wait: float, idle: Idle) -> int:
-        deadline = time.monotonic() + wait
-        remaining: int = self._producer.flush(0)
-        while remaining > 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            if idle.contended():
-                idle.pause(min(ACK_PAUSE_SECONDS, left))
-                remaining = self._producer.flush(0)
-            else:
-                remaining = self._producer.flush(min(ACK_SLICE_SECONDS, left))
-        return remaining
 
     def close(self, timeout: float = 5.0) -> int:
         """Give queued records ``timeout`` seconds to be delivered; return how many were left.

@@ -57,7 +57,6 @@ from sncli.servicenow.policy import Decision, Failure, decide_failure, decide_st
 from sncli.servicenow.ratelimit import TokenBucket
 from sncli.servicenow.readahead import Answer, Connections, PendingPage, SentRequest
 from sncli.transport_security import plain_http_off_host
-from sncli.turn import CPU
 
 if TYPE_CHECKING:
     import requests
@@ -279,7 +278,7 @@ class ServiceNowClient:
         try:
             authorization = self.auth.authorization()
         except Exception as exc:
-            return PendingPage(None, _raise_later(exc))
+            return PendingPage(None, _raise_later(exc), waits=False)
         sent = SentRequest(self._connections, "GET", self.base_url_path + path, params, authorization=authorization)
         return PendingPage(sent, read)
 
@@ -423,14 +422,13 @@ class ServiceNowClient:
                 if sent is not None:
                     resp = sent.answer()
                 else:
-                    with CPU.released():  # a page loop's retry waits without its turn (sncli.turn)
-                        resp = self._session.request(
-                            method, url, params=params, data=data, headers=headers, timeout=self._timeout,
-                            verify=self._verify, cert=self._cert, proxies=self._proxies, allow_redirects=False,
-                            stream=whole_body,
-                        )
-                        if whole_body:
-                            _read_whole_body(resp)
+                    resp = self._session.request(
+                        method, url, params=params, data=data, headers=headers, timeout=self._timeout,
+                        verify=self._verify, cert=self._cert, proxies=self._proxies, allow_redirects=False,
+                        stream=whole_body,
+                    )
+                    if whole_body:
+                        _read_whole_body(resp)
             except Exception as exc:
                 if not isinstance(exc, _transport_errors()):
                     raise
@@ -533,12 +531,10 @@ class ServiceNowClient:
         log.warning("%s %s: %s; retry %d/%d in %.2f s", method, endpoint, cause, attempts + 1,
                     retry.max_attempts, delay)
         if cancel is not None:
-            with CPU.released():
-                if cancel.wait(delay):
-                    raise CallAbandoned(f"{method} {endpoint}: given up after {attempts} attempts; last: {cause}")
+            if cancel.wait(delay):
+                raise CallAbandoned(f"{method} {endpoint}: given up after {attempts} attempts; last: {cause}")
         elif delay > 0:
-            with CPU.released():
-                self._sleep(delay)
+            self._sleep(delay)
 
     def _lean(self, url: str) -> tuple[Connections, str] | None:
         """Where to send ``url`` on a urllib3 connection, or None: through requests (a proxy, another host)."""
@@ -547,13 +543,12 @@ class ServiceNowClient:
         return self._connections, self.base_url_path + url[len(self.base_url):]
 
     def _take_token(self) -> None:
-        """The rate limit: wait for a token, giving up a page loop's CPU turn while waiting (sncli.turn)."""
+        """The rate limit: wait for a token (a sleep outside the bucket's lock, see TokenBucket.reserve)."""
         if self._bucket is None:
             return
         wait = self._bucket.reserve()
         if wait > 0:
-            with CPU.released():
-                self._sleep(wait)
+            self._sleep(wait)
 
     def _observe(self, endpoint: str, method: str, t0: float, sent: SentRequest | None = None) -> None:
         if self._metrics is not None:

@@ -17,6 +17,13 @@ as for any call; a retry goes through requests as usual. The client sends the
 first attempt of every other call on these connections too, sent and read at
 once: a third of requests' CPU per call (sink workers share one GIL for it).
 
+Waits: an attempt sent ahead has ``servicenow.timeout_seconds`` from its send
+for its answer to start, however long its reader took to come for it; then it
+is a timeout like any other attempt's (a read is retried). ``answered`` waits
+for the attempt to be over; ``ready`` says whether ``result`` would return
+without waiting for ServiceNow (the answer is a 2xx: no backoff, Retry-After
+or token refresh behind it).
+
 Connections: urllib3's (requests' own transport), one per request in flight,
 kept alive between pages; TLS is set up as requests sets it (verification
 with certifi's bundle or ``tls.ca_bundle``, a file or a directory; the client
@@ -69,7 +76,7 @@ class Connections:
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port
-        self._timeout = settings.timeout_seconds
+        self.timeout = settings.timeout_seconds  # for the answer of one request (SentRequest)
         self._tls = settings.tls
         self._idle: deque[HTTPConnection] = deque()
         self.headers = {
@@ -108,7 +115,7 @@ class Connections:
 
     def _new(self) -> HTTPConnection:
         if not self._https:
-            return HTTPConnection(self._host, self._port, timeout=self._timeout)
+            return HTTPConnection(self._host, self._port, timeout=self.timeout)
         tls = self._tls
         ca_file = ca_dir = None
         if tls.verify:
@@ -124,7 +131,7 @@ class Connections:
             if path is not None:
                 _must_exist(str(path), what)
         return HTTPSConnection(
-            self._host, self._port, timeout=self._timeout,
+            self._host, self._port, timeout=self.timeout,
             cert_reqs="CERT_REQUIRED" if tls.verify else "CERT_NONE",
             ca_certs=ca_file, ca_cert_dir=ca_dir,
             cert_file=str(tls.client_cert) if tls.client_cert else None,
@@ -146,6 +153,10 @@ class SentRequest:
     attempt's failure (the caller reads answers only where it can handle them).
     A failure to connect is raised as urllib3's ``NewConnectionError`` (nothing
     was sent); anything later means the request may have reached ServiceNow.
+
+    Every wait is bounded by ``servicenow.timeout_seconds`` counted from the
+    send: an answer that has not started by then is a ``TimeoutError`` (no
+    answer; a read is retried), however long the caller waited before reading.
     """
 
     def __init__(
@@ -162,6 +173,7 @@ class SentRequest:
         self._connections = connections
         self._conn: HTTPConnection | None = None
         self._error: BaseException | None = None
+        self._answer: Answer | None = None
         self._readable_at: float | None = None
         self.seconds = 0.0  # send -> answer seen (set by answer(); an upper bound, see ready())
         self.authorization = authorization  # what a 401 answer refused (the loop refreshes it once)
@@ -170,6 +182,8 @@ class SentRequest:
             sent_headers["Authorization"] = authorization
         target = f"{path}?{urlencode(params)}" if params else path
         self._sent_at = time.perf_counter()
+        self._timeout = connections.timeout
+        self._deadline = self._sent_at + connections.timeout
         try:
             self._conn = connections.get()
             self._conn.request(method, target, body=body, headers=sent_headers)
@@ -177,25 +191,53 @@ class SentRequest:
             self._fail(exc)
 
     def ready(self, timeout: float) -> bool:
-        """True once the answer has started to arrive (or the request failed), waiting up to ``timeout``.
+        """True once the answer has started to arrive, the request failed, or its time ran out, waiting up to
+        ``timeout``; :meth:`answer` then says which, without waiting for ServiceNow to start answering.
 
         The moment it is first seen is the end of the call's measured latency, so
         a loop that waits here measures ServiceNow's time, not its own.
         """
-        if self._readable_at is not None or self._error is not None:
+        if self._readable_at is not None or self._error is not None or self._answer is not None:
             return True
         conn = self._conn
         sock = getattr(conn, "sock", None)
         if sock is None:
             return True  # nothing to wait for: answer() reports what happened
         pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted count as arrived
-        if (pending is not None and pending()) or select.select([sock], [], [], max(0.0, timeout))[0]:
+        left = self._deadline - time.perf_counter()
+        if (pending is not None and pending()) or select.select([sock], [], [], max(0.0, min(timeout, left)))[0]:
             self._readable_at = time.perf_counter()
+            return True
+        now = time.perf_counter()
+        if now >= self._deadline:
+            self.seconds = now - self._sent_at  # the latency metric sees the whole wait
+            self._fail(TimeoutError(f"no answer within timeout_seconds={self._timeout:g}"))
             return True
         return False
 
+    def succeeded(self, timeout: float) -> bool:
+        """True once a 2xx answer is read in full, waiting up to ``timeout`` for it to start.
+
+        False for an answer that is not there yet, and for a failure or a non-2xx
+        answer (kept: :meth:`answer` gives it to the request loop, which may retry).
+        """
+        if not self.ready(timeout):
+            return False
+        try:
+            answer = self.answer()
+        except Exception:
+            return False
+        return 200 <= answer.status_code < 300
+
     def answer(self) -> Answer:
-        """Read the whole answer (the body decoded per Content-Encoding), or raise the transport failure."""
+        """Read the whole answer (the body decoded per Content-Encoding), or raise the transport failure.
+
+        Waits at most until ``timeout_seconds`` after the send for the answer to
+        start; reading the rest is bounded by the connection's read timeout.
+        """
+        if self._answer is not None:
+            return self._answer
+        self.ready(max(0.0, self._deadline - time.perf_counter()))
         if self._error is not None:
             raise self._error
         conn = self._conn
@@ -209,6 +251,7 @@ class SentRequest:
         finally:
             self.seconds = (self._readable_at or time.perf_counter()) - self._sent_at
         self._conn = None
+        self._answer = answer
         self._connections.put(conn)
         return answer
 
@@ -224,15 +267,36 @@ class SentRequest:
 
 
 class PendingPage(Generic[R]):
-    """A page being fetched: :meth:`ready` to wait for it without reading it, :meth:`result` to get it."""
+    """A page being fetched: :meth:`answered` / :meth:`ready` to wait for it without reading it, :meth:`result`
+    to get it.
 
-    def __init__(self, sent: SentRequest | None, read: Callable[[SentRequest | None], R]) -> None:
+    ``sent`` None: nothing was sent ahead; ``result`` fetches the page when called
+    (``waits``: through requests, with a proxy), or raises what made sending it
+    impossible (``waits`` False: an authentication failure).
+    """
+
+    def __init__(self, sent: SentRequest | None, read: Callable[[SentRequest | None], R], *,
+                 waits: bool = True) -> None:
         self._sent = sent
         self._read = read
+        self._waits = sent is None and waits
+
+    def answered(self, timeout: float) -> bool:
+        """True once the first attempt is over (answered, failed or out of time), waiting up to ``timeout``.
+
+        :meth:`result` then waits for ServiceNow only if the attempt needs a retry.
+        """
+        return self._sent is None or self._sent.ready(timeout)
 
     def ready(self, timeout: float) -> bool:
-        """True once :meth:`result` would not wait for ServiceNow (always True when nothing was sent ahead)."""
-        return self._sent is None or self._sent.ready(timeout)
+        """True once :meth:`result` would not wait for ServiceNow: the first attempt answered 2xx.
+
+        False while it is not answered within ``timeout``, and when it failed: its
+        retries (backoff, Retry-After, a token refresh) wait inside ``result``.
+        """
+        if self._sent is None:
+            return not self._waits
+        return self._sent.succeeded(timeout)
 
     def result(self) -> R:
         """The page, with the request loop's retries behind it; raises what a direct fetch would raise."""

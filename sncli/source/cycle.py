@@ -76,7 +76,6 @@ from sncli.source.record import (
     decoded_fields,
     instance_name,
 )
-from sncli.turn import CPU
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
@@ -447,7 +446,7 @@ class KafkaPageOutput:
 
     def _settle(self, msgs: PageMessages, order: list[int] | None, refused: list[Refusal]) -> int:
         try:
-            acked = self._producer.flush(idle=CPU)  # waits for the broker without the CPU turn
+            acked = self._producer.flush()
         except ProduceError as exc:
             skipped = {r.index for r in refused}
             sent = [i for i in (order if order is not None else range(len(msgs))) if i not in skipped]
@@ -474,7 +473,7 @@ class KafkaPageOutput:
             self._producer = new_producer(self._settings)
         refused = self._queue(msgs, batch)
         try:
-            return Attempt(self._producer.flush(idle=CPU), refused)
+            return Attempt(self._producer.flush(), refused)
         except ProduceError as exc:
             rejected = page_indices(exc.rejected, msgs, batch) if exc.only_rejected_records else {}
             if not rejected:
@@ -611,6 +610,9 @@ class _Counted:
         self._pending = pending
         self._counter = counter
 
+    def answered(self, timeout: float) -> bool:
+        return self._pending.answered(timeout)
+
     def ready(self, timeout: float) -> bool:
         return self._pending.ready(timeout)
 
@@ -732,8 +734,7 @@ def poll_table(
 
 def _after(gate: Callable[[], None], send: Send) -> Send:
     def gated(records: Records, prepared: Any) -> Settle:
-        with CPU.released():  # waiting for the topic check: other loops may work meanwhile
-            gate()
+        gate()
         return send(records, prepared)
 
     return gated

@@ -9,26 +9,31 @@ Overlap: the query of page N+1 depends only on the last record of page N, which
 is known as soon as page N is read. So the request for page N+1 is sent before
 page N is delivered, and ServiceNow works on it meanwhile
 (:mod:`sncli.servicenow.readahead`: sent now, read later, no helper thread).
-The loop runs on one thread, which holds the process's CPU turn
-(:mod:`sncli.turn`) except while it waits. One page, in order:
+One page, in order:
 
 1. send page N (queued to Kafka, not yet acknowledged);
-2. wait (at most :data:`SETTLE_WAIT_SECONDS`) for N+1's answer, read and
-   decode it, send the request for N+2, and prepare N+1's messages;
+2. wait (at most :data:`SETTLE_WAIT_SECONDS`) for N+1's answer; if it came
+   and needs no retry, read and decode it, send the request for N+2, and
+   prepare N+1's messages;
 3. collect N's acknowledgements (``settle``) and store N's cursor.
 
 Step 2 comes before step 3 so that the broker acknowledges page N while the
 loop decodes N+1, and N+2 is being answered while N is settled and stored.
 The bound keeps a slow ServiceNow answer from holding N's cursor back: when
-N+1 is late, N is settled and stored first. At most two pages are requested
-ahead of the one being delivered; a page requested ahead but not delivered (a
-stop, a failure) is dropped unread. A failure found in N+1 during step 2 (a
-page out of keyset order, a record the encoder refuses) is raised only once N
-is stored.
+N+1 is late, N is settled and stored first. So it is when N+1's first attempt
+failed (its retries wait for a backoff, a Retry-After or a token): a run
+stopped or killed during N+1's retries does not send N again. At most two
+pages are requested ahead of the one being delivered; a page requested ahead
+but not delivered (a stop, a failure) is dropped unread. A failure found in
+N+1 during step 2 (a page out of keyset order, a record the encoder refuses)
+is raised only once N is stored.
 
 Bounds are checked at page boundaries: a shared record budget (``--max-records``;
 each page is fetched with ``limit = min(page_size, what is left)``, so the bound
 is exact) and a :class:`StopControl` (``--max-seconds``, SIGTERM/SIGINT).
+A stop also ends the wait for an answer: the page is dropped unread. Every
+wait for ServiceNow is bounded by the client (``servicenow.timeout_seconds``
+per attempt, the retry budget per page), none by the loop.
 
 The end: a short page is not the end, and an empty one is not either until
 ServiceNow says nothing remains. Row ACLs are applied after ``sysparm_limit``,
@@ -50,7 +55,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sncli.source.cursor import Cursor, advance
-from sncli.turn import CPU
 
 log = logging.getLogger("sncli.source")
 
@@ -59,6 +63,8 @@ Records = Sequence[dict[str, Any]]  # a list of dicts, or a RawPage (sncli.sourc
 
 class PendingFetch(Protocol):
     """A page requested and not yet read (:class:`sncli.servicenow.readahead.PendingPage` is one)."""
+
+    def answered(self, timeout: float) -> bool: ...  # True once the first attempt is over (answered or failed)
 
     def ready(self, timeout: float) -> bool: ...  # True once result() would not wait for ServiceNow
 
@@ -89,8 +95,8 @@ LookPast = Callable[[Cursor, int], Beyond]  # (cursor of the empty page, limit) 
 
 #: How long a sent page's acknowledgements wait for the next page's answer (module doc).
 SETTLE_WAIT_SECONDS = 0.25
-#: How long the loop waits at most for an answer before reading it anyway (the read has its own timeout).
-ANSWER_WAIT_SECONDS = 600.0
+#: How often a wait for an answer checks for a stop (``--max-seconds``, a signal).
+STOP_CHECK_SECONDS = 0.1
 
 
 class _Now:
@@ -100,6 +106,9 @@ class _Now:
         self._fetch = fetch
         self._cursor = cursor
         self._limit = limit
+
+    def answered(self, timeout: float) -> bool:
+        return True
 
     def ready(self, timeout: float) -> bool:
         return True
@@ -150,9 +159,7 @@ class _Reader:
             raise
 
     def take(self, request: _Request) -> Records:
-        """The page (waiting for ServiceNow without the CPU turn)."""
-        with CPU.released():
-            request.pending.ready(ANSWER_WAIT_SECONDS)
+        """The page, with its retries (each wait bounded by the client)."""
         records = request.pending.result()
         request.taken = len(records)
         self._budget.give_back(request.limit - len(records))
@@ -166,8 +173,7 @@ class _Reader:
         if share <= 0:  # another table took the rest meanwhile: not caught up, stopped by the bound
             return _Next([], stopped="max_records")
         try:
-            with CPU.released():  # mostly waiting for ServiceNow: other loops may work meanwhile
-                beyond = self._look_past(after, share)
+            beyond = self._look_past(after, share)
         except BaseException:
             self._budget.give_back(share)
             raise
@@ -297,9 +303,8 @@ def page_loop(
         send = _sending(deliver)
     elif deliver is not None or send is None:
         raise TypeError("page_loop takes one of deliver and send")
-    with CPU:
-        return _loop(_Reader(start_fetch, budget or Budget(None), stop, page_size, look_past), start, send, commit,
-                     ts_field, stop, prepare, on_page)
+    return _loop(_Reader(start_fetch, budget or Budget(None), stop, page_size, look_past), start, send, commit,
+                 ts_field, stop, prepare, on_page)
 
 
 def _loop(
@@ -317,6 +322,10 @@ def _loop(
     if first is None:
         result.stopped = reader.stopped
         return result
+    if not _answered(first, stop):
+        result.stopped = stop.reason()
+        reader.drop(first)
+        return result
     current = _read(reader, first, start, ts_field, prepare)
     if current.error is not None:
         raise current.error
@@ -327,8 +336,7 @@ def _loop(
         early = _read(reader, ahead, end, ts_field, prepare) if ahead is not None and _arrives(ahead) else None
         try:
             delivered = settle()
-            with CPU.released():  # storing is mostly waiting (fsync, S3): another loop may work meanwhile
-                commit(end)
+            commit(end)
         except BaseException:
             reader.drop(early.following if early is not None else ahead)
             raise
@@ -348,6 +356,10 @@ def _loop(
             reader.drop(ahead)
             reader.drop(early.following if early is not None else None)
             break
+        if early is None and not _answered(ahead, stop):
+            result.stopped = stop.reason()  # stopped while waiting for ServiceNow: the page is dropped unread
+            reader.drop(ahead)
+            break
         current = early if early is not None else _read(reader, ahead, end, ts_field, prepare)
         if current.error is not None:
             reader.drop(current.following)
@@ -362,16 +374,22 @@ def _end(last: _Next, commit: Commit, result: LoopResult) -> None:
     """The loop read an empty page: caught up, stopped by the budget, or past a hidden rest (stored now)."""
     result.stopped = last.stopped
     if last.past is not None:
-        with CPU.released():
-            commit(last.past)  # every page before it is stored: nothing unacknowledged is passed
+        commit(last.past)  # every page before it is stored: nothing unacknowledged is passed
         result.cursor = last.past
         result.hidden += last.hidden
 
 
 def _arrives(request: _Request) -> bool:
-    """Whether the page's answer is there within the settle wait (waited for without the CPU turn)."""
-    with CPU.released():
-        return request.pending.ready(SETTLE_WAIT_SECONDS)
+    """Whether the page's answer is there within the settle wait, and needs no retry."""
+    return request.pending.ready(SETTLE_WAIT_SECONDS)
+
+
+def _answered(request: _Request, stop: StopControl) -> bool:
+    """Wait for the first attempt of the page to be over; False when a stop comes first."""
+    while not request.pending.answered(STOP_CHECK_SECONDS):
+        if stop.reason() is not None:
+            return False
+    return True
 
 
 def _read(reader: _Reader, request: _Request, after: Cursor, ts_field: str, prepare: Prepare | None) -> _Next:

@@ -135,7 +135,8 @@ def test_a_refused_connection_surfaces_from_result_and_is_retried(emulator: Serv
     client = ServiceNowClient(sn_settings(f"http://127.0.0.1:{port}"), clock=t.clock, sleep=t.sleep)
     with client:
         pending = start(client)  # never raises here: the loop reads answers only where it can handle failures
-        assert pending.ready(0.0)
+        assert pending.answered(0.0)  # the first attempt is over...
+        assert not pending.ready(0.0)  # ...and result() would wait: its retries
         with pytest.raises(RetriesExhaustedError) as caught:
             pending.result()
     assert caught.value.attempts == 4 and "connect" in str(caught.value)

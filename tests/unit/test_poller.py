@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -20,9 +21,11 @@ def records(first: int, count: int) -> list[dict[str, Any]]:
 class World:
     """A table of ``total`` records served ``page`` at a time, and an output; every step lands in ``log``."""
 
-    def __init__(self, total: int, *, ready: bool = True, out_of_order_page: int | None = None) -> None:
+    def __init__(self, total: int, *, ready: bool = True, out_of_order_page: int | None = None,
+                 silent_page: int | None = None) -> None:
         self.rows = records(0, total)
         self.bad = out_of_order_page  # this page comes back in reverse order
+        self.silent = silent_page  # this page's answer never comes
         self.ready = ready
         self.log: list[str] = []
         self.cancelled: list[int] = []
@@ -36,8 +39,11 @@ class World:
         self.log.append(f"request {number}")
 
         class Pending:
+            def answered(self, timeout: float) -> bool:
+                return number != world.silent
+
             def ready(self, timeout: float) -> bool:
-                return world.ready
+                return world.ready and number != world.silent
 
             def result(self) -> list[dict[str, Any]]:
                 world.log.append(f"read {number}")
@@ -135,6 +141,23 @@ def test_a_stop_drops_the_pages_requested_ahead_and_returns_their_budget() -> No
     assert (result.pages, result.records, result.stopped) == (1, 10, "signal")
     assert world.cancelled == [2, 3]  # page 2 read ahead (and dropped), page 3 requested
     assert budget.take(1000) == 90  # only what was delivered is spent
+
+
+def test_a_stop_ends_the_wait_for_an_answer_after_the_previous_page_is_stored() -> None:
+    world = World(100, silent_page=2)
+    budget = Budget(100)
+    stop = StopControl()
+    real_commit = world.commit
+
+    def commit(cursor: Cursor) -> None:
+        real_commit(cursor)
+        threading.Timer(0.2, stop.request, ("signal",)).start()  # while the loop waits for page 2
+
+    world.commit = commit  # type: ignore[method-assign]
+    result = world.run(stop=stop, budget=budget)
+    assert (result.pages, result.records, result.stopped) == (1, 10, "signal")
+    assert "read 2" not in world.log and 2 in world.cancelled  # dropped unread
+    assert budget.take(1000) == 90
 
 
 def test_max_records_is_exact_and_requests_nothing_past_it() -> None:
