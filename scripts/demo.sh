@@ -61,10 +61,12 @@ sink:
   group_id: sncli-demo-$run_id
   workers: 8
   dlq_topic: $dlq_topic
+  dlq_signing_key: "\${DLQ_SIGNING_KEY}"   # DLQ records are signed; dlq replay writes only those
   topics:
     - {topic: $changes_topic, table: incident}
 YAML
-export SN_PASSWORD=admin SNCLI_CONFIG="$work/sncli.yaml"
+DLQ_SIGNING_KEY="$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(32))')"
+export SN_PASSWORD=admin DLQ_SIGNING_KEY SNCLI_CONFIG="$work/sncli.yaml"
 sncli=(.venv/bin/sncli --log-format json)
 
 step "Validate the config and run the preflight checks"
