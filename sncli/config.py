@@ -833,7 +833,8 @@ def format_validation_error(exc: ValidationError, data: Any) -> str:
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]
     where = _loc_to_path(first["loc"], data)
-    message = " ".join(_friendly(first).split())  # one line, whatever the value held
+    # One line, whatever the value held; masked before the folding, which would change a value's spaces.
+    message = " ".join(redact(_friendly(first)).split())
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"{where}: {message}{more}"
 

@@ -71,6 +71,8 @@ MAX_MESSAGE_CHARS = 1000
 _SYS_ID = re.compile(r"[0-9a-f]{32}")
 #: A header number: ASCII digits only (int() also takes '٣', str.isdigit() '²'), at most an int64's length.
 _NUMBER = re.compile(r"[0-9]{1,19}")
+#: ``sncli.error.partition`` / ``offset`` of a record that never was in Kafka (a source record Kafka refused).
+NOT_IN_KAFKA = -1
 _SIGNATURE = re.compile(r"v1:(?P<kid>[0-9a-f]{16}):(?P<mac>[0-9a-f]{64})")
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -283,8 +285,9 @@ def parse_entry(
     """Read a DLQ record back; never raises.
 
     Missing headers degrade to empty values. Malformed numbers (anything but up
-    to 19 ASCII digits) are listed in ``problems``: the tools show such a record
-    and replay refuses it.
+    to 19 ASCII digits; a partition and offset of exactly :data:`NOT_IN_KAFKA`
+    mean a record that never was in Kafka, with no origin) are listed in
+    ``problems``: the tools show such a record and replay refuses it.
     """
     found: dict[str, str] = {}
     for name, raw in headers:
@@ -301,10 +304,14 @@ def parse_entry(
         problems.append(name)
         return None
 
+    def position(name: str) -> int | None:
+        return NOT_IN_KAFKA if found.get(name) == str(NOT_IN_KAFKA) else number(name)
+
     origin = None
     topic = found.get(H_TOPIC)
-    origin_partition, origin_offset = number(H_PARTITION), number(H_OFFSET)
-    if topic and origin_partition is not None and origin_offset is not None:
+    origin_partition, origin_offset = position(H_PARTITION), position(H_OFFSET)
+    if topic and origin_partition is not None and origin_offset is not None and NOT_IN_KAFKA not in (
+            origin_partition, origin_offset):
         origin = Origin(topic, origin_partition, origin_offset)
     status, attempts, replay_count = number(H_STATUS), number(H_ATTEMPTS), number(REPLAY_COUNT)
     return DlqEntry(
@@ -866,6 +873,7 @@ def run_replay(
     stop: threading.Event | None = None,
     metrics: RunMetrics | None = None,
     trust_unsigned: bool = False,
+    drop_unsigned: bool = False,
 ) -> DrainSummary:
     """Re-attempt the selected DLQ records through the sink's resolve/write path.
 
@@ -884,9 +892,10 @@ def run_replay(
     A selected record is written only when its signature checks out
     (:class:`DlqSigner`). Refused records are counted in ``summary.refused`` (exit
     3) and never written: an unsigned one is carried forward (it may predate the
-    key: ``trust_unsigned`` with a ``--topic`` filter replays those), one with a
-    wrong signature or unparseable headers is passed over (committed past; still
-    in ``dlq inspect --all``).
+    key: ``trust_unsigned`` with a ``--topic`` filter replays those), or passed
+    over with ``drop_unsigned`` (junk someone produced to the DLQ would otherwise
+    be carried by every replay); one with a wrong signature or unparseable
+    headers is passed over (committed past; still in ``dlq inspect --all``).
     """
     from sncli.sink.drain import DrainOptions, Job, SinkRun
     from sncli.sink.resolve import InRecord
@@ -929,7 +938,7 @@ def run_replay(
         if verdict == "invalid":
             return refuse(msg, entry, "bad_signature", park=False)
         if verdict != "valid" and not trust_unsigned:
-            return refuse(msg, entry, "unsigned", park=True)
+            return refuse(msg, entry, "unsigned", park=not drop_unsigned)
         origin = entry.origin
         record = InRecord(origin.topic, origin.partition, origin.offset, entry.key, entry.value,
                           tuple(entry.original_headers()), timestamp_ms if timestamp_type else None)

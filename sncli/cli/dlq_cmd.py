@@ -125,6 +125,11 @@ def replay(
         help="Also replay records without a signature (written before sink.dlq_signing_key was set, or "
              "without one); needs --topic: their claim to come from it is taken on your word.",
     ),
+    drop_unsigned: bool = typer.Option(
+        False, "--drop-unsigned",
+        help="Pass over unsigned records instead of keeping them in the DLQ (they stay in dlq inspect --all); "
+             "for junk produced to the DLQ, which every replay would otherwise carry forward.",
+    ),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Re-attempt DLQ records into ServiceNow; failures go back to the DLQ.
@@ -133,7 +138,8 @@ def replay(
     last one stopped and never repeats finished work. Records the filters do not
     select are carried forward (re-queued unchanged at the end of the DLQ) for a
     later replay. Only records signed with sink.dlq_signing_key are written;
-    others are refused (unsigned ones kept in the DLQ, forged ones passed over).
+    others are refused (unsigned ones kept in the DLQ unless --drop-unsigned,
+    forged ones passed over).
     Exit 0 when every selected record was written, 3 when some failed again or
     were refused, 2 without a signing key (unless --trust-unsigned --topic),
     1 when the run failed.
@@ -147,7 +153,7 @@ def replay(
     with stop_on_signals(stop):
         summary = guard(
             lambda: run_replay(settings, filters, group_id=group, dry_run=dry_run, workers=workers, stop=stop,
-                               trust_unsigned=trust_unsigned)
+                               trust_unsigned=trust_unsigned, drop_unsigned=drop_unsigned)
         )
     render_summary(summary, json_output=state.json_output, command="dlq replay")
     exit_with(summary.exit_code)

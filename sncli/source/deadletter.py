@@ -37,15 +37,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sncli.config import KafkaSettings
-from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
+from sncli.dlq import NOT_IN_KAFKA, DlqSigner, DlqWriter, Failure, Origin, dlq_headers
 from sncli.kafka.errors import ProduceError, Rejected
 from sncli.source.record import PageMessages, Refusal
 
 log = logging.getLogger("sncli.source")
-
-#: ``sncli.error.partition`` / ``offset`` of a source record: it never was in Kafka.
-NOT_IN_KAFKA = -1
-
 
 # --------------------------------------------------------------------------- finding the refused records
 

@@ -1,10 +1,9 @@
-"""ADVERSARIAL (wt-R): the source's DLQ records are "malformed" to the DLQ tools.
+"""The source's DLQ records are not "malformed" to the DLQ tools (adversarial review).
 
-wt-D's source dead-letters with sncli.error.partition/offset = -1 (NOT_IN_KAFKA);
-wt-G's strict number parsing takes only ASCII digits, so "-1" is a problem: inspect
-marks the record unparseable, and replay refuses it as malformed and commits past it
-(exit 3) instead of carrying it forward as the "no origin offset" branch intends.
-The record then drops out of the pending view.  Expected to FAIL on wt-R's tree.
+The source dead-letters with sncli.error.partition/offset = -1 (NOT_IN_KAFKA); the
+strict number parsing once made that a problem: inspect marked the record
+unparseable, and replay refused it as malformed and committed past it (exit 3)
+instead of carrying it forward, and it dropped out of the pending view.
 """
 
 from __future__ import annotations
@@ -14,9 +13,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sncli.dlq import DlqSigner, Failure, Filters, Origin, View, dlq_headers, inspect_dlq, replay_group, run_replay
+from sncli.dlq import (
+    NOT_IN_KAFKA,
+    DlqSigner,
+    Failure,
+    Filters,
+    Origin,
+    View,
+    dlq_headers,
+    inspect_dlq,
+    replay_group,
+    run_replay,
+)
 from sncli.emulator.server import ServiceNowEmulator
-from sncli.source.deadletter import NOT_IN_KAFKA
 from tests.integration.sink_support import config_dict, create_topic, json_value, produce, settings_of
 
 pytestmark = pytest.mark.integration

@@ -12,6 +12,7 @@ from sncli import logs
 from sncli.dlq import (
     ERROR_HEADERS,
     MAX_MESSAGE_CHARS,
+    NOT_IN_KAFKA,
     REPLAY_COUNT,
     Failure,
     Filters,
@@ -185,6 +186,8 @@ def test_records_below_the_replay_groups_commit_are_history_the_rest_pending() -
     "sncli.error.attempts", "sncli.error.status", "sncli.error.partition", "sncli.error.offset", "sncli.replay.count",
 ])
 def test_a_malformed_number_is_a_problem_not_an_exception(header: str, bad: str) -> None:
+    if bad == "-1" and header in ("sncli.error.partition", "sncli.error.offset"):
+        pytest.skip("-1 is the source's 'never in Kafka' position (see the test below)")
     good = dlq_headers([], Failure("permission", "403", status=403), ORIGIN, now=NOW, replay_count=1)
     headers = [(k, bad.encode() if k == header else v) for k, v in good]
     entry = parse_entry(0, 3, None, b"k", b"{}", headers)  # '²' and 5000 digits once raised ValueError
@@ -201,3 +204,13 @@ def test_well_formed_numbers_have_no_problems() -> None:
     assert entry.status == 403 and entry.attempts == 1 and entry.replay_count == 1
     odd_time = parse_entry(0, 3, None, None, None, [("sncli.error.timestamp", b"0001-01-01T00:00:00+01:00")])
     assert odd_time.dead_lettered_at is None
+
+
+def test_a_position_of_minus_one_is_a_record_never_in_kafka_not_a_problem() -> None:
+    # The source dead-letters records Kafka refused with partition and offset -1: no origin to replay.
+    headers = dlq_headers([], Failure("refused", "too large"), Origin("t", NOT_IN_KAFKA, NOT_IN_KAFKA), now=NOW)
+    entry = parse_entry(0, 3, None, b"k", b"{}", headers)
+    assert (entry.problems, entry.origin) == ((), None)
+    half = [(k, b"-1" if k == "sncli.error.offset" else v) for k, v in dlq_headers([], Failure("record", "x"),
+                                                                                    ORIGIN, now=NOW)]
+    assert parse_entry(0, 4, None, b"k", b"{}", half).origin is None  # one position outside Kafka: no origin
