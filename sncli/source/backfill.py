@@ -615,6 +615,10 @@ def _run(
             until = to_epoch(upper_bound(clock, settings.source.safety_lag_seconds).value) + 1
     if until <= since:
         raise UsageError(f"--until ({to_sn(until)}) must be after --since ({to_sn(since)})")
+    if request.set_cursor and request.until is not None:
+        clock = client.server_time(table.name)
+        check_until_reached(until, to_epoch(upper_bound(clock, settings.source.safety_lag_seconds).value) + 1,
+                            table=table.name)
     rid = range_id(since, until) + suffix
     summary.extra.update(range_id=rid, since=to_sn(since), until=to_sn(until),
                          output="kafka" if request.output is None else f"parquet:{request.output}")
@@ -740,6 +744,22 @@ def check_set_cursor(poll: Cursor | None, since: str, *, table: str, parquet: bo
             f"--set-cursor: the poll cursor of {table} is at {poll.timestamp}, before --since {since}; moving it "
             f"to --until would skip every record in between, which was never exported. Use --since {poll.timestamp} "
             f"(or earlier), or leave out --set-cursor"
+        )
+
+
+def check_until_reached(until: int, reached: int, *, table: str) -> None:
+    """Refuse (UsageError, exit 2) a ``--set-cursor`` whose ``--until`` is past what ServiceNow holds now.
+
+    ``reached``: the end a poll cycle started now would read to (server clock
+    minus the safety lag, + 1 s). The backfill reads only what exists now; moving
+    the poll cursor to a later ``until`` would skip every record changed between
+    now and then.
+    """
+    if until > reached:
+        raise UsageError(
+            f"--set-cursor: --until {to_sn(until)} is past what ServiceNow holds now ({to_sn(reached)}, its clock "
+            f"minus safety_lag_seconds); moving the poll cursor of {table} there would skip the records changed "
+            f"in between. Leave out --until (it then ends at {to_sn(reached)}), or leave out --set-cursor"
         )
 
 

@@ -1,9 +1,9 @@
-"""ADVERSARIAL (wt-R): `backfill --set-cursor` with an --until past ServiceNow's clock.
+"""`backfill --set-cursor` with an --until past ServiceNow's clock (adversarial review).
 
-check_set_cursor guards the start of the range only.  An explicit --until later
-than ServiceNow's clock minus the safety lag is accepted, the backfill reads what
-exists now, and the poll cursor is moved to --until: every record changed between
-now and --until is never exported.  Expected to FAIL on wt-R's tree.
+An explicit --until later than ServiceNow's clock minus the safety lag was
+accepted: the backfill read what existed then, and the poll cursor moved to
+--until, so every record changed between then and --until was never exported.
+It is refused now (exit 2), before any work.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.errors import UsageError
 from sncli.source.backfill import BackfillRequest, run_backfill
-from sncli.source.cycle import run_poll
 from tests.integration.test_source_support import make_settings, stored_cursor
 
 pytestmark = pytest.mark.integration
@@ -33,13 +32,10 @@ def test_set_cursor_never_moves_the_poll_cursor_past_what_servicenow_has_now(
     settings = make_settings(emulator.url, kafka_bootstrap, offsets, [{"name": "incident", "topic": topic}])
     # The operator means "everything up to the end of the day".
     until = (NOW + timedelta(hours=6)).strftime("%Y-%m-%d %H:%M:%S")
-    try:
-        summary = run_backfill(settings, BackfillRequest(table="incident", until=until, set_cursor=True))
-    except UsageError:
-        return  # refused: the guarantee holds
-    print("backfill exit", summary.exit_code, "poll cursor now", stored_cursor(offsets, "incident"))
-    # A record changes after the backfill, well before --until.
-    emulator.state.generate("incident", 3, at=NOW - timedelta(minutes=1), spread_seconds=0, seed=22)
-    poll = run_poll(settings)
-    print("poll exported", poll.tables["incident"].records, "of the 3 new records")
-    assert poll.tables["incident"].records == 3, "records changed after the backfill were never exported"
+    with pytest.raises(UsageError, match="past what ServiceNow holds now"):
+        run_backfill(settings, BackfillRequest(table="incident", until=until, set_cursor=True))
+    assert not offsets.exists() or stored_cursor(offsets, "incident") is None  # refused before any work
+    # An --until ServiceNow's clock has passed is accepted, and the cursor moves there.
+    past = (NOW - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    assert run_backfill(settings, BackfillRequest(table="incident", until=past, set_cursor=True)).exit_code == 0
+    assert stored_cursor(offsets, "incident") == (past, "")
