@@ -957,7 +957,9 @@ def run_replay(
         wait_for_ends=True,
     )
     log.info("replaying %s%s in group %s", dlq_topic, f" ({filters.describe()})" if not filters.empty else "", group)
-    return run.run_and_push({"command": "dlq_replay", "table": filters.table or "all"})
+    from sncli.sink.drain import sink_tables
+
+    return run.run_and_push("dlq_replay", [filters.table] if filters.table else sink_tables(topics.values()))
 
 
 RefusedReason = Literal["unsigned", "bad_signature", "malformed"]

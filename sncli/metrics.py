@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from http.client import HTTPException
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import pushadd_to_gateway
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -56,6 +57,9 @@ CUMULATIVE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "histogram": ("_bucket", "_count", "_sum"),
     "summary": ("", "_count", "_sum"),
 }
+
+#: Labels that only grouping keys carry, never a metric: a sample with one belongs to a group that has it.
+GROUP_ONLY_LABELS = frozenset({"window"})
 
 SeriesKey = tuple[str, frozenset[tuple[str, str]]]
 #: One Pushgateway group: its grouping key (job aside) and the metric families pushed into it.
@@ -122,17 +126,6 @@ class RunMetrics:
             self.registry.unregister(self._last_success)
 
 
-def push_metrics(
-    metrics: RunMetrics,
-    gateway: str | None,
-    job: str,
-    grouping_key: Mapping[str, str],
-    timeout: float = 5.0,
-) -> bool:
-    """Push the run's metrics as one group; a gateway that is down is logged and never fails the run."""
-    return push_groups(gateway, job, [(grouping_key, list(metrics.registry.collect()))], timeout=timeout)
-
-
 def push_groups(gateway: str | None, job: str, groups: Iterable[Group], timeout: float = 5.0) -> bool:
     """Push each group with its counters carried forward (module doc); False when not (all) pushed."""
     if not gateway:
@@ -158,6 +151,71 @@ def push_groups(gateway: str | None, job: str, groups: Iterable[Group], timeout:
     return True
 
 
+def push_per_table(
+    gateway: str | None,
+    job: str,
+    metrics: RunMetrics,
+    command: str,
+    table_codes: Mapping[str, int],
+    exit_code: int,
+    extra_key: Mapping[str, str] | None = None,
+) -> bool:
+    """Push a run's metrics, one Pushgateway group per table: {job, command, table} (+ ``extra_key``).
+
+    Why per table and not one group for a multi-table run: every per-table series
+    carries a ``table`` label, and the Pushgateway overwrites a series' label with
+    the grouping label of the same name, so two tables' series in one group
+    collapse into duplicates and the push is refused (HTTP 400). A group per table
+    also gives each table its own ``sncli_last_success_timestamp_seconds``, which
+    is what a staleness alert per table needs: a table that failed in a partial
+    run keeps its previous success time. ``sncli_run_exit_code`` of a group is the
+    table's own outcome (``table_codes``; the run's code for a table only seen in
+    the samples, e.g. one a sink routed a record to). Counters are carried forward
+    across runs and a gateway that is down is logged, never fatal.
+    """
+    metrics.finish(exit_code)
+    if not gateway:
+        return False
+    families = list(metrics.registry.collect())
+    seen = {s.labels["table"] for family in families for s in family.samples if "table" in s.labels}
+    codes = {**dict.fromkeys(seen, exit_code), **table_codes}
+    names = sorted(codes)
+    if not names:
+        return False
+    return push_groups(gateway, job, [
+        ({"command": command, "table": name, **(extra_key or {})}, _families_for(families, name, names, codes[name]))
+        for name in names
+    ], timeout=5.0)
+
+
+def _families_for(families: list[Metric], table: str, tables: list[str], code: int) -> list[Metric]:
+    endpoints = {f"table/{t}": t for t in tables}
+    first = tables[0]
+
+    def keep(labels: dict[str, str]) -> bool:
+        if "table" in labels:
+            return labels["table"] == table
+        if "endpoint" in labels:
+            # Calls for a selected table go to its group; auxiliary ones (OAuth, sys_dictionary) to the first.
+            return endpoints.get(labels["endpoint"], first) == table
+        return True
+
+    out: list[Metric] = []
+    for family in families:
+        if family.name in ("sncli_run_exit_code", "sncli_last_success_timestamp_seconds"):
+            continue
+        samples = [s for s in family.samples if keep(s.labels)]
+        if samples:
+            copy = Metric(family.name, family.documentation, family.type, family.unit)
+            copy.samples = samples
+            out.append(copy)
+    out.append(GaugeMetricFamily("sncli_run_exit_code", "Exit code of the last run.", value=code))
+    if code == 0:
+        out.append(GaugeMetricFamily("sncli_last_success_timestamp_seconds", "When a run last succeeded.",
+                                     value=time.time()))
+    return out
+
+
 def read_pushed(gateway: str, timeout: float) -> list[Sample] | None:
     """Every sample the gateway serves; None when its answer cannot be read. Raises OSError when unreachable."""
     url = f"{gateway.rstrip('/')}/metrics"
@@ -178,13 +236,17 @@ def group_samples(samples: Iterable[Sample], job: str, grouping_key: Mapping[str
     """The samples of one group (``job`` + ``grouping_key``), by series.
 
     The gateway adds ``instance=""`` to a group without an instance label, so a
-    sample of another group with an instance of its own is not ours.
+    sample of another group with an instance of its own is not ours; likewise a
+    sample with a label only grouping keys carry (:data:`GROUP_ONLY_LABELS`) that
+    ours lacks belongs to another group (a backfill pod's ``window``), not to us.
     """
     wanted = {"instance": "", **grouping_key, "job": job}
+    others = GROUP_ONLY_LABELS - set(grouping_key)
     return {
         series_key(sample.name, sample.labels): sample
         for sample in samples
         if all({"instance": "", **sample.labels}.get(k) == v for k, v in wanted.items())
+        and not others & set(sample.labels)
     }
 
 

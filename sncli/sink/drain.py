@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -47,7 +47,7 @@ from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
 from sncli.errors import ExitCode, UsageError
 from sncli.kafka.consumer import reset_policy, start_positions
 from sncli.kafka.errors import KafkaError
-from sncli.metrics import RunMetrics, push_metrics
+from sncli.metrics import RunMetrics, push_per_table
 from sncli.servicenow.errors import CallAbandoned
 from sncli.sink.commits import CommitTracker
 from sncli.sink.decode import make_decoder
@@ -167,6 +167,12 @@ def select_topics(settings: Settings, names: list[str]) -> list[SinkTopic]:
     return [known[n] for n in dict.fromkeys(names)]
 
 
+def sink_tables(topics: Iterable[SinkTopic]) -> list[str]:
+    """Every table the topics may write: their own and those their headers may route to."""
+    chosen = list(topics)
+    return sorted({t.table for t in chosen} | {name for t in chosen for name in t.allowed_tables})
+
+
 def record_of(msg: Any) -> InRecord:
     timestamp_type, timestamp_ms = msg.timestamp()
     return InRecord(
@@ -206,8 +212,7 @@ def run_drain(
         metrics=metrics,
         consumer_overrides=consumer_overrides,
     )
-    tables = ",".join(sorted({t.table for t in topics.values()}))
-    return run.run_and_push({"command": "sink_drain", "table": tables})
+    return run.run_and_push("sink_drain", sink_tables(topics.values()))
 
 
 class SinkRun:
@@ -277,8 +282,8 @@ class SinkRun:
         self._exhausted_in_a_row = 0
         self.breaker_threshold = max(BREAKER_MIN, self.workers)
 
-    def run_and_push(self, grouping_key: dict[str, str]) -> DrainSummary:
-        """Run, then push the metrics (a dry run pushes nothing: it did nothing)."""
+    def run_and_push(self, command: str, tables: list[str]) -> DrainSummary:
+        """Run, then push the metrics, one group per table (a dry run pushes nothing: it did nothing)."""
         exit_code = int(ExitCode.FAILED)
         try:
             summary = self.run()
@@ -286,9 +291,9 @@ class SinkRun:
             return summary
         finally:
             if not self.options.dry_run:
-                self.metrics.finish(exit_code)
                 metrics = self.settings.metrics
-                push_metrics(self.metrics, metrics.pushgateway, metrics.job, grouping_key)
+                push_per_table(metrics.pushgateway, metrics.job, self.metrics, command,
+                               dict.fromkeys(tables, exit_code), exit_code)
 
     # ------------------------------------------------------------------ run
 

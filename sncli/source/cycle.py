@@ -40,7 +40,7 @@ from sncli.config import source_fingerprint
 from sncli.dlq import DlqSigner
 from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
 from sncli.kafka.errors import ProduceError
-from sncli.metrics import RunMetrics
+from sncli.metrics import RunMetrics, push_per_table
 from sncli.source.cursor import (
     Cursor,
     UpperBound,
@@ -205,62 +205,9 @@ def finish_metrics(
     exit_code: int,
     extra_key: dict[str, str] | None = None,
 ) -> None:
-    """Push the run's metrics, one Pushgateway group per table: {job, command, table} (+ ``extra_key``).
-
-    Why per table and not one group for a multi-table run: every per-table series
-    carries a ``table`` label, and the Pushgateway overwrites a series' label with
-    the grouping label of the same name, so two tables' series in one group
-    collapse into duplicates and the push is refused (HTTP 400). A group per table
-    also gives each table its own ``sncli_last_success_timestamp_seconds``, which
-    is what a staleness alert per table needs: a table that failed in a partial
-    run keeps its previous success time. ``sncli_run_exit_code`` of a group is the
-    table's own outcome (the run's code when the whole run stopped, e.g. 75).
-    Counters are carried forward across runs and a Pushgateway that is down is
-    logged, never fatal (:mod:`sncli.metrics`).
-    """
-    from sncli.metrics import push_groups
-
-    metrics.finish(exit_code)
-    gateway = settings.metrics.pushgateway
-    if not gateway:
-        return
-    families = list(metrics.registry.collect())
-    names = sorted(table_codes)
-    push_groups(gateway, settings.metrics.job, [
-        ({"command": command, "table": name, **(extra_key or {})},
-         _families_for(families, name, names, table_codes[name]))
-        for name in names
-    ], timeout=5.0)
-
-
-def _families_for(families: list[Any], table: str, tables: list[str], code: int) -> list[Any]:
-    from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-
-    endpoints = {f"table/{t}": t for t in tables}
-    first = tables[0]
-
-    def keep(labels: dict[str, str]) -> bool:
-        if "table" in labels:
-            return labels["table"] == table
-        if "endpoint" in labels:
-            # Calls for a selected table go to its group; auxiliary ones (OAuth, sys_dictionary) to the first.
-            return endpoints.get(labels["endpoint"], first) == table
-        return True
-
-    out: list[Any] = []
-    for family in families:
-        if family.name in ("sncli_run_exit_code", "sncli_last_success_timestamp_seconds"):
-            continue
-        samples = [s for s in family.samples if keep(s.labels)]
-        if samples:
-            copy = Metric(family.name, family.documentation, family.type, family.unit)
-            copy.samples = samples
-            out.append(copy)
-    out.append(GaugeMetricFamily("sncli_run_exit_code", "Exit code of the last run.", value=code))
-    if code == 0:
-        out.append(GaugeMetricFamily("sncli_last_success_timestamp_seconds", "When a run last succeeded.",
-                                     value=time.time()))
-    return out
+    """Push the run's metrics, one Pushgateway group per table (:func:`sncli.metrics.push_per_table`)."""
+    push_per_table(settings.metrics.pushgateway, settings.metrics.job, metrics, command, table_codes, exit_code,
+                   extra_key)
 
 
 def complete_up_to(outcome: TableOutcome, upper: str | None, start: Cursor, *, stored: bool = True) -> str | None:

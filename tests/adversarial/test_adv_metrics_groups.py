@@ -1,12 +1,10 @@
-"""ADVERSARIAL (wt-R): carrying counters forward reads another group's series as its own.
+"""Carrying counters forward must not read another group's series as its own (adversarial review).
 
-`group_samples` keeps every sample whose labels *include* the group's key, so the
-group {command=backfill, table=T} (a plain backfill) also reads the series of
-{command=backfill, table=T, window=1of2} (an Indexed-Job pod) and pushes them
-again into its own group.  The Pushgateway then serves one series from two
-groups and refuses the push (HTTP 400): once any windowed backfill of a table
-has pushed, no plain backfill of that table pushes its metrics again.
-Expected to FAIL on wt-R's tree.
+`group_samples` kept every sample whose labels *include* the group's key, so the
+group {command=backfill, table=T} (a plain backfill) also read the series of
+{command=backfill, table=T, window=1of2} (an Indexed-Job pod) and pushed them
+again into its own group. The Pushgateway then served one series from two
+groups and refused the push (HTTP 400).
 """
 
 from __future__ import annotations
@@ -39,4 +37,4 @@ def test_a_plain_backfill_pushes_after_a_windowed_one(pushgateway_url: str) -> N
     pushed = run(pushgateway_url, job, 1, {"command": "backfill", "table": "incident"})
     print(produced(pushgateway_url, job))
     assert pushed, "the plain backfill's push was refused"
-    assert any('window' not in line and line.endswith(" 1.0") for line in produced(pushgateway_url, job))
+    assert any('window' not in line and float(line.rsplit(" ", 1)[1]) == 1.0 for line in produced(pushgateway_url, job))

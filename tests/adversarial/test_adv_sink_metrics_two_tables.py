@@ -1,10 +1,9 @@
-"""ADVERSARIAL (wt-R): a drain of two tables pushes no metrics at all (HTTP 400).
+"""A drain of two tables pushes its metrics (adversarial review).
 
-The sink's group is {command=sink_drain, table="incident,problem"}; every
+The sink's group was {command=sink_drain, table="incident,problem"}; every
 bridge_sink_records series has a `table` label too, which the Pushgateway
-overwrites with the group's, so the incident and problem series collide and the
-push is refused.  The source solved this with one group per table; the sink did
-not (present before 018e9ad too).  Expected to FAIL on wt-R's tree.
+overwrites with the group's, so the incident and problem series collided and the
+push was refused (HTTP 400). The sink now pushes one group per table, as the source does.
 """
 
 from __future__ import annotations
