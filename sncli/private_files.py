@@ -12,6 +12,9 @@ exit 75. So:
 - a lock file must be a regular file owned by this user; one that another user
   created first (in a shared directory) is refused, and group/other permission
   bits on our own lock file (left by an older sncli) are removed;
+- a file we read back (the offsets file) must be a regular file owned by this
+  user, opened without following a symlink or waiting on a FIFO: a cursor
+  another user planted is never taken for our progress;
 - the directory a lock file lives in must be owned by this user or root, and if
   others may write to it, it must be sticky (like ``/tmp``): otherwise another
   user could delete the lock file and make two runs lock two different files.
@@ -71,6 +74,38 @@ def check_directory(directory: Path) -> None:
     if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
         raise OSError(errno.EPERM, f"directory {directory} is writable by every user and not sticky (chmod +t "
                                    f"or o-w); anyone could replace the files in it")
+
+
+def open_own_file(path: Path) -> int | None:
+    """``path`` opened read-only, or None when it does not exist; refused unless it is our own regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.EPERM, f"{path} is a symbolic link; sncli reads only its own files") from None
+        raise
+    try:
+        _check_own_regular(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def is_own_file(info: os.stat_result) -> bool:
+    """Whether ``info`` (an ``lstat``) is a regular file this user owns."""
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _check_own_regular(path: Path, info: os.stat_result) -> None:
+    me = os.geteuid()
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EPERM, f"{path} is not a regular file")
+    if info.st_uid != me:
+        raise OSError(errno.EPERM, f"{path} belongs to uid {info.st_uid}, not to this user (uid {me}); "
+                                   f"sncli does not trust a file another user wrote: check it, then chown or remove it")
 
 
 def open_lock_file(path: Path) -> int:

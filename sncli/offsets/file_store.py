@@ -27,9 +27,16 @@ from typing import Any
 from sncli.errors import OffsetsError
 from sncli.offsets.model import StoredOffset
 from sncli.offsets.store import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
-from sncli.private_files import open_lock_file
+from sncli.private_files import is_own_file, open_lock_file, open_own_file
 
 LOCK_WAIT_SECONDS = 30.0  # the write lock is held for milliseconds; waiting longer means a stuck process
+
+
+def _read_fully(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _write_fully(fd: int, data: bytes) -> None:
@@ -165,23 +172,22 @@ class FileStore:
         save was a tenth of the run's Python time.
         """
         try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise OffsetsError(f"cannot read offsets file {self.path}: {exc.strerror or exc}") from None
-        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        cached = self._cache
-        if cached is not None and cached[0] == identity:
-            return dict(cached[1])
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
+            fd = open_own_file(self.path)  # our own regular file only: see sncli.private_files
+            if fd is None:
+                return {}
+            try:
+                stat = os.fstat(fd)
+                identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+                cached = self._cache
+                if cached is not None and cached[0] == identity:
+                    return dict(cached[1])
+                data = _read_fully(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise OffsetsError(f"cannot read offsets file {self.path}: {exc.strerror or exc}") from None
         entries = parse_document(data, f"file {self.path}")
-        if len(data) == stat.st_size:  # not replaced between the stat and the read (else: no cache)
+        if len(data) == stat.st_size:  # not changed while read (else: no cache)
             self._cache = (identity, dict(entries))
         return entries
 
@@ -220,13 +226,14 @@ class FileStore:
     def _write(self, entries: Entries, *, then: Callable[[], None]) -> None:
         """Replace the file atomically; on any failure the previous file is left exactly as it was.
 
-        A new file is 0600 (``mkstemp``'s mode); a file that exists keeps the mode
-        its operator gave it.
+        A new file is 0600 (``mkstemp``'s mode); our own file that exists keeps
+        the mode its operator gave it (never another user's: it is replaced 0600).
         """
         data = render_document(entries)
         directory = self.path.parent
         try:
-            mode: int | None = self.path.stat().st_mode & 0o777
+            info = self.path.lstat()
+            mode: int | None = info.st_mode & 0o777 if is_own_file(info) else None
         except OSError:
             mode = None
         tmp: str | None = None
