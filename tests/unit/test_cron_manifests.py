@@ -106,7 +106,7 @@ def test_crontab_lines_run_bounded_sncli_commands() -> None:
 
 def test_dockerfile_installs_the_package_and_runs_unprivileged() -> None:
     text = (CRON / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.1[1-9]", text, re.M)
+    assert re.search(r"^FROM python:3\.1[1-9][-.a-z0-9]*@sha256:[0-9a-f]{64}$", text, re.M)  # pinned by digest
     assert "pip install ." in text
     assert re.search(r"^USER \d+", text, re.M)
     assert 'ENTRYPOINT ["sncli"]' in text
