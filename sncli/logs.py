@@ -18,10 +18,13 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _context: dict[str, Any] = {}
 _secrets: set[str] = set()
@@ -171,8 +174,18 @@ def _masked(value: Any) -> Any:
     return value if isinstance(value, (bool, int, float)) or value is None else redact(str(value))
 
 
-def configure(log_format: str | None = None, level: int = logging.INFO) -> None:
-    """Install one stderr handler; ``log_format`` None picks text on a TTY, JSON elsewhere."""
+def configure(
+    log_format: str | None = None,
+    level: int = logging.INFO,
+    *,
+    text_console: Callable[[], Console] | None = None,
+) -> None:
+    """Install one stderr handler; ``log_format`` None picks text on a TTY, JSON elsewhere.
+
+    ``text_console`` gives the text format the stderr console the rest of the
+    output shares (a progress bar on the same console keeps log lines above it);
+    without it the text format gets a console of its own on stderr.
+    """
     fmt = log_format or ("text" if sys.stderr.isatty() else "json")
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -186,11 +199,13 @@ def configure(log_format: str | None = None, level: int = logging.INFO) -> None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(JsonFormatter())
     else:
+        # Lazy: rich's console and logging modules are the slowest part of start-up after typer,
+        # and the JSON format (every run that is not on a terminal) does not need them.
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        from sncli.cli.render import stderr_console
-
-        handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
+        console = text_console() if text_console is not None else Console(file=sys.stderr, soft_wrap=True)
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
     handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     root.setLevel(level)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from sncli import __version__
+from sncli import __version__, logs
 from sncli.cli import (
     backfill_cmd,
     config_cmd,
@@ -22,6 +22,7 @@ from sncli.cli import (
     source_cmd,
 )
 from sncli.cli.common import AppState
+from sncli.cli.render import stderr_console
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 run failed (nothing committed past what succeeded); "
@@ -57,14 +58,12 @@ def root(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
-    from sncli import logs
-
     if log_format not in (None, "text", "json"):
         raise typer.BadParameter("must be 'text' or 'json'", param_hint="--log-format")
     state = AppState(config_path=config, log_format=log_format, json_output=json_output)
     ctx.obj = state
     logs.mask_standard_streams()  # before anything holds on to the streams: logging, consoles
-    logs.configure(log_format)
+    logs.configure(log_format, text_console=stderr_console)
     logs.set_context(run_id=state.run_id, command=ctx.invoked_subcommand)
 
 

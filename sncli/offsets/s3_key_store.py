@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from sncli.errors import OffsetsError
+from sncli.offsets.document import Entries, moved_error, parse_document
 from sncli.offsets.model import OffsetsCorruptError, StoredOffset, iso_utc, parse_key
 from sncli.offsets.s3_store import (
     MAX_WRITE_ATTEMPTS,
@@ -49,7 +50,6 @@ from sncli.offsets.s3_store import (
     put_object,
     translate,
 )
-from sncli.offsets.store import Entries, moved_error, parse_document
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

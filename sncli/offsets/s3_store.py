@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sncli.errors import ConfigError, OffsetsError
+from sncli.offsets.document import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
 from sncli.offsets.model import StoredOffset
-from sncli.offsets.store import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
