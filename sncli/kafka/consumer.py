@@ -1,13 +1,13 @@
-"""Bounded reads: deciding when a partition is finished, on Tansu and on Kafka.
+"""Bounded reads: deciding when a partition is finished, on every broker.
 
 A drain must stop at "the end as seen at start" and never stop early. The
 obvious tool, ListOffsets(latest) (``get_watermark_offsets(cached=False)``), is
-wrong on the local broker (Tansu 0.6.0): once a partition holds multi-record
-batches it answers the last batch's *base* offset + 1, e.g. 101 for 105
-records (tests/integration/test_kafka_watermarks.py measures it). Trusting it
-would end a drain with records unread.
+wrong on a broker that answers it from the last batch's *base* offset: once a
+partition holds multi-record batches such a broker says 101 for 105 records
+(the local test broker does: tests/integration/test_kafka_watermarks.py shows it).
+Trusting it would end a drain with records unread.
 
-Two signals are right on both brokers, because they come from fetch responses:
+Two signals are right on every broker, because they come from fetch responses:
 
 * the high watermark a fetch response carries, which librdkafka caches
   (``get_watermark_offsets(cached=True)``) once the partition was fetched;
@@ -206,8 +206,7 @@ def start_positions(consumer: Any, partitions: list[Any], policy: str) -> list[A
 
     Why not assign them with no offset and let librdkafka look: for a partition
     the group never committed, librdkafka resolves ``auto.offset.reset`` on a
-    fixed 100 ms timer (measured on Tansu and in librdkafka 2.16's offset
-    reset path), so every drain of a new group, and every new partition,
+    fixed 100 ms timer (librdkafka 2.16's offset reset path), so every drain of a new group, and every new partition,
     started 100 ms late. Asking for the commits here is the same OffsetFetch
     librdkafka would send (with ``read_committed`` it waits for stable offsets
     alike), and a logical offset given in the assignment is resolved at once.

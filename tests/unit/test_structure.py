@@ -5,6 +5,10 @@ included (they run as surely as the ones at the top, only later), so a cycle
 cannot hide behind a late import. Imports under ``if TYPE_CHECKING:`` never run
 and are left out: they name types, not a dependency at run time.
 
+Product code (outside ``sncli/emulator/``) names no test broker (it says "a broker
+that ..." instead) and cites no DESIGN.md, which is not in the repository (it
+says the rule itself).
+
 A module over the limit is accepted when its docstring has a sentence starting
 "Why this module is long:", a function when its docstring has one starting
 "Why this function is long:". ``sncli/emulator/`` (a test double of ServiceNow
@@ -38,6 +42,9 @@ PENDING = {
     "function: sncli/source/backfill.py:run_window",
     "function: sncli/source/backfill.py:_run",
     "function: sncli/source/cycle.py:poll_table",
+    "names the test broker: sncli/dlq.py",
+    "names the test broker: sncli/source/cycle.py",
+    "cites DESIGN.md: sncli/source/poller.py",
 }
 
 
@@ -170,7 +177,12 @@ def offenders(root: Path) -> set[str]:
     for path in sorted(root.rglob("*.py")):
         where = path.relative_to(root.parent).as_posix()
         if not where.startswith("sncli/emulator/"):
-            found |= size_offenders(path.read_text(), where)
+            text = path.read_text()
+            found |= size_offenders(text, where)
+            if "tansu" in text.lower():
+                found.add(f"names the test broker: {where}")
+            if "DESIGN.md" in text:
+                found.add(f"cites DESIGN.md: {where}")
     return found
 
 
