@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import KafkaError, TopicPartition
+
 from sncli.kafka.conf import consumer_config
 
 __all__ = [
@@ -172,8 +174,6 @@ def track(consumer: Any, tracker: EndTracker, msg: Any) -> Polled:
     The end of a partition is learned from librdkafka's fetch-cached high
     watermark the first time a record of it arrives (one call per partition).
     """
-    from confluent_kafka import KafkaError, TopicPartition
-
     err = msg.error()
     tp = (msg.topic(), msg.partition())
     if err is not None:

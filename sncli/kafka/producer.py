@@ -45,6 +45,8 @@ import threading
 import time
 from typing import Any
 
+from confluent_kafka import Producer
+
 from sncli.config import KafkaSettings
 from sncli.kafka import conf as _conf
 from sncli.kafka.errors import RECORD_ERRORS, ProduceError, Rejected
@@ -72,8 +74,6 @@ class PageProducer:
         delivery_timeout_ms: int | None = None,
         **overrides: Any,
     ) -> None:
-        from confluent_kafka import Producer
-
         if delivery_timeout_ms is not None:
             overrides["message.timeout.ms"] = delivery_timeout_ms
         config = _conf.producer_config(kafka, **overrides)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
+from botocore.exceptions import BotoCoreError, ClientError
 
 from sncli.errors import OffsetsError
 from sncli.offsets.document import Entries, moved_error, parse_document
@@ -230,8 +231,6 @@ class S3KeyStore:
 
     def _list(self) -> Iterator[tuple[str, tuple[str, int]]]:
         """(offset key, (ETag, size)) of every object under the prefix; foreign names are skipped."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
             for page in pages:
