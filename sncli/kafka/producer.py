@@ -45,7 +45,8 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import Message, Producer
 
 from sncli.config import KafkaSettings
 from sncli.kafka import conf as _conf
@@ -119,7 +120,7 @@ class PageProducer:
         except Exception as exc:  # the broker is down or refuses: the produce path says so
             log.debug("producer warm-up: %s", _kafka_message(exc))
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
+    def _on_delivery(self, err: RdKafkaError | None, msg: Message) -> None:
         if err is None:  # not reported with delivery.report.only.error; counted at flush
             return
         self._failed += 1
@@ -128,16 +129,12 @@ class PageProducer:
         if err.code() in RECORD_ERRORS:
             self._rejected.append(Rejected(msg.key(), msg.value(), err.code(), err.str()))
 
-    def _on_error(self, err: Any) -> None:
+    def _on_error(self, err: RdKafkaError) -> None:
         self._last_broker_error = err.str()
         if err.fatal():
             self._broken = f"fatal producer error: {err.str()}"
 
     # ------------------------------------------------------------------ API
-
-    @property
-    def delivery_timeout_seconds(self) -> float:
-        return self._timeout_s
 
     @property
     def broken(self) -> bool:
