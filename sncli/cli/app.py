@@ -1,7 +1,9 @@
 """The root ``sncli`` command: global options and the command groups.
 
-Heavy libraries (confluent_kafka, pyarrow, boto3, fastavro) are imported inside
-the commands that use them, so ``sncli --help`` starts fast.
+Every command module is imported here to build the command tree, so each one
+imports what its command runs (sncli.config and its pydantic models, the
+clients, confluent_kafka, pyarrow, boto3) inside the command: ``sncli --help``
+and a command's ``--help`` load typer and little else.
 """
 
 from __future__ import annotations
