@@ -26,7 +26,7 @@ import orjson
 if TYPE_CHECKING:
     from rich.console import Console
 
-_context: dict[str, Any] = {}
+_context: dict[str, str] = {}
 _secrets: set[str] = set()
 _lock = threading.Lock()
 REDACTED = "***"
@@ -37,8 +37,8 @@ MIN_MASKED_LENGTH = 4
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:)[^\s/?#\"'<>]+(?=@)")
 
 
-def set_context(**fields: Any) -> None:
-    """Fields stamped on every log record (run id, command, ...)."""
+def set_context(**fields: str | None) -> None:
+    """Fields stamped on every log record (run id, command, ...); None leaves a field as it is."""
     _context.update({k: v for k, v in fields.items() if v is not None})
 
 
@@ -170,7 +170,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def _masked(value: Any) -> Any:
+def _masked(value: object) -> object:
     return value if isinstance(value, (bool, int, float)) or value is None else redact(str(value))
 
 
