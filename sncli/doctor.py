@@ -19,16 +19,23 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
+
+import requests
 
 from sncli.config import SN_DATETIME_FORMAT, BasicAuth, OAuthAuth, Settings, SourceTable
 from sncli.errors import ExitCode
-from sncli.logs import mask_url_passwords
+from sncli.kafka.admin import existing_topics, kafka_reachable, topic_configs
+from sncli.kafka.retention import deletion_risks, risk_hint
+from sncli.kafka.serde import registry_client
+from sncli.logs import mask_url_passwords, redact
+from sncli.offsets.s3_store import make_client, put_object
+from sncli.offsets.store import open_store
+from sncli.servicenow.client import ServiceNowClient
+from sncli.servicenow.errors import ForbiddenError, ServiceNowError
 from sncli.servicenow.query import Query
+from sncli.source.cycle import source_mirror_topics
 from sncli.transport_security import plain_http_off_host
-
-if TYPE_CHECKING:
-    from sncli.servicenow.client import ServiceNowClient
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -173,8 +180,6 @@ def table_sample_checks(table: SourceTable, sample: dict[str, Any] | None,
 
 def topic_retention_check(topic: str, configs: Mapping[str, str] | Exception, *, mirror: bool) -> Check:
     """What an existing topic's configs do to the records sncli writes to it (:mod:`sncli.kafka.retention`)."""
-    from sncli.kafka.retention import deletion_risks, risk_hint
-
     name = f"kafka topic {topic} retention"
     if isinstance(configs, Exception):
         return Check(name, "warn", f"cannot read the topic's configs: {configs}",
@@ -194,9 +199,7 @@ def _safe(name: str, probe: Callable[[], list[Check]], hint: str = "") -> list[C
     try:
         return probe()
     except Exception as exc:  # a failed probe is a finding, not a crash
-        from sncli import logs
-
-        return [Check(name, "fail", logs.redact(f"{type(exc).__name__}: {exc}"), hint)]
+        return [Check(name, "fail", redact(f"{type(exc).__name__}: {exc}"), hint)]
 
 
 def _servicenow_checks(settings: Settings, client: ServiceNowClient) -> list[Check]:
@@ -239,8 +242,6 @@ def _time_zone_checks(settings: Settings, client: ServiceNowClient) -> list[Chec
 
 
 def _table_checks(settings: Settings, client: ServiceNowClient, table: SourceTable) -> list[Check]:
-    from sncli.servicenow.errors import ForbiddenError, ServiceNowError
-
     name = f"table {table.name}"
     try:
         page = client.list_page(table.name, query=table.query or "", limit=1, no_count=False)
@@ -267,9 +268,6 @@ def _table_checks(settings: Settings, client: ServiceNowClient, table: SourceTab
 
 
 def _kafka_checks(settings: Settings) -> list[Check]:
-    from sncli.kafka.admin import existing_topics, kafka_reachable, topic_configs
-    from sncli.source.cycle import source_mirror_topics
-
     ok, detail = kafka_reachable(settings.kafka, timeout=10.0)
     if not ok:
         return [Check("kafka", "fail", detail, "check kafka.bootstrap_servers and kafka.client (security.*)")]
@@ -299,8 +297,6 @@ def _kafka_checks(settings: Settings) -> list[Check]:
 
 
 def _http_ok(url: str, what: str, *, fail_status: Status, hint: str) -> Check:
-    import requests
-
     shown = mask_url_passwords(url)  # a registry or gateway URL may carry user:password
     try:
         resp = requests.get(url, timeout=5)
@@ -319,8 +315,6 @@ def _registry_checks(settings: Settings) -> list[Check]:
             return [Check("schema registry", "fail", "source.format is avro but no schema_registry.url",
                           "set kafka.schema_registry.url")]
         return [Check("schema registry", "skip", "not configured")]
-    from sncli.kafka.serde import registry_client
-
     # The client the runs use: its URL, basic auth, CA bundle and client certificate.
     subjects = registry_client(settings.kafka.schema_registry).get_subjects()
     return [Check("schema registry", "ok", f"{url}: {len(subjects)} subject(s)")]
@@ -336,8 +330,6 @@ def _pushgateway_checks(settings: Settings) -> list[Check]:
 
 
 def _offsets_checks(settings: Settings) -> list[Check]:
-    from sncli.offsets.store import open_store
-
     store = open_store(settings)
     stored = store.load_all()
     offsets = settings.offsets
@@ -347,8 +339,6 @@ def _offsets_checks(settings: Settings) -> list[Check]:
         os.close(fd)
         os.unlink(probe)
         return [Check("offsets store", "ok", f"{store.location}: {len(stored)} cursor(s), directory writable")]
-    from sncli.offsets.s3_store import make_client, put_object
-
     client = make_client(offsets.endpoint_url, offsets.region)
     probe_key = f"{offsets.key}.doctor-probe"
     try:
@@ -361,8 +351,6 @@ def _offsets_checks(settings: Settings) -> list[Check]:
 
 def run_doctor(settings: Settings) -> list[Check]:
     """Every check, in the order an operator would fix things."""
-    from sncli.servicenow.client import ServiceNowClient
-
     checks = [Check("config", "ok", f"{len(settings.source.tables)} source table(s), "
                                     f"{len(settings.sink.topics)} sink topic(s)")]
     checks.extend(transport_checks(settings))

@@ -1,8 +1,9 @@
 """Exit codes and the exceptions that carry them.
 
 A scheduler only sees the exit code, so every failure the CLI can report maps
-to exactly one code here (DESIGN.md §2). Jobs raise these; the CLI shell turns
-them into one readable line and the code, never a traceback.
+to exactly one code here, and the codes never change meaning between versions.
+Jobs raise these; the CLI shell turns them into one readable line and the code,
+never a traceback.
 """
 
 from __future__ import annotations

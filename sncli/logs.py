@@ -18,12 +18,15 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-_context: dict[str, Any] = {}
+if TYPE_CHECKING:
+    from rich.console import Console
+
+_context: dict[str, str] = {}
 _secrets: set[str] = set()
 _lock = threading.Lock()
 REDACTED = "***"
@@ -34,8 +37,8 @@ MIN_MASKED_LENGTH = 4
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:)[^\s/?#\"'<>]+(?=@)")
 
 
-def set_context(**fields: Any) -> None:
-    """Fields stamped on every log record (run id, command, ...)."""
+def set_context(**fields: str | None) -> None:
+    """Fields stamped on every log record (run id, command, ...); None leaves a field as it is."""
     _context.update({k: v for k, v in fields.items() if v is not None})
 
 
@@ -167,12 +170,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def _masked(value: Any) -> Any:
+def _masked(value: object) -> object:
     return value if isinstance(value, (bool, int, float)) or value is None else redact(str(value))
 
 
-def configure(log_format: str | None = None, level: int = logging.INFO) -> None:
-    """Install one stderr handler; ``log_format`` None picks text on a TTY, JSON elsewhere."""
+def configure(
+    log_format: str | None = None,
+    level: int = logging.INFO,
+    *,
+    text_console: Callable[[], Console] | None = None,
+) -> None:
+    """Install one stderr handler; ``log_format`` None picks text on a TTY, JSON elsewhere.
+
+    ``text_console`` gives the text format the stderr console the rest of the
+    output shares (a progress bar on the same console keeps log lines above it);
+    without it the text format gets a console of its own on stderr.
+    """
     fmt = log_format or ("text" if sys.stderr.isatty() else "json")
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -186,11 +199,13 @@ def configure(log_format: str | None = None, level: int = logging.INFO) -> None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(JsonFormatter())
     else:
+        # Lazy: rich's console and logging modules are the slowest part of start-up after typer,
+        # and the JSON format (every run that is not on a terminal) does not need them.
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        from sncli.cli.render import stderr_console
-
-        handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False)
+        console = text_console() if text_console is not None else Console(file=sys.stderr, soft_wrap=True)
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
     handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     root.setLevel(level)

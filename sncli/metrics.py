@@ -5,7 +5,7 @@ registry and pushes it once. ``pushadd`` (HTTP POST) is used, not ``push``:
 a failed run then leaves ``sncli_last_success_timestamp_seconds`` of the last
 good run in place, which is exactly what an alert on staleness needs.
 
-Counters stay monotonic across runs (DESIGN.md §7). The Pushgateway is a
+Counters stay monotonic across runs, as a long-lived process's would. The Pushgateway is a
 metrics cache, not an aggregator: a push replaces the group's metrics of the
 same name, so a run that pushed only its own count would make every
 ``bridge_*_total`` fall back to one run's figure, and ``increase()`` /
@@ -67,7 +67,7 @@ Group = tuple[Mapping[str, str], Sequence[Metric]]
 
 
 class RunMetrics:
-    """Every metric one run can report (DESIGN.md §7), in a registry of its own."""
+    """Every metric one run can report, in a registry of its own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

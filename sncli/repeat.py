@@ -7,20 +7,19 @@ so a Kubernetes ConfigMap's symlink swap counts and a touch does not), or the
 content of a ``${file:...}`` secret it reads (a rotated Secret volume). Each
 config read registers its secrets for masking (:func:`sncli.config.parse_settings`). A new
 config that does not validate is logged and ignored; the last good one stays.
-SIGTERM or SIGINT ends the loop after the current cycle.
+A stop request (the command's SIGTERM/SIGINT handler, :mod:`sncli.signals`)
+ends the loop after the current cycle.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from sncli.config import Settings, load_settings, referenced_files
 from sncli.errors import ConfigError, ExitCode
@@ -78,22 +77,9 @@ class ConfigWatcher:
 
 @dataclass
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it between cycles and while waiting."""
+    """Set when the loop should stop (by the command's signal handler); checked between cycles and while waiting."""
 
     event: threading.Event = field(default_factory=threading.Event)
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(sig)
-
-            def handler(signum: int, frame: FrameType | None, previous: object = previous) -> None:
-                self.event.set()
-                if callable(previous):  # SIG_DFL / SIG_IGN are not callable
-                    previous(signum, frame)
-
-            signal.signal(sig, handler)
 
     @property
     def stopped(self) -> bool:

@@ -1,7 +1,9 @@
 """The root ``sncli`` command: global options and the command groups.
 
-Heavy libraries (confluent_kafka, pyarrow, boto3, fastavro) are imported inside
-the commands that use them, so ``sncli --help`` starts fast.
+Every command module is imported here to build the command tree, so each one
+imports what its command runs (sncli.config and its pydantic models, the
+clients, confluent_kafka, pyarrow, boto3) inside the command: ``sncli --help``
+and a command's ``--help`` load typer and little else.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from sncli import __version__
+from sncli import __version__, logs
 from sncli.cli import (
     backfill_cmd,
     config_cmd,
@@ -22,6 +24,7 @@ from sncli.cli import (
     source_cmd,
 )
 from sncli.cli.common import AppState
+from sncli.cli.render import stderr_console
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 1 run failed (nothing committed past what succeeded); "
@@ -57,14 +60,12 @@ def root(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
-    from sncli import logs
-
     if log_format not in (None, "text", "json"):
         raise typer.BadParameter("must be 'text' or 'json'", param_hint="--log-format")
     state = AppState(config_path=config, log_format=log_format, json_output=json_output)
     ctx.obj = state
     logs.mask_standard_streams()  # before anything holds on to the streams: logging, consoles
-    logs.configure(log_format)
+    logs.configure(log_format, text_console=stderr_console)
     logs.set_context(run_id=state.run_id, command=ctx.invoked_subcommand)
 
 

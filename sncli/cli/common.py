@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 
+from sncli import logs
 from sncli.cli.render import error_line
 from sncli.errors import ExitCode, SncliError
 
@@ -34,6 +36,8 @@ class AppState:
     def settings(self) -> Settings:
         """Load and validate the config once; a bad config exits 2 with one line."""
         if self._settings is None:
+            # Lazy here and in run_cycles: sncli.config imports pydantic, which would more than double
+            # the start-up of every command, ``--help`` included.
             from sncli.config import load_settings, resolve_config_path
 
             path = resolve_config_path(self.config_path)
@@ -54,8 +58,6 @@ def state_of(ctx: typer.Context, config: Path | None = None) -> AppState:
     if config is not None:
         obj.config_path = config
         obj._settings = None
-    from sncli import logs
-
     # The leaf command's path ("source poll"), so every log line says which job wrote it.
     logs.set_context(command=ctx.command_path.partition(" ")[2] or None)
     return obj
@@ -99,11 +101,6 @@ def run_cycles(
     return run_every(every, watcher, cycle, StopFlag(event=stop))
 
 
-def not_built(what: str) -> NoReturn:
-    error_line(f"{what} is not built yet")
-    exit_with(ExitCode.USAGE)
-
-
 #: Young-generation threshold of the collector during a run (CPython's default is 700).
 RUN_GC_THRESHOLD = (50_000, 20, 20)
 
@@ -111,17 +108,14 @@ RUN_GC_THRESHOLD = (50_000, 20, 20)
 def prepare_for_run() -> None:
     """Set the garbage collector up for a run's hot loop; call once, after the config is loaded.
 
-    A page of 10 000 records allocates tens of thousands of small containers
-    (each record's header list) that live until the page is acknowledged, so
-    with the default thresholds the collector ran full collections over them
-    and over every object of the imported libraries again and again: 10-20%
-    of a 200k-record poll. ``gc.freeze()`` moves what start-up created out of
-    the collector's sight, and a higher threshold collects the young
-    generation every 50 000 allocations instead of every 700; cycles are still
-    collected, only less often. Measured: a 200k-record poll at page 10 000,
-    3.8 s -> 3.1 s, the same as with the collector off.
+    A large page allocates tens of thousands of small containers (each record's
+    header list) that live until the page is acknowledged, so with the default
+    thresholds the collector ran full collections over them and over every
+    object of the imported libraries again and again, a visible share of a
+    large poll. ``gc.freeze()`` moves what start-up created out of the
+    collector's sight, and a higher threshold collects the young generation
+    every 50 000 allocations instead of every 700; cycles are still collected,
+    only less often. The README's Performance section has the effect.
     """
-    import gc
-
-    gc.freeze()  # no collection first: it took 40 ms, and start-up leaves little garbage
+    gc.freeze()  # no collection first: it is slow, and start-up leaves little garbage
     gc.set_threshold(*RUN_GC_THRESHOLD)

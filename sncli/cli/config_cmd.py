@@ -8,6 +8,7 @@ import typer
 
 from sncli.cli.common import CONFIG_OPTION, state_of
 from sncli.cli.render import print_json
+from sncli.logs import redact_data
 
 app = typer.Typer(help="Validate or show the configuration (secrets redacted).", no_args_is_help=True)
 
@@ -28,9 +29,9 @@ def validate(ctx: typer.Context, config: Path | None = CONFIG_OPTION) -> None:
 @app.command()
 def show(ctx: typer.Context, config: Path | None = CONFIG_OPTION) -> None:
     """Print the effective config (defaults filled in) with every secret shown as ***."""
+    # Lazy: PyYAML would add a tenth to every command's start-up; the config loader has imported it by
+    # the time this runs.
     import yaml
-
-    from sncli.logs import redact_data
 
     state = state_of(ctx, config)
     data = state.settings().redacted()

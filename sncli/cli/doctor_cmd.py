@@ -8,6 +8,7 @@ import typer
 
 from sncli.cli.common import CONFIG_OPTION, exit_with, state_of
 from sncli.cli.render import print_json, stdout_console
+from sncli.logs import redact
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
@@ -17,10 +18,11 @@ def doctor(ctx: typer.Context, config: Path | None = CONFIG_OPTION) -> None:
 
     Exit 0 when every check is ok, 3 when some warn, 1 when any fails (2: the config itself is invalid).
     """
+    # Lazy: sncli.doctor imports every client (config, ServiceNow, Kafka, S3), several times the whole
+    # start-up of a command; rich's table only renders on a terminal.
     from rich.table import Table
 
     from sncli.doctor import exit_code_for, run_doctor
-    from sncli.logs import redact
 
     state = state_of(ctx, config)
     checks = run_doctor(state.settings())

@@ -13,16 +13,15 @@ the operator means to expose it, and then it says so on stderr.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
-from types import FrameType
 
 import typer
 
 from sncli.cli.common import exit_with
 from sncli.cli.render import error_line
 from sncli.errors import ExitCode
+from sncli.signals import stop_on_signals
 from sncli.transport_security import is_loopback
 
 log = logging.getLogger("sncli.emulator")
@@ -68,6 +67,8 @@ def emulator(
     record_bytes: int = typer.Option(1024, "--record-bytes", min=0, help="Approximate JSON size of a seeded record."),
 ) -> None:
     """Run the ServiceNow emulator (Table API, OAuth, faults, journal, control API) until SIGTERM/SIGINT."""
+    # Lazy: the emulator's HTTP server and state cost about as much as the rest of start-up, and no
+    # other command needs them.
     from sncli.emulator.server import ServiceNowEmulator
 
     if not is_loopback(host):
@@ -94,21 +95,15 @@ def emulator(
         emu.state.generate(table, count, spread_seconds=seed_spread, record_bytes=record_bytes)
         log.info("seeded %d records into %s", count, table)
     stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    try:
-        emu.start()
-    except OSError as exc:
-        error_line(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-        exit_with(ExitCode.USAGE)
-    typer.echo(f"ServiceNow emulator ready on {emu.url} (control API: {emu.url}/__emulator/)")
-    sys.stdout.flush()
-    while not stop.wait(0.5):
-        pass
-    emu.stop()
+    with stop_on_signals(stop.set, then="stopping the emulator"):
+        try:
+            emu.start()
+        except OSError as exc:
+            error_line(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+            exit_with(ExitCode.USAGE)
+        typer.echo(f"ServiceNow emulator ready on {emu.url} (control API: {emu.url}/__emulator/)")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+        emu.stop()
     log.info("emulator stopped")

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from sncli.offsets.admin import OffsetRow
     from sncli.offsets.model import StoredOffset
 
+# Each command imports sncli.offsets inside: its admin imports sncli.config (pydantic) and the package
+# its stores and lock, together more than the rest of every command's start-up (``--help`` included).
+# rich's table is imported where it renders, for the same reason.
+
 app = typer.Typer(help="Read and edit stored source progress.", no_args_is_help=True)
 
 

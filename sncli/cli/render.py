@@ -12,8 +12,16 @@ import sys
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from sncli.logs import redact, redact_data
+
 if TYPE_CHECKING:
     from rich.console import Console
+
+
+# The consoles import rich lazily: rich.console is the slowest import after typer, and a command
+# that only prints JSON or one line (and ``--help``) never needs it.
 
 
 @cache
@@ -32,10 +40,6 @@ def stderr_console() -> Console:
 
 def print_json(data: Any) -> None:
     """One JSON document on stdout, for scripts (``--json``)."""
-    import orjson
-
-    from sncli.logs import redact_data
-
     text = orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode()  # default=str: dates, paths
     sys.stdout.write(orjson.dumps(redact_data(orjson.loads(text)), option=orjson.OPT_INDENT_2).decode() + "\n")
     sys.stdout.flush()
@@ -43,7 +47,5 @@ def print_json(data: Any) -> None:
 
 def error_line(message: str) -> None:
     """The single line an operator reads when a run fails before or outside logging."""
-    from sncli.logs import redact
-
     sys.stderr.write(f"sncli: error: {redact(message)}\n")
     sys.stderr.flush()

@@ -1,8 +1,9 @@
 """The Kafka layer: producer, consumer helpers, admin, serialisation (JSON, Avro).
 
-Submodules import confluent_kafka lazily (inside functions or at their own
-import), so importing this package keeps ``sncli --help`` fast. Import what you
-need from the submodules: ``from sncli.kafka.producer import PageProducer``.
+The package itself imports only the error types, so a module that needs one of
+them does not load confluent_kafka; the submodules import it at their top (and
+:mod:`sncli.kafka.serde` its schema registry client only when Avro is used).
+Import what you need from the submodules: ``from sncli.kafka.producer import PageProducer``.
 """
 
 from sncli.kafka.errors import DecodeError, KafkaError, ProduceError, SchemaError

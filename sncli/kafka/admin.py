@@ -17,7 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping
-from typing import Any
+
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource  # re-exported by confluent_kafka.admin, untyped there
+from confluent_kafka.admin._metadata import ClusterMetadata  # not re-exported by confluent_kafka.admin for mypy
+from confluent_kafka.cimpl import NewTopic
 
 from sncli.config import KafkaSettings
 from sncli.kafka.conf import admin_config
@@ -29,9 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_SECONDS = 15.0
 
 
-def _admin(kafka: KafkaSettings) -> Any:
-    from confluent_kafka.admin import AdminClient
-
+def _admin(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(admin_config(kafka))
 
 
@@ -42,9 +46,7 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _list_topics(admin: Any, kafka: KafkaSettings, timeout: float) -> Any:
-    from confluent_kafka import KafkaException
-
+def _list_topics(admin: AdminClient, kafka: KafkaSettings, timeout: float) -> ClusterMetadata:
     try:
         return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -74,10 +76,6 @@ def ensure_topics(
     other topic is created to keep all its records. A topic created concurrently
     by someone else counts as existing.
     """
-    from confluent_kafka import KafkaError as RdKafkaError
-    from confluent_kafka import KafkaException
-    from confluent_kafka.cimpl import NewTopic
-
     if not topics:
         return []
     admin = _admin(kafka)
@@ -123,7 +121,7 @@ def ensure_topics(
     return sorted(created)
 
 
-def _wait_visible(admin: Any, kafka: KafkaSettings, names: list[str], timeout: float) -> None:
+def _wait_visible(admin: AdminClient, kafka: KafkaSettings, names: list[str], timeout: float) -> None:
     """Wait until new topics show up with leaders, so the first produce does not race creation."""
     deadline = time.monotonic() + timeout
     pending = set(names)
@@ -141,9 +139,6 @@ def topic_configs(
     kafka: KafkaSettings, names: list[str], *, timeout: float = DEFAULT_TIMEOUT_SECONDS
 ) -> dict[str, dict[str, str] | KafkaError]:
     """Each topic's configs as the broker reports them (DescribeConfigs), or the error reading them."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin._config import ConfigResource  # re-exported by confluent_kafka.admin, untyped there
-
     if not names:
         return {}
     admin = _admin(kafka)  # keep a reference: a collected client cancels its pending futures
@@ -164,9 +159,6 @@ def topic_configs(
 
 def delete_topics(kafka: KafkaSettings, names: list[str], *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
     """Delete topics (tests and tooling); a topic that is already gone is not an error."""
-    from confluent_kafka import KafkaError as RdKafkaError
-    from confluent_kafka import KafkaException
-
     if not names:
         return
     admin = _admin(kafka)  # keep a reference: a collected client cancels its pending futures

@@ -43,13 +43,12 @@ _ENFORCED_PRODUCER: dict[str, ConfigValue] = {
 
 _PRODUCER_DEFAULTS: dict[str, ConfigValue] = {
     # lz4: the cheapest codec in CPU per MiB (the source competes with JSON parsing
-    # for 2 cores), accepted by Kafka >= 0.10 and by Tansu (measured: none, gzip,
+    # for 2 cores), accepted by Kafka >= 0.10 and by the local test broker (none, gzip,
     # snappy, lz4 and zstd all round-trip there).
     "compression.type": "lz4",
     # A page arrives at once (thousands of records in a few ms), so batches fill without
     # lingering; a longer linger only delays the page's last, partial batch until the
-    # flush, which the source waits for. Measured on a 200k-record poll: 10 ms -> 1 ms
-    # cut the run by a quarter.
+    # flush, which the source waits for (the README's Performance section has the effect).
     "linger.ms": 1,
     # 1 000 000 bytes is the largest batch a broker with default max.message.bytes
     # (1 048 588) accepts; bigger would be refused as MSG_SIZE_TOO_LARGE.
@@ -66,8 +65,8 @@ _CONSUMER_DEFAULTS: dict[str, ConfigValue] = {
     # Offsets are committed explicitly, only for records written or dead-lettered.
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
-    # Partition EOF is the only end-of-partition signal that is right on Tansu
-    # and on Kafka alike (see sncli.kafka.consumer).
+    # Partition EOF is the only end-of-partition signal that is right on every broker
+    # (see sncli.kafka.consumer).
     "enable.partition.eof": True,
     "auto.offset.reset": "earliest",
     "isolation.level": "read_committed",

@@ -1,13 +1,13 @@
-"""Bounded reads: deciding when a partition is finished, on Tansu and on Kafka.
+"""Bounded reads: deciding when a partition is finished, on every broker.
 
 A drain must stop at "the end as seen at start" and never stop early. The
 obvious tool, ListOffsets(latest) (``get_watermark_offsets(cached=False)``), is
-wrong on the local broker (Tansu 0.6.0): once a partition holds multi-record
-batches it answers the last batch's *base* offset + 1, e.g. 101 for 105
-records (tests/integration/test_kafka_watermarks.py measures it). Trusting it
-would end a drain with records unread.
+wrong on a broker that answers it from the last batch's *base* offset: once a
+partition holds multi-record batches such a broker says 101 for 105 records
+(the local test broker does: tests/integration/test_kafka_watermarks.py shows it).
+Trusting it would end a drain with records unread.
 
-Two signals are right on both brokers, because they come from fetch responses:
+Two signals are right on every broker, because they come from fetch responses:
 
 * the high watermark a fetch response carries, which librdkafka caches
   (``get_watermark_offsets(cached=True)``) once the partition was fetched;
@@ -28,6 +28,8 @@ import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from sncli.kafka.conf import consumer_config
 
@@ -166,14 +168,13 @@ class Polled(enum.Enum):
     ERROR = "error"  # any other consumer error event (msg.error()); the caller decides
 
 
-def track(consumer: Any, tracker: EndTracker, msg: Any) -> Polled:
+# ``msg`` is Any: confluent's Message types topic/partition/offset as optional, a polled one has all three.
+def track(consumer: Consumer, tracker: EndTracker, msg: Any) -> Polled:
     """Feed one message from ``consumer.poll()`` into ``tracker`` and classify it.
 
     The end of a partition is learned from librdkafka's fetch-cached high
     watermark the first time a record of it arrives (one call per partition).
     """
-    from confluent_kafka import KafkaError, TopicPartition
-
     err = msg.error()
     tp = (msg.topic(), msg.partition())
     if err is not None:
@@ -201,14 +202,13 @@ def reset_offset(policy: str) -> int | None:
     return _RESET_OFFSETS.get(policy.strip().lower())
 
 
-def start_positions(consumer: Any, partitions: list[Any], policy: str) -> list[Any]:
+def start_positions(consumer: Consumer, partitions: list[TopicPartition], policy: str) -> list[TopicPartition]:
     """``partitions`` with the offsets to read them from: the group's commit, else where ``policy`` says.
 
     Why not assign them with no offset and let librdkafka look: for a partition
     the group never committed, librdkafka resolves ``auto.offset.reset`` on a
-    fixed 100 ms timer (measured on Tansu and in librdkafka 2.16's offset
-    reset path), so every drain of a new group, and every new partition,
-    started 100 ms late. Asking for the commits here is the same OffsetFetch
+    fixed 100 ms timer (librdkafka 2.16's offset reset path), so every drain of
+    a new group, and every new partition, started 100 ms late. Asking for the commits here is the same OffsetFetch
     librdkafka would send (with ``read_committed`` it waits for stable offsets
     alike), and a logical offset given in the assignment is resolved at once.
     If the commits cannot be read, the partitions are returned as they are.
@@ -228,23 +228,26 @@ def start_positions(consumer: Any, partitions: list[Any], policy: str) -> list[A
     return list(committed)
 
 
+Rebalance = Callable[[Consumer, list[TopicPartition]], None]
+
+
 def rebalance_callbacks(
     tracker: EndTracker,
-    on_assign: Callable[[Any, list[Any]], None] | None = None,
-    on_revoke: Callable[[Any, list[Any]], None] | None = None,
-) -> dict[str, Callable[[Any, list[Any]], None]]:
+    on_assign: Rebalance | None = None,
+    on_revoke: Rebalance | None = None,
+) -> dict[str, Rebalance]:
     """Keyword arguments for ``consumer.subscribe(topics, **...)`` that keep ``tracker`` in step.
 
     ``on_assign`` / ``on_revoke`` of the caller (e.g. to finish in-flight work
     and commit before losing a partition) run after / before the tracker update.
     """
 
-    def _assign(consumer: Any, partitions: list[Any]) -> None:
+    def _assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tracker.assign((p.topic, p.partition) for p in partitions)
         if on_assign is not None:
             on_assign(consumer, partitions)
 
-    def _revoke(consumer: Any, partitions: list[Any]) -> None:
+    def _revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if on_revoke is not None:
             on_revoke(consumer, partitions)
         tracker.revoke((p.topic, p.partition) for p in partitions)

@@ -1,7 +1,7 @@
 """Page-at-a-time producing with an all-or-nothing acknowledgement check.
 
-The source stores its cursor only after every record of a page is acknowledged
-(DESIGN.md §4). :class:`PageProducer` makes that check one call: ``send`` each
+The source stores its cursor only after every record of a page is acknowledged,
+so a crash repeats a page and never skips one. :class:`PageProducer` makes that check one call: ``send`` each
 record of the page (asynchronous, batched by librdkafka), then ``flush``, which
 returns the number acknowledged or raises :class:`ProduceError` if even one
 record was not. A broker that is down makes ``flush`` fail after the delivery
@@ -9,8 +9,8 @@ timeout (``message.timeout.ms``) instead of hanging.
 
 After ``flush`` raised, the producer refuses further use (ProduceError on
 ``send``): the caller stops advancing its cursor anyway, and a fresh producer
-is the only state that is right on every broker (Tansu fences an idempotent
-producer after it rejected one of its batches).
+is the only state that is right on every broker (some brokers fence an
+idempotent producer after they rejected one of its batches).
 
 Threading: librdkafka calls the delivery callbacks on the thread that runs
 ``flush``/``poll``, and the batch counters are not locked, so use one
@@ -18,8 +18,8 @@ PageProducer per thread (each table of a poll cycle owns one). A producer is
 cheap enough for that: one connection per broker.
 
 Delivery reports only for failures (``delivery.report.only.error``): a report
-per record costs a Python call and a copy of the record into a Message object,
-about 1 µs each on the hot path. confluent-kafka applies the setting in its C
+per record costs a Python call and a copy of the record into a Message object
+on the hot path. confluent-kafka applies the setting in its C
 delivery handler, which still runs for every record and calls the callback for
 each failed one; ``flush`` returns only once no record and no report is
 outstanding (``rd_kafka_flush`` serves the reports while it waits), so after a
@@ -29,8 +29,8 @@ one, failures are dropped silently.
 
 A cost that remains (confluent-kafka 2.16): that C handler takes the GIL once
 per record, so a flush waits for any other thread's Python work (the source's
-next-page decoding) once per record it serves. Measured with a thread holding
-the GIL: a 1 000-record flush takes 200+ ms instead of 4 ms. A page loop
+next-page decoding) once per record it serves: with another thread holding the
+GIL a page's flush takes many times longer. A page loop
 therefore decodes the next page before it flushes, on its own thread; the
 tables of a poll (windows of a backfill) on other threads do pay it.
 
@@ -44,6 +44,9 @@ import logging
 import threading
 import time
 from typing import Any
+
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import Message, Producer
 
 from sncli.config import KafkaSettings
 from sncli.kafka import conf as _conf
@@ -72,8 +75,6 @@ class PageProducer:
         delivery_timeout_ms: int | None = None,
         **overrides: Any,
     ) -> None:
-        from confluent_kafka import Producer
-
         if delivery_timeout_ms is not None:
             overrides["message.timeout.ms"] = delivery_timeout_ms
         config = _conf.producer_config(kafka, **overrides)
@@ -100,12 +101,12 @@ class PageProducer:
 
         librdkafka asks for an idempotent producer's id when a broker connection
         is up, checked on a 500 ms timer and after each metadata answer. Left to
-        the timer, a new producer's first flush waited 500 ms, sometimes 1 s
-        (measured against Tansu); a metadata answer that arrives once the broker
-        connection is up gets the id in about 60 ms. The first request opens
+        the timer, a new producer's first flush waited for that timer, sometimes
+        twice; a metadata answer that arrives once the broker
+        connection is up gets the id at once. The first request opens
         that connection, the second answers over it. The requests name no topic:
-        asking for a missing topic's metadata can create it (Tansu does, and so
-        does Kafka with ``auto.create.topics.enable``), which the run's topic
+        asking for a missing topic's metadata can create it (some brokers always
+        do, Kafka with ``auto.create.topics.enable``), which the run's topic
         check may be there to refuse. Failures are ignored: the flush reports a
         broker that is down, in bounded time.
         """
@@ -119,7 +120,7 @@ class PageProducer:
         except Exception as exc:  # the broker is down or refuses: the produce path says so
             log.debug("producer warm-up: %s", _kafka_message(exc))
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
+    def _on_delivery(self, err: RdKafkaError | None, msg: Message) -> None:
         if err is None:  # not reported with delivery.report.only.error; counted at flush
             return
         self._failed += 1
@@ -128,16 +129,12 @@ class PageProducer:
         if err.code() in RECORD_ERRORS:
             self._rejected.append(Rejected(msg.key(), msg.value(), err.code(), err.str()))
 
-    def _on_error(self, err: Any) -> None:
+    def _on_error(self, err: RdKafkaError) -> None:
         self._last_broker_error = err.str()
         if err.fatal():
             self._broken = f"fatal producer error: {err.str()}"
 
     # ------------------------------------------------------------------ API
-
-    @property
-    def delivery_timeout_seconds(self) -> float:
-        return self._timeout_s
 
     @property
     def broken(self) -> bool:
@@ -200,7 +197,7 @@ class PageProducer:
                 try:
                     # Positional (partition -1 = the partitioner, no per-record callback = the
                     # configured one): keyword arguments cost a dict lookup and a string decode per
-                    # keyword per call inside PyArg_ParseTupleAndKeywords, ~8% of a poll's CPU.
+                    # keyword per call inside PyArg_ParseTupleAndKeywords, a visible share of a poll's CPU.
                     produce(topic, value, key, -1, None, None, ts, hdrs)
                 except BufferError:
                     self._send_when_room(topic, key, value, hdrs, ts)
@@ -282,7 +279,7 @@ class PageProducer:
             )
         if failed:
             # After a rejected batch an idempotent producer's sequence state is suspect
-            # (Tansu fences it on the next produce): a new run starts a new producer.
+            # (a broker may fence it on the next produce): a new run starts a new producer.
             self._broken = "producer abandoned after unacknowledged records; create a new one"
             raise ProduceError(
                 f"producing to {topic}: {failed} of {sent} records not acknowledged; first error: {first}"

@@ -1,8 +1,9 @@
 """How long a topic keeps its records: the configs sncli creates topics with, and the doctor's verdict (pure).
 
 Why this matters: a source record's Kafka timestamp is its ``sys_updated_on``
-(DESIGN.md §4). With the broker's defaults (``cleanup.policy=delete``,
-``retention.ms`` = 7 days, ``message.timestamp.type=CreateTime``) Kafka deletes
+(the time it changed in ServiceNow, not the time it was produced). With the
+broker's defaults (``cleanup.policy=delete``, ``retention.ms`` = 7 days,
+``message.timestamp.type=CreateTime``) Kafka deletes
 a segment once its *largest record timestamp* is older than ``retention.ms``,
 the active segment included. A backfill, or the first poll of a table, writes
 records changed months ago: their segments are past retention the moment they
@@ -42,7 +43,7 @@ RETENTION_POLICIES: tuple[RetentionPolicy, ...] = ("mirror", "keep_all", "broker
 KEEP_ALL: dict[str, str] = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 COMPACT: dict[str, str] = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
 
-#: Kafka's topic defaults, for configs a broker does not report (Tansu reports only what was set at creation).
+#: Kafka's topic defaults, for configs a broker does not report (some report only what was set at creation).
 KAFKA_DEFAULTS: dict[str, str] = {
     "cleanup.policy": "delete",
     "retention.ms": "604800000",

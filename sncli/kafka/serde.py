@@ -28,11 +28,16 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from sncli.config import SchemaRegistry
 from sncli.kafka.avro_schema import RecordConverter, from_avro_value, sn_names, with_columns
 from sncli.kafka.errors import DecodeError, RecordEncodeError, SchemaError
 from sncli.transport_security import plain_http_off_host
+
+# confluent_kafka.schema_registry is imported where it is used ("lazy" below): it pulls in httpx
+# and authlib, the slowest import sncli has (more than the rest of a run's start-up together), and
+# only Avro runs and ``doctor`` with a registry need it; JSON runs never pay for it.
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,7 @@ def registry_conf(registry: SchemaRegistry | str) -> dict[str, str | int | bool]
 
 def registry_client(registry: SchemaRegistry | str) -> Any:
     """A SchemaRegistryClient from settings (or a bare URL): the one the runs and ``doctor`` use."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry import SchemaRegistryClient  # lazy: see the imports
 
     if isinstance(registry, SchemaRegistry):
         if not registry.tls.verify:
@@ -146,8 +151,6 @@ class AvroValueSerializer:
         auto_register: bool = True,
     ) -> None:
         """``registry``: a SchemaRegistryClient, SchemaRegistry settings, or a URL."""
-        from confluent_kafka.serialization import MessageField, SerializationContext
-
         self._client = registry if _is_client(registry) else registry_client(registry)
         self.topic = topic
         self.subject = f"{topic}-value"
@@ -157,7 +160,7 @@ class AvroValueSerializer:
         self._install(self.schema)
 
     def _install(self, schema: dict[str, Any]) -> None:
-        from confluent_kafka.schema_registry.avro import AvroSerializer
+        from confluent_kafka.schema_registry.avro import AvroSerializer  # lazy: see the imports
 
         self._serializer = AvroSerializer(
             self._client,
@@ -170,7 +173,7 @@ class AvroValueSerializer:
 
     def register(self) -> int:
         """Register the current schema under ``<topic>-value`` now (otherwise on first encode)."""
-        from confluent_kafka.schema_registry import Schema
+        from confluent_kafka.schema_registry import Schema  # lazy: see the imports
 
         try:
             if self._auto_register:
@@ -229,7 +232,7 @@ class AvroValueSerializer:
 
 
 def _avro_write_failure(exc: BaseException, subject: str) -> SchemaError:
-    from confluent_kafka.schema_registry.error import SchemaRegistryError
+    from confluent_kafka.schema_registry.error import SchemaRegistryError  # lazy: see the imports
 
     if isinstance(exc, SchemaRegistryError) or _is_transport_error(exc):
         return _registry_failure(exc, f"registering the schema of {subject}")
@@ -258,7 +261,7 @@ class AvroValueDeserializer:
     """
 
     def __init__(self, registry: Any) -> None:
-        from confluent_kafka.schema_registry.avro import AvroDeserializer
+        from confluent_kafka.schema_registry.avro import AvroDeserializer  # lazy: see the imports
 
         self._client = registry if _is_client(registry) else registry_client(registry)
         self._deserializer = AvroDeserializer(self._client)
@@ -266,7 +269,7 @@ class AvroValueDeserializer:
         self._lock = threading.Lock()
 
     def _renames_for(self, schema_id: int) -> dict[str, str] | None:
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
+        from confluent_kafka.schema_registry.error import SchemaRegistryError  # lazy: see the imports
 
         with self._lock:
             if schema_id in self._renames:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sncli.config import Settings, source_fingerprint
 from sncli.errors import UsageError
 from sncli.offsets.bridge_import import BridgeFormatError, parse_bridge_offsets
 from sncli.offsets.lock import run_lock
@@ -31,7 +32,6 @@ from sncli.offsets.model import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from sncli.config import Settings
     from sncli.offsets.store import OffsetStore
 
 FINGERPRINT_OK = "ok"
@@ -40,8 +40,6 @@ NOT_IN_CONFIG = "not in config"
 
 
 def current_fingerprint(settings: Settings, table: str) -> str:
-    from sncli.config import source_fingerprint
-
     return source_fingerprint(settings, settings.source.table(table))
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sncli.errors import OffsetsError
+from sncli.offsets.document import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
 from sncli.offsets.model import StoredOffset
-from sncli.offsets.store import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
 from sncli.private_files import is_own_file, open_lock_file, open_own_file
 
 LOCK_WAIT_SECONDS = 30.0  # the write lock is held for milliseconds; waiting longer means a stuck process

@@ -34,8 +34,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from sncli.errors import LockHeldError, OffsetsError
 from sncli.offsets.model import iso_utc
+from sncli.offsets.s3_store import (
+    PreconditionFailedError,
+    error_code,
+    get_object,
+    is_missing,
+    is_precondition_failure,
+    make_client,
+    put_object,
+)
 from sncli.private_files import open_lock_file
 
 if TYPE_CHECKING:
@@ -150,8 +161,6 @@ def run_lock(
     """Hold the run lock for ``scope`` (a table name for poll runs) or raise LockHeldError at once."""
     offsets = settings.offsets
     if offsets.store == "s3":
-        from sncli.offsets.s3_store import make_client
-
         s3 = client or make_client(offsets.endpoint_url, offsets.region)
         with s3_lease(s3, offsets.bucket, lease_key(offsets.key, scope), scope,
                       lease_seconds=lease_seconds or offsets.lease_seconds, clock=clock) as lock:
@@ -239,13 +248,9 @@ class _Lease:
         return json.dumps(data).encode()
 
     def _put(self, holder: Holder, etag: str | None) -> str:
-        from sncli.offsets.s3_store import put_object
-
         return put_object(self.client, self.bucket, self.key, self._body(holder), etag, f"cannot write {self.where}")
 
     def acquire(self) -> None:
-        from sncli.offsets.s3_store import PreconditionFailedError, get_object
-
         last: Holder | None = None
         for _ in range(5):
             try:
@@ -289,8 +294,6 @@ class _Lease:
             self.holder = renewed
 
     def _renew_loop(self, lock: RunLock) -> None:
-        from sncli.offsets.s3_store import PreconditionFailedError
-
         while not self._stop.wait(self.lease_seconds / 3):
             try:
                 self.renew()
@@ -306,10 +309,6 @@ class _Lease:
                     return
 
     def release(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from sncli.offsets.s3_store import error_code, is_missing, is_precondition_failure
-
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -327,8 +326,6 @@ class _Lease:
 
     def _release_unconditionally(self, etag: str, why: str) -> None:
         """For stores without conditional DELETE: delete only if the lease is still ours (a small race)."""
-        from sncli.offsets.s3_store import get_object
-
         try:
             found = get_object(self.client, self.bucket, self.key, f"cannot read {self.where}")
             if found is not None and found[1] == etag:

@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
+from botocore.exceptions import BotoCoreError, ClientError
 
 from sncli.errors import OffsetsError
+from sncli.offsets.document import Entries, moved_error, parse_document
 from sncli.offsets.model import OffsetsCorruptError, StoredOffset, iso_utc, parse_key
 from sncli.offsets.s3_store import (
     MAX_WRITE_ATTEMPTS,
@@ -49,7 +51,6 @@ from sncli.offsets.s3_store import (
     put_object,
     translate,
 )
-from sncli.offsets.store import Entries, moved_error, parse_document
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -230,8 +231,6 @@ class S3KeyStore:
 
     def _list(self) -> Iterator[tuple[str, tuple[str, int]]]:
         """(offset key, (ETag, size)) of every object under the prefix; foreign names are skipped."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
             for page in pages:

@@ -17,9 +17,11 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
 from sncli.errors import ConfigError, OffsetsError
+from sncli.offsets.document import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
 from sncli.offsets.model import StoredOffset
-from sncli.offsets.store import Entries, SeenValues, moved_error, parse_document, render_document, to_offsets
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -36,6 +38,8 @@ class PreconditionFailedError(Exception):
 
 def make_client(endpoint_url: str | None, region: str | None) -> S3Client:
     """A boto3 S3 client; credentials come from the usual AWS environment/profile chain."""
+    # Lazy: boto3 (and botocore's config, which loads its data files) is the second slowest import
+    # sncli has, and a run on the file store never makes a client.
     import boto3
     from botocore.config import Config
 
@@ -58,8 +62,6 @@ def error_code(exc: BaseException) -> str:
 
 def translate(exc: Exception, what: str) -> Exception:
     """Turn a boto error into one line an operator can act on (never includes credentials)."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
     if isinstance(exc, NoCredentialsError):
         return ConfigError(
             f"{what}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -74,21 +76,15 @@ def translate(exc: Exception, what: str) -> Exception:
 
 
 def is_precondition_failure(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError
-
     return isinstance(exc, ClientError) and error_code(exc) in _PRECONDITION_CODES
 
 
 def is_missing(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError
-
     return isinstance(exc, ClientError) and error_code(exc) in {"NoSuchKey", "404", "NotFound"}
 
 
 def get_object(client: S3Client, bucket: str, key: str, what: str) -> tuple[bytes, str] | None:
     """(body, ETag), or None when the object does not exist."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         response = client.get_object(Bucket=bucket, Key=key)
         return response["Body"].read(), response["ETag"]
@@ -100,8 +96,6 @@ def get_object(client: S3Client, bucket: str, key: str, what: str) -> tuple[byte
 
 def put_object(client: S3Client, bucket: str, key: str, body: bytes, etag: str | None, what: str) -> str:
     """Conditional PUT; returns the new ETag or raises PreconditionFailedError."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         if etag is None:
             response = client.put_object(
