@@ -22,7 +22,10 @@ from sncli.cli.sink_cmd import render_summary, stop_on_signals, table_console
 from sncli.errors import ExitCode
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from sncli.config import Settings
+    from sncli.dlq.record import DlqEntry
     from sncli.dlq.select import Filters, View
 
 app = typer.Typer(help="Inspect, replay and export the dead letter queue.", no_args_is_help=True)
@@ -94,6 +97,11 @@ def inspect(
     if state.json_output:
         print_json([entry.as_row() for entry in entries])
         return
+    table_console().print(_listing(name, entries, history=history))
+
+
+def _listing(name: str, entries: list[DlqEntry], *, history: bool) -> Table:
+    """The inspect table; ``history`` adds the pending column."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -113,7 +121,7 @@ def inspect(
         if history:
             cells.append("yes" if entry.pending else "no")
         listing.add_row(*(escape(cell) for cell in cells))  # data, not markup: "[...]" must show
-    table_console().print(listing)
+    return listing
 
 
 @app.command()
