@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import confluent_kafka
 
@@ -55,8 +54,6 @@ class DlqWriter:
         self.timeout_seconds = delivery_timeout_ms(config) / 1000.0
         config["error_cb"] = self._on_error
         self._producer = confluent_kafka.Producer(config)
-        # Any: the library's header type (str | bytes values, a list it may not be given) is wider than ours.
-        self._produce: Any = self._producer.produce
         self._kafka = kafka
         self.topic = topic
         self.signer = signer
@@ -106,10 +103,11 @@ class DlqWriter:
         def delivered(err: confluent_kafka.KafkaError | None, _msg: confluent_kafka.Message) -> None:
             on_done(None if err is None else f"DLQ topic {self.topic}: {err.str()}")
 
+        wire: list[tuple[str, str | bytes | None]] = list(headers)  # the library's (wider) header type
         deadline = time.monotonic() + self.timeout_seconds
         while True:
             try:
-                self._produce(self.topic, value, key, headers=headers, on_delivery=delivered)
+                self._producer.produce(self.topic, value, key, headers=wire, on_delivery=delivered)
                 return
             except BufferError:
                 if time.monotonic() > deadline:
