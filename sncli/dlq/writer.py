@@ -17,7 +17,7 @@ from sncli.kafka.conf import delivery_timeout_ms, producer_config
 
 log = logging.getLogger("sncli.dlq")  # the name the logs have always shown for DLQ lines
 
-#: librdkafka properties that only consumers know (CONFIGURATION.md, scope "C").
+#: librdkafka properties that only consumers know (librdkafka's CONFIGURATION.md, scope "C").
 CONSUMER_ONLY_KEYS = frozenset({
     "group.id", "group.instance.id", "partition.assignment.strategy", "session.timeout.ms",
     "heartbeat.interval.ms", "group.protocol.type", "group.protocol", "group.remote.assignor",
