@@ -1,4 +1,11 @@
-"""``sncli dlq inspect|replay|export``."""
+"""``sncli dlq inspect|replay|export``.
+
+The DLQ package and the sink's replay are imported inside the commands: they load
+sncli.config (pydantic) and confluent_kafka, which the CLI's start-up (``sncli
+--help``, every other command) must not pay for. ``dlq inspect`` and ``export``
+import only :mod:`sncli.dlq`; ``replay`` also the sink engine. rich's table likewise: only
+``dlq inspect`` draws one.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +22,11 @@ from sncli.cli.sink_cmd import render_summary, stop_on_signals, table_console
 from sncli.errors import ExitCode
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from sncli.config import Settings
-    from sncli.dlq import Filters, View
+    from sncli.dlq.record import DlqEntry
+    from sncli.dlq.select import Filters, View
 
 app = typer.Typer(help="Inspect, replay and export the dead letter queue.", no_args_is_help=True)
 
@@ -41,14 +51,14 @@ _REPLAY_GROUP = typer.Option(
 
 
 def _filters(table: str | None, error_class: str | None, since: str | None, topic: str | None) -> Filters:
-    from sncli.dlq import make_filters
+    from sncli.dlq.select import make_filters
 
     return guard(lambda: make_filters(table, error_class, since, now=datetime.now(UTC), topic=topic))
 
 
 def _view(settings: Settings, group: str | None, history: bool) -> View:
     """Pending for the replay group that ``dlq replay`` would use (``--group`` names another), or everything."""
-    from sncli.dlq import View, replay_group
+    from sncli.dlq.select import View, replay_group
 
     return View(replay_group=replay_group(settings.sink.group_id, group), history=history)
 
@@ -77,7 +87,8 @@ def inspect(
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
-    from sncli.dlq import DlqSigner, inspect_dlq
+    from sncli.dlq.signing import DlqSigner
+    from sncli.dlq.views import inspect_dlq
 
     name = dlq_topic or settings.sink.dlq_topic
     view = _view(settings, group, history)
@@ -86,6 +97,11 @@ def inspect(
     if state.json_output:
         print_json([entry.as_row() for entry in entries])
         return
+    table_console().print(_listing(name, entries, history=history))
+
+
+def _listing(name: str, entries: list[DlqEntry], *, history: bool) -> Table:
+    """The inspect table; ``history`` adds the pending column."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -105,7 +121,7 @@ def inspect(
         if history:
             cells.append("yes" if entry.pending else "no")
         listing.add_row(*(escape(cell) for cell in cells))  # data, not markup: "[...]" must show
-    table_console().print(listing)
+    return listing
 
 
 @app.command()
@@ -147,7 +163,7 @@ def replay(
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
-    from sncli.dlq import run_replay
+    from sncli.sink.replay import run_replay
 
     stop = threading.Event()
     with stop_on_signals(stop):
@@ -177,7 +193,8 @@ def export(
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
-    from sncli.dlq import DlqSigner, export_dlq
+    from sncli.dlq.signing import DlqSigner
+    from sncli.dlq.views import export_dlq
 
     name = dlq_topic or settings.sink.dlq_topic
     view = _view(settings, group, history)

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sncli.config import KafkaSettings
-from sncli.dlq import NOT_IN_KAFKA, DlqSigner, DlqWriter, Failure, Origin, dlq_headers
+from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
+from sncli.dlq.record import NOT_IN_KAFKA
 from sncli.kafka.errors import ProduceError, Rejected
 from sncli.source.record import PageMessages, Refusal
 

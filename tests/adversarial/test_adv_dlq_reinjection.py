@@ -13,9 +13,10 @@ import uuid
 
 import pytest
 
-from sncli.dlq import Filters, run_replay
+from sncli.dlq.select import Filters
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.sink.drain import DrainOptions, run_drain
+from sncli.sink.replay import run_replay
 from tests.fixtures.kafka import read_all
 from tests.integration.sink_support import (
     config_dict,

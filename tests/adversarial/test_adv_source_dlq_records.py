@@ -13,19 +13,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sncli.dlq import (
-    NOT_IN_KAFKA,
-    DlqSigner,
-    Failure,
-    Filters,
-    Origin,
-    View,
-    dlq_headers,
-    inspect_dlq,
-    replay_group,
-    run_replay,
-)
+from sncli.dlq.record import NOT_IN_KAFKA, DeadLetterReason, Origin, dlq_headers
+from sncli.dlq.select import Filters, View, replay_group
+from sncli.dlq.signing import DlqSigner
+from sncli.dlq.views import inspect_dlq
 from sncli.emulator.server import ServiceNowEmulator
+from sncli.sink.replay import run_replay
 from tests.integration.sink_support import config_dict, create_topic, json_value, produce, settings_of
 
 pytestmark = pytest.mark.integration
@@ -39,7 +32,7 @@ def test_a_source_dlq_record_is_not_malformed_and_stays_pending(
     settings = settings_of(config_dict(emulator.url, kafka_bootstrap, [{"topic": inc, "table": "incident"}],
                                        dlq_topic=dlq, workers=1))
     # Exactly what sncli.source.deadletter.dlq_record + DlqWriter write for a refused source record.
-    headers = dlq_headers([], Failure("refused", "record too large", table="incident"),
+    headers = dlq_headers([], DeadLetterReason("refused", "record too large", table="incident"),
                           Origin("t.incident", NOT_IN_KAFKA, NOT_IN_KAFKA), now=datetime.now(UTC))
     signed = DlqSigner.of(settings.sink).sign(b"k", json_value({"number": "BIG"}), headers)
     produce(kafka_bootstrap, dlq, [(b"k", json_value({"number": "BIG"}), signed)])

@@ -9,21 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sncli import logs
-from sncli.dlq import (
+from sncli.dlq.record import (
     ERROR_HEADERS,
     MAX_MESSAGE_CHARS,
     NOT_IN_KAFKA,
     REPLAY_COUNT,
-    Failure,
-    Filters,
+    DeadLetterReason,
     Origin,
-    ReplayProgress,
     dlq_headers,
-    make_filters,
-    mark_pending,
     parse_entry,
-    parse_since,
 )
+from sncli.dlq.select import Filters, ReplayProgress, make_filters, mark_pending, parse_since
 from sncli.errors import UsageError
 
 NOW = datetime(2024, 5, 1, 12, 30, 45, 123456, tzinfo=UTC)
@@ -37,7 +33,7 @@ def as_dict(headers: list[tuple[str, bytes | None]]) -> dict[str, bytes | None]:
 
 def test_all_error_headers_are_present_after_the_original_ones() -> None:
     original = [("sn.sys_id", SID.encode()), ("trace", None)]
-    failure = Failure("permission", "403 Forbidden: ACL", status=403, table="incident", attempts=1)
+    failure = DeadLetterReason("permission", "403 Forbidden: ACL", status=403, table="incident", attempts=1)
     headers = dlq_headers(original, failure, ORIGIN, now=NOW)
     assert headers[:2] == original
     got = as_dict(headers)
@@ -55,19 +51,19 @@ def test_all_error_headers_are_present_after_the_original_ones() -> None:
 
 
 def test_status_and_table_are_empty_when_unknown() -> None:
-    got = as_dict(dlq_headers([], Failure("decode", "not JSON"), ORIGIN, now=NOW))
+    got = as_dict(dlq_headers([], DeadLetterReason("decode", "not JSON"), ORIGIN, now=NOW))
     assert got["sncli.error.status"] == b""
     assert got["sncli.error.table"] == b""
 
 
 def test_replay_replaces_error_headers_instead_of_stacking_them() -> None:
-    first = dlq_headers([("a", b"1")], Failure("record", "400 bad"), ORIGIN, now=NOW)
-    again = dlq_headers(first, Failure("conflict", "409"), ORIGIN, now=NOW, replay_count=1)
+    first = dlq_headers([("a", b"1")], DeadLetterReason("record", "400 bad"), ORIGIN, now=NOW)
+    again = dlq_headers(first, DeadLetterReason("conflict", "409"), ORIGIN, now=NOW, replay_count=1)
     names = [k for k, _ in again]
     assert names.count("sncli.error.class") == 1
     assert as_dict(again)["sncli.error.class"] == b"conflict"
     assert as_dict(again)[REPLAY_COUNT] == b"1"
-    third = dlq_headers(again, Failure("conflict", "409"), ORIGIN, now=NOW, replay_count=2)
+    third = dlq_headers(again, DeadLetterReason("conflict", "409"), ORIGIN, now=NOW, replay_count=2)
     assert [k for k, _ in third].count(REPLAY_COUNT) == 1
     assert as_dict(third)[REPLAY_COUNT] == b"2"
     assert third[0] == ("a", b"1")
@@ -76,7 +72,7 @@ def test_replay_replaces_error_headers_instead_of_stacking_them() -> None:
 def test_message_is_one_line_bounded_and_without_secrets() -> None:
     logs.register_secrets(["canary-Pa55w0rd"])
     message = "401 for user admin with password canary-Pa55w0rd\nand more\t" + "x" * 5000
-    got = as_dict(dlq_headers([], Failure("record", message), ORIGIN, now=NOW))["sncli.error.message"]
+    got = as_dict(dlq_headers([], DeadLetterReason("record", message), ORIGIN, now=NOW))["sncli.error.message"]
     assert got is not None
     text = got.decode()
     assert "canary-Pa55w0rd" not in text and "***" in text
@@ -86,7 +82,7 @@ def test_message_is_one_line_bounded_and_without_secrets() -> None:
 
 def test_parse_entry_reads_back_what_was_written() -> None:
     headers = dlq_headers(
-        [("sn.sys_id", SID.encode())], Failure("not_found", "404", status=404, table="incident", attempts=2),
+        [("sn.sys_id", SID.encode())], DeadLetterReason("not_found", "404", status=404, table="incident", attempts=2),
         ORIGIN, now=NOW, replay_count=3,
     )
     entry = parse_entry(0, 17, 1714566645000, b"k", b'{"a": 1}', headers)
@@ -116,7 +112,7 @@ def test_sys_id_for_display_comes_from_value_header_or_key() -> None:
 
 
 def test_filters() -> None:
-    entry = parse_entry(0, 0, None, None, None, dlq_headers([], Failure("permission", "x", table="incident"),
+    entry = parse_entry(0, 0, None, None, None, dlq_headers([], DeadLetterReason("permission", "x", table="incident"),
                                                             ORIGIN, now=NOW))
     assert Filters().matches(entry)
     assert Filters(table="incident", error_class="permission", since=NOW - timedelta(seconds=1)).matches(entry)
@@ -156,7 +152,7 @@ def test_make_filters_rejects_unknown_classes() -> None:
 def test_headers_roundtrip(
     message: str, status: int | None, attempts: int, replay: int, original: list[tuple[str, bytes | None]]
 ) -> None:
-    failure = Failure("retries_exhausted", message, status=status, table="incident", attempts=attempts)
+    failure = DeadLetterReason("retries_exhausted", message, status=status, table="incident", attempts=attempts)
     headers = dlq_headers(original, failure, ORIGIN, now=NOW, replay_count=replay)
     entry = parse_entry(1, 2, None, None, None, headers)
     assert entry.error_class == "retries_exhausted"
@@ -188,7 +184,7 @@ def test_records_below_the_replay_groups_commit_are_history_the_rest_pending() -
 def test_a_malformed_number_is_a_problem_not_an_exception(header: str, bad: str) -> None:
     if bad == "-1" and header in ("sncli.error.partition", "sncli.error.offset"):
         pytest.skip("-1 is the source's 'never in Kafka' position (see the test below)")
-    good = dlq_headers([], Failure("permission", "403", status=403), ORIGIN, now=NOW, replay_count=1)
+    good = dlq_headers([], DeadLetterReason("permission", "403", status=403), ORIGIN, now=NOW, replay_count=1)
     headers = [(k, bad.encode() if k == header else v) for k, v in good]
     entry = parse_entry(0, 3, None, b"k", b"{}", headers)  # '²' and 5000 digits once raised ValueError
     assert entry.problems == (header,)
@@ -198,7 +194,7 @@ def test_a_malformed_number_is_a_problem_not_an_exception(header: str, bad: str)
 
 
 def test_well_formed_numbers_have_no_problems() -> None:
-    good = dlq_headers([], Failure("permission", "403", status=403), ORIGIN, now=NOW, replay_count=1)
+    good = dlq_headers([], DeadLetterReason("permission", "403", status=403), ORIGIN, now=NOW, replay_count=1)
     entry = parse_entry(0, 3, None, b"k", b"{}", good)
     assert entry.problems == () and entry.origin == ORIGIN
     assert entry.status == 403 and entry.attempts == 1 and entry.replay_count == 1
@@ -208,9 +204,10 @@ def test_well_formed_numbers_have_no_problems() -> None:
 
 def test_a_position_of_minus_one_is_a_record_never_in_kafka_not_a_problem() -> None:
     # The source dead-letters records Kafka refused with partition and offset -1: no origin to replay.
-    headers = dlq_headers([], Failure("refused", "too large"), Origin("t", NOT_IN_KAFKA, NOT_IN_KAFKA), now=NOW)
+    nowhere = Origin("t", NOT_IN_KAFKA, NOT_IN_KAFKA)
+    headers = dlq_headers([], DeadLetterReason("refused", "too large"), nowhere, now=NOW)
     entry = parse_entry(0, 3, None, b"k", b"{}", headers)
     assert (entry.problems, entry.origin) == ((), None)
-    half = [(k, b"-1" if k == "sncli.error.offset" else v) for k, v in dlq_headers([], Failure("record", "x"),
+    half = [(k, b"-1" if k == "sncli.error.offset" else v) for k, v in dlq_headers([], DeadLetterReason("record", "x"),
                                                                                     ORIGIN, now=NOW)]
     assert parse_entry(0, 4, None, b"k", b"{}", half).origin is None  # one position outside Kafka: no origin

@@ -9,16 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sncli.config import SinkSettings
-from sncli.dlq import (
-    H_SIGNATURE,
-    DlqSigner,
-    Failure,
-    Filters,
-    Origin,
-    check_replay_trust,
-    dlq_headers,
-)
+from sncli.dlq.record import H_SIGNATURE, DeadLetterReason, Origin, dlq_headers
+from sncli.dlq.select import Filters
+from sncli.dlq.signing import DlqSigner
 from sncli.errors import UsageError
+from sncli.sink.replay import check_replay_trust
 
 NOW = datetime(2024, 5, 1, 12, 30, 45, tzinfo=UTC)
 KEY = "k" * 32
@@ -36,7 +31,7 @@ def signer(*keys: str) -> DlqSigner:
 
 def signed_record(by: DlqSigner) -> tuple[bytes | None, bytes | None, Headers]:
     original: Headers = [("sn.table", b"u_x"), ("sn.sys_id", SID.encode())]
-    headers = dlq_headers(original, Failure("permission", "403", status=403, table="u_x"),
+    headers = dlq_headers(original, DeadLetterReason("permission", "403", status=403, table="u_x"),
                           Origin("public.incidents", 0, 7), now=NOW)
     return b"k", b'{"a": "1"}', by.sign(b"k", b'{"a": "1"}', headers)
 
