@@ -42,15 +42,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
 from sncli.config import Settings, SinkTopic
 from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
 from sncli.errors import ExitCode, UsageError
-from sncli.kafka.consumer import reset_policy, start_positions
+from sncli.kafka.admin import existing_topics
+from sncli.kafka.conf import consumer_config
+from sncli.kafka.consumer import EndTracker, Polled, rebalance_callbacks, reset_policy, start_positions, track
 from sncli.kafka.errors import KafkaError
 from sncli.metrics import RunMetrics, push_metrics
+from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import CallAbandoned
-from sncli.sink.commits import CommitTracker
 from sncli.sink.decode import make_decoder
+from sncli.sink.partitions import Partitions, TopicPart
 from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
 from sncli.sink.writer import KeyedPool, SystemicError, WriteFailed, apply_write
 
@@ -63,7 +68,6 @@ REVOKE_WAIT_SECONDS = 30.0
 STALL_SECONDS = 120.0
 #: Consecutive records that exhausted their retries before the run stops (at least ``workers``).
 BREAKER_MIN = 5
-TopicPart = tuple[str, int]
 
 
 @dataclass
@@ -142,6 +146,23 @@ class Job:
 
 #: Turns a consumed message into a Job, or None when there is nothing to do for it.
 Prepare = Callable[[Any], Job | None]
+
+
+@dataclass
+class _Watch:
+    """What the read loop watches for a join timeout or a stall."""
+
+    started: float
+    join_timeout: float
+    last_progress: float
+    last_error: str | None = None
+
+
+def topic_part(msg: Message) -> TopicPart:
+    """Where a consumed message comes from."""
+    topic, partition = msg.topic(), msg.partition()
+    assert topic is not None and partition is not None  # set on every message poll() returns
+    return topic, partition
 
 
 @dataclass(frozen=True)
@@ -249,33 +270,33 @@ class SinkRun:
         if options.dry_run:
             self.summary.plan = []
         self.decode: ValueDecoder = make_decoder(settings.kafka)
-        self._lock = threading.Lock()
-        self._tracker = CommitTracker()
-        self._generation: dict[TopicPart, int] = {}
-        self._cancels: dict[TopicPart, threading.Event] = {}  # the current assignment's, per partition
-        self._running: Counter[TopicPart] = Counter()  # writes with an HTTP call under way
-        self._dead_lettering: Counter[TopicPart] = Counter()  # DLQ records sent, not acknowledged yet
+        self._lock = threading.Lock()  # the counters below, _fatal and the breaker
+        self._parts = Partitions()
         self._deadline: float | None = None  # --max-seconds, on the monotonic clock
         self._cut_short: str | None = None  # why the wait for queued writes was cut: max_seconds | signal
-        self._committed: dict[TopicPart, int] = {}
         self._fatal: str | None = None
         self._closing = False
         self._assigned_once = False
         self._rebalancing = False  # partitions revoked, the next assignment not received yet
-        self._unsaved: dict[TopicPart, int] = {}  # lost partitions -> the commit that failed for them
         self._finishing = False  # waiting for queued writes with every partition paused
         self._backlog: list[Any] = []  # records fetched while finishing, read when reading resumes
         self._written: Counter[str] = Counter()
         self._skipped: Counter[str] = Counter()
         self._dlq: Counter[str] = Counter()
-        self._consumer: Any = None
+        self._consumer: Consumer | None = None  # exists while run() runs
+        self._ends = EndTracker()
         self._reset_policy = ""  # auto.offset.reset, set by run(); "" leaves new partitions to librdkafka
         self._pool: KeyedPool[_Item] | None = None
         self._dlq_writer: DlqWriter | None = None
-        self._client: Any = None
+        self._client: ServiceNowClient | None = None
         self._next_commit = 0.0
         self._exhausted_in_a_row = 0
         self.breaker_threshold = max(BREAKER_MIN, self.workers)
+
+    @property
+    def consumer(self) -> Consumer:
+        assert self._consumer is not None, "the consumer exists while run() runs"
+        return self._consumer
 
     def run_and_push(self, grouping_key: dict[str, str]) -> DrainSummary:
         """Run, then push the metrics (a dry run pushes nothing: it did nothing)."""
@@ -293,12 +314,6 @@ class SinkRun:
     # ------------------------------------------------------------------ run
 
     def run(self) -> DrainSummary:
-        from confluent_kafka import Consumer
-
-        from sncli.kafka.admin import existing_topics
-        from sncli.kafka.conf import consumer_config
-        from sncli.kafka.consumer import EndTracker
-
         started = time.monotonic()
         if self.options.max_seconds is not None:
             self._deadline = started + self.options.max_seconds
@@ -311,15 +326,12 @@ class SinkRun:
             self.summary.duration_seconds = time.monotonic() - started
             return self.summary
 
-        self._ends = EndTracker()
         config = consumer_config(self.settings.kafka, self.group_id, **self.consumer_overrides)
         self._reset_policy = reset_policy(config)
         session_ms = int(config.get("session.timeout.ms", 45_000))
         self._consumer = Consumer(config)
         try:
             if not self.options.dry_run:
-                from sncli.servicenow.client import ServiceNowClient
-
                 self._client = ServiceNowClient(self.settings.servicenow, metrics=self.metrics, pool_size=self.workers)
                 self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic,
                                              signer=DlqSigner.of(self.settings.sink))
@@ -340,94 +352,102 @@ class SinkRun:
         return self.summary
 
     def _start_reading(self, wanted: list[str], present: dict[str, int]) -> None:
-        from confluent_kafka import TopicPartition
-
-        from sncli.kafka.consumer import rebalance_callbacks
-
         if self.mode == "assign":
             # Read every partition from the group's committed offset (else the earliest), never join.
             parts = [TopicPartition(t, p) for t in wanted for p in range(present[t])]
             self._ends.assign((tp.topic, tp.partition) for tp in parts)
-            self._consumer.assign(start_positions(self._consumer, parts, self._reset_policy))
+            self.consumer.assign(start_positions(self.consumer, parts, self._reset_policy))
             self._assigned_once = True
             return
-        self._consumer.subscribe(
+        self.consumer.subscribe(
             wanted, **rebalance_callbacks(self._ends, on_assign=self._on_assign, on_revoke=self._on_revoke)
         )
 
     def _loop(self, started: float, *, join_timeout: float) -> str:
-        from sncli.kafka.consumer import Polled, track
-
-        consumer = self._consumer
-        max_messages = self.options.max_messages
-        next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
-        last_progress = time.monotonic()
-        last_error: str | None = None
+        """Read until the ends, a bound, a stop or an error; returns why it stopped (``stopped_by``)."""
         backlog, self._backlog = self._backlog, []
         for early in backlog:
             # Not read past a bound: they were never tracked, so no commit covers them.
             if self._fatal is None and not self.stop.is_set() and self._bound_hit() is None:
                 self._read(early)
+        watch = _Watch(started, join_timeout, last_progress=time.monotonic())
+        next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         while True:
             now = time.monotonic()
-            if self._fatal is not None:
-                return "error"
-            if self._pool is not None and self._pool.crash is not None:
-                self._fail(f"a sink worker crashed: {self._pool.crash!r}")
-                return "error"
-            if self.stop.is_set():
-                return "signal"
-            if self._assigned_once and not self._rebalancing and (
-                not self._ends.assigned or self._ends.all_finished()
-            ):
-                return "end"
-            if max_messages is not None and self.summary.messages >= max_messages:
-                return "max_messages"
-            if self._past_deadline():
-                return "max_seconds"
-            if not self._assigned_once and now - started > join_timeout:
-                hint = f" (last error: {last_error})" if last_error else ""
-                raise KafkaError(f"no partitions assigned to group {self.group_id} within {join_timeout:.0f}s{hint}")
-            if self._assigned_once and now - last_progress > STALL_SECONDS:
-                hint = f" (last error: {last_error})" if last_error else ""
-                self._fail(f"no progress from Kafka for {STALL_SECONDS:.0f}s{hint}")
-                return "error"
+            stopped_by = self._stopped_by(now, watch)
+            if stopped_by is not None:
+                return stopped_by
             if not self.options.dry_run and now >= next_commit:
                 self._commit(final=False)
                 next_commit = now + COMMIT_INTERVAL_SECONDS
-            msg = consumer.poll(0.1)
+            msg = self.consumer.poll(0.1)
             if self._dlq_writer is not None:
                 self._dlq_writer.poll(0)
-            if msg is None:
-                continue
-            kind = track(consumer, self._ends, msg)
-            if kind is Polled.ERROR:
-                err = msg.error()
-                last_error = err.str()
-                if err.fatal():
-                    self._fail(f"Kafka consumer error: {last_error}")
-                    return "error"
-                log.warning("Kafka consumer: %s", last_error)
-                continue
-            last_progress = time.monotonic()
-            if self._held is not None:
-                # Until every end is known, a write could extend an end: hold records back.
-                if kind is Polled.DATA:
-                    self._held.append(msg)
-                if any(self._ends.needs_end(tp) for tp in self._ends.assigned):
-                    continue
-                held, self._held = self._held, None
-                for early in held:
-                    if self._bound_hit() is None:
-                        self._read(early)
-                if kind is Polled.DATA:
-                    continue
-            if kind is Polled.DATA:
-                self._read(msg)
-            else:
-                tp = (msg.topic(), msg.partition())
-                if self._ends.finished(tp):
-                    self._pause(tp)
+            if msg is not None and not self._take(msg, watch):
+                return "error"
+
+    def _stopped_by(self, now: float, watch: _Watch) -> str | None:
+        """Why reading must stop now (error | signal | end | max_messages | max_seconds), or None."""
+        if self._fatal is not None:
+            return "error"
+        if self._pool is not None and self._pool.crash is not None:
+            self._fail(f"a sink worker crashed: {self._pool.crash!r}")
+            return "error"
+        if self.stop.is_set():
+            return "signal"
+        if self._assigned_once and not self._rebalancing and (not self._ends.assigned or self._ends.all_finished()):
+            return "end"
+        max_messages = self.options.max_messages
+        if max_messages is not None and self.summary.messages >= max_messages:
+            return "max_messages"
+        if self._past_deadline():
+            return "max_seconds"
+        hint = f" (last error: {watch.last_error})" if watch.last_error else ""
+        if not self._assigned_once and now - watch.started > watch.join_timeout:
+            raise KafkaError(f"no partitions assigned to group {self.group_id} within {watch.join_timeout:.0f}s{hint}")
+        if self._assigned_once and now - watch.last_progress > STALL_SECONDS:
+            self._fail(f"no progress from Kafka for {STALL_SECONDS:.0f}s{hint}")
+            return "error"
+        return None
+
+    def _take(self, msg: Message, watch: _Watch) -> bool:
+        """Handle one polled message: a record is read, an end pauses its partition; False on a fatal error."""
+        kind = track(self.consumer, self._ends, msg)
+        if kind is Polled.ERROR:
+            err = msg.error()
+            assert err is not None  # track() calls a message with an error ERROR
+            watch.last_error = err.str()
+            if err.fatal():
+                self._fail(f"Kafka consumer error: {watch.last_error}")
+                return False
+            log.warning("Kafka consumer: %s", watch.last_error)
+            return True
+        watch.last_progress = time.monotonic()
+        if self._held is not None and not self._release_held(msg, kind):
+            return True
+        if kind is Polled.DATA:
+            self._read(msg)
+        else:
+            tp = topic_part(msg)
+            if self._ends.finished(tp):
+                self._pause(tp)
+        return True
+
+    def _release_held(self, msg: Message, kind: Polled) -> bool:
+        """``wait_for_ends``: hold records back until every end is known; True when ``msg`` is still to handle.
+
+        Until then a write into the topic being read could extend an end.
+        """
+        assert self._held is not None
+        if kind is Polled.DATA:
+            self._held.append(msg)
+        if any(self._ends.needs_end(tp) for tp in self._ends.assigned):
+            return False
+        held, self._held = self._held, None
+        for early in held:
+            if self._bound_hit() is None:
+                self._read(early)
+        return kind is not Polled.DATA
 
     def _finish(self, stopped_by: str) -> None:
         summary = self.summary
@@ -450,8 +470,9 @@ class SinkRun:
                 self._fail(f"{missing} DLQ records not acknowledged by Kafka{self._dlq_writer.broker_hint}")
         if not self.options.dry_run:
             self._commit(final=True)
-            if self._unsaved:
-                lost = ", ".join(f"{t}[{p}] (up to {o})" for (t, p), o in sorted(self._unsaved.items()))
+            unsaved = self._parts.unsaved()
+            if unsaved:
+                lost = ", ".join(f"{t}[{p}] (up to {o})" for (t, p), o in sorted(unsaved.items()))
                 self._fail(f"partitions were lost in a rebalance before their progress was committed: {lost}; "
                            "the records written for them will be read and written again by the next run")
         with self._lock:
@@ -459,10 +480,7 @@ class SinkRun:
             summary.skipped = sum(self._skipped.values())
             summary.skipped_by_reason = dict(self._skipped)
             summary.dlq = dict(self._dlq)
-            committed: dict[str, dict[str, int]] = {}
-            for (topic, partition), offset in sorted(self._committed.items()):
-                committed.setdefault(topic, {})[str(partition)] = offset
-            summary.committed = committed
+        summary.committed = self._parts.committed_by_topic()
         if self._fatal is not None:
             summary.error = self._fatal
             summary.stopped_by = "error"
@@ -496,16 +514,14 @@ class SinkRun:
 
     def _finishing_tick(self) -> bool:
         """While queued writes finish: serve DLQ acks, keep the group membership, commit progress."""
-        from sncli.kafka.consumer import Polled, track
-
         if self._dlq_writer is not None:
             self._dlq_writer.poll(0)
         try:
-            msg = self._consumer.poll(0)  # partitions are paused: this serves the group (rebalances)
+            msg = self.consumer.poll(0)  # partitions are paused: this serves the group (rebalances)
         except Exception as exc:
             log.debug("poll while finishing: %s", exc)
             msg = None
-        if msg is not None and track(self._consumer, self._ends, msg) is Polled.DATA:
+        if msg is not None and track(self.consumer, self._ends, msg) is Polled.DATA:
             self._backlog.append(msg)  # read once reading resumes; never dropped (commits would pass it)
         if time.monotonic() >= self._next_commit:
             self._commit(final=False)
@@ -533,9 +549,7 @@ class SinkRun:
             if why != "error":
                 log.warning("%s: finishing the HTTP calls under way, leaving the other writes for the next run",
                             "stop requested" if why == "signal" else "--max-seconds reached")
-        with self._lock:
-            for cancel in self._cancels.values():
-                cancel.set()
+        self._parts.cancel()
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
@@ -549,17 +563,17 @@ class SinkRun:
 
     def _resume_all(self) -> None:
         try:
-            assignment = self._consumer.assignment()
+            assignment = self.consumer.assignment()
             if assignment:
-                self._consumer.resume(assignment)
+                self.consumer.resume(assignment)
         except Exception as exc:
             log.debug("resuming: %s", exc)
 
     def _pause_all(self) -> None:
         try:
-            assignment = self._consumer.assignment()
+            assignment = self.consumer.assignment()
             if assignment:
-                self._consumer.pause(assignment)
+                self.consumer.pause(assignment)
         except Exception as exc:
             log.debug("pausing before finishing: %s", exc)
 
@@ -582,10 +596,7 @@ class SinkRun:
         tp = (msg.topic(), msg.partition())
         offset = msg.offset()
         self.summary.messages += 1
-        with self._lock:
-            self._tracker.add(tp, offset)
-            generation = self._generation.get(tp, 0)
-            cancel = self._cancels.setdefault(tp, threading.Event())
+        generation, cancel = self._parts.read(tp, offset)
         try:
             job = self.prepare(msg)
         except Exception as exc:  # a bug in a front end: stop without committing past it
@@ -654,10 +665,8 @@ class SinkRun:
         self.summary.plan.append(entry)
 
     def _pause(self, tp: TopicPart) -> None:
-        from confluent_kafka import TopicPartition
-
         try:
-            self._consumer.pause([TopicPartition(tp[0], tp[1])])
+            self.consumer.pause([TopicPartition(tp[0], tp[1])])
         except Exception as exc:  # the partition was revoked meanwhile: nothing to pause
             log.debug("pause %s: %s", tp, exc)
 
@@ -665,13 +674,12 @@ class SinkRun:
 
     def _write(self, item: _Item) -> None:
         job = item.job
-        with self._lock:
-            # Checked and counted under the lock a revoke sets the event under: once the revoke
-            # has seen no running write, none of its partitions starts.
-            if self._fatal is not None or item.cancel.is_set() or self._generation.get(job.tp, 0) != item.generation:
-                return
-            self._running[job.tp] += 1
+        # Checked and counted under the lock a revoke cancels under: once the revoke has seen
+        # no running write, none of its partitions starts.
+        if self._fatal is not None or not self._parts.start_write(job.tp, item.generation, item.cancel):
+            return
         try:
+            assert self._client is not None  # set before the pool that calls this is started
             outcome = apply_write(self._client, item.write, item.topic, cancel=item.cancel)
         except CallAbandoned as exc:
             # Neither written nor failed: it stays unfinished, so no commit passes it.
@@ -685,8 +693,7 @@ class SinkRun:
             self._fail(str(exc))
             return
         finally:
-            with self._lock:
-                self._running[job.tp] -= 1
+            self._parts.end_write(job.tp)
         self._breaker(False, "")
         if outcome.outcome == "written":
             self.metrics.sink_records.labels(table=item.write.table, op=outcome.op, outcome="written").inc()
@@ -720,8 +727,7 @@ class SinkRun:
         headers = dlq_headers(record.headers, failure, origin, now=datetime.now(UTC), replay_count=job.replay_count)
 
         def acked(error: str | None) -> None:
-            with self._lock:
-                self._dead_lettering[job.tp] -= 1
+            self._parts.dead_letter_acked(job.tp)
             if error is not None:
                 self._fail(f"could not dead-letter {record.topic}[{record.partition}]@{record.offset} "
                            f"({failure.error_class}: {failure.message[:200]}): {error}")
@@ -734,8 +740,7 @@ class SinkRun:
 
         log.warning("dead-lettering %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
                     failure.error_class, failure.message)
-        with self._lock:
-            self._dead_lettering[job.tp] += 1
+        self._parts.dead_letter_sent(job.tp)
         self._dlq_writer.send(record.key, record.value, headers, acked)
 
     def _carry(self, job: Job, generation: int) -> None:
@@ -763,10 +768,7 @@ class SinkRun:
             self._skipped[reason] += 1
 
     def _done(self, tp: TopicPart, offset: int, generation: int) -> None:
-        with self._lock:
-            if self._generation.get(tp, 0) != generation:
-                return  # the partition was revoked meanwhile; its new owner re-reads this record
-            self._tracker.done(tp, offset)
+        self._parts.done(tp, offset, generation)
 
     def _fail(self, message: str) -> None:
         with self._lock:
@@ -780,18 +782,11 @@ class SinkRun:
 
     def _commit(self, *, final: bool, only: set[TopicPart] | None = None) -> bool:
         """Commit the finished prefix of each partition; False when Kafka refused it."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        with self._lock:
-            ready = {
-                tp: offset
-                for tp, offset in self._tracker.committable_all().items()
-                if (only is None or tp in only) and self._committed.get(tp) != offset
-            }
+        ready = self._parts.uncommitted(only)
         if not ready:
             return True
         try:
-            self._consumer.commit(
+            self.consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(ready.items())], asynchronous=False
             )
         except KafkaException as exc:
@@ -803,11 +798,7 @@ class SinkRun:
             else:
                 log.warning("committing offsets of revoked partitions failed: %s", text)
             return False
-        with self._lock:
-            self._committed.update(ready)
-            for tp, offset in ready.items():
-                if tp in self._unsaved and offset >= self._unsaved[tp]:
-                    del self._unsaved[tp]  # read again after the rebalance and committed: healed
+        self._parts.committed(ready)
         return True
 
     def _let_revoked_finish(self, revoked: set[TopicPart]) -> None:
@@ -818,9 +809,8 @@ class SinkRun:
         """
         deadline = time.monotonic() + REVOKE_WAIT_SECONDS
         while time.monotonic() < deadline and self._cut_reason("end") is None:
-            with self._lock:
-                if sum(self._tracker.in_flight(tp) for tp in revoked) == 0:
-                    return
+            if self._parts.in_flight(revoked) == 0:
+                return
             if self._dlq_writer is not None:
                 self._dlq_writer.poll(0.05)
             else:
@@ -837,9 +827,7 @@ class SinkRun:
         bound = max(REVOKE_WAIT_SECONDS, 2.0 * self.settings.servicenow.timeout_seconds)
         deadline = time.monotonic() + bound
         while True:
-            with self._lock:
-                running = sum(self._running[tp] for tp in revoked)
-                dead_lettering = sum(self._dead_lettering[tp] for tp in revoked)
+            running, dead_lettering = self._parts.busy(revoked)
             if running == 0 and dead_lettering == 0:
                 return
             if time.monotonic() >= deadline:
@@ -858,9 +846,7 @@ class SinkRun:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned_once = True
         self._rebalancing = False
-        with self._lock:
-            for p in partitions:
-                self._tracker.forget((p.topic, p.partition))
+        self._parts.reassigned((p.topic, p.partition) for p in partitions)
         if partitions:
             # A partition paused at its end before a rebalance stays paused in librdkafka;
             # assigned again, it must be read again from its committed offset.
@@ -888,24 +874,12 @@ class SinkRun:
             self._rebalancing = True  # an empty assignment now is not the end of the run
             log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)))
             self._let_revoked_finish(revoked)
-        with self._lock:
-            for tp in revoked:
-                cancel = self._cancels.pop(tp, None)
-                if cancel is not None:
-                    cancel.set()  # queued writes are skipped, running ones make no further attempt
+        self._parts.cancel(revoked)  # queued writes are skipped, running ones make no further attempt
         if not self._closing:
             self._wait_for_revoked(revoked)
-            with self._lock:
-                progress = {
-                    tp: offset for tp in revoked
-                    if (offset := self._tracker.committable(tp)) is not None and self._committed.get(tp) != offset
-                }
+            progress = self._parts.uncommitted(revoked)
             if not self._commit(final=False, only=revoked):
                 # Lost (session expired): the new owner writes these records again. Unless this
                 # run gets them back and commits past them, it must not report success.
-                with self._lock:
-                    self._unsaved.update(progress)
-        with self._lock:
-            for tp in revoked:
-                self._tracker.forget(tp)
-                self._generation[tp] = self._generation.get(tp, 0) + 1
+                self._parts.lost(progress)
+        self._parts.revoked(revoked)
