@@ -56,8 +56,9 @@ from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import CallAbandoned
 from sncli.sink.decode import make_decoder
 from sncli.sink.partitions import Partitions, TopicPart
+from sncli.sink.pool import KeyedPool
 from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
-from sncli.sink.writer import KeyedPool, SystemicError, WriteFailed, apply_write
+from sncli.sink.writer import Breaker, SystemicError, WriteFailed, apply_write
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ COMMIT_INTERVAL_SECONDS = 2.0  # bounds the rework after a crash; a commit costs
 #: for the HTTP attempts already sent (at most this, or twice the request timeout: connect + read).
 REVOKE_WAIT_SECONDS = 30.0
 STALL_SECONDS = 120.0
-#: Consecutive records that exhausted their retries before the run stops (at least ``workers``).
-BREAKER_MIN = 5
 
 
 @dataclass
@@ -270,7 +269,7 @@ class SinkRun:
         if options.dry_run:
             self.summary.plan = []
         self.decode: ValueDecoder = make_decoder(settings.kafka)
-        self._lock = threading.Lock()  # the counters below, _fatal and the breaker
+        self._lock = threading.Lock()  # the counters below and _fatal
         self._parts = Partitions()
         self._deadline: float | None = None  # --max-seconds, on the monotonic clock
         self._cut_short: str | None = None  # why the wait for queued writes was cut: max_seconds | signal
@@ -290,8 +289,7 @@ class SinkRun:
         self._dlq_writer: DlqWriter | None = None
         self._client: ServiceNowClient | None = None
         self._next_commit = 0.0
-        self._exhausted_in_a_row = 0
-        self.breaker_threshold = max(BREAKER_MIN, self.workers)
+        self._breaker = Breaker(self.workers)
 
     @property
     def consumer(self) -> Consumer:
@@ -687,14 +685,14 @@ class SinkRun:
             return
         except WriteFailed as exc:
             self._dead_letter(job, exc.failure, item.generation, op=item.write.op.lower())
-            self._breaker(exc.failure.error_class == "retries_exhausted", exc.failure.message)
+            self._count_failure(exc.failure.error_class == "retries_exhausted", exc.failure.message)
             return
         except SystemicError as exc:
             self._fail(str(exc))
             return
         finally:
             self._parts.end_write(job.tp)
-        self._breaker(False, "")
+        self._count_failure(False, "")
         if outcome.outcome == "written":
             self.metrics.sink_records.labels(table=item.write.table, op=outcome.op, outcome="written").inc()
             with self._lock:
@@ -703,18 +701,9 @@ class SinkRun:
             self._count_skip(item.write.table, outcome.op, outcome.reason or "skipped")
         self._done(job.tp, job.offset, item.generation)
 
-    def _breaker(self, exhausted: bool, message: str) -> None:
-        """Stop when ServiceNow keeps failing for every record: that is an outage, not bad records.
-
-        Without it an outage would move the whole topic into the DLQ, one retry
-        budget per record. The records that tripped it are in the DLQ (replayable);
-        the rest stay unread, and the commit stays below them.
-        """
-        with self._lock:
-            self._exhausted_in_a_row = self._exhausted_in_a_row + 1 if exhausted else 0
-            tripped = self._exhausted_in_a_row >= self.breaker_threshold
-        if tripped:
-            self._fail(f"ServiceNow failed {self.breaker_threshold} records in a row after all retries "
+    def _count_failure(self, exhausted: bool, message: str) -> None:
+        if self._breaker.record(exhausted):
+            self._fail(f"ServiceNow failed {self._breaker.threshold} records in a row after all retries "
                        f"(last: {message[:300]}); stopping instead of dead-lettering the rest")
 
     def _dead_letter(self, job: Job, failure: Failure, generation: int, *, op: str) -> None:
