@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from sncli.config import Settings
-    from sncli.sink.drain import DrainSummary
+    from sncli.sink.job import DrainSummary
 
 app = typer.Typer(help="Kafka -> ServiceNow.", no_args_is_help=True)
 

@@ -33,12 +33,13 @@ the DLQ by assignment) and how a message becomes a :class:`Job`.
 
 from __future__ import annotations
 
+__all__ = ["DrainOptions", "DrainSummary", "Job", "Prepare", "SinkRun", "run_drain", "select_topics"]
+
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -55,6 +56,7 @@ from sncli.metrics import RunMetrics, push_metrics
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import CallAbandoned
 from sncli.sink.decode import make_decoder
+from sncli.sink.job import DrainOptions, DrainSummary, Job, Prepare
 from sncli.sink.partitions import Partitions, TopicPart
 from sncli.sink.pool import KeyedPool
 from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
@@ -67,84 +69,6 @@ COMMIT_INTERVAL_SECONDS = 2.0  # bounds the rework after a crash; a commit costs
 #: for the HTTP attempts already sent (at most this, or twice the request timeout: connect + read).
 REVOKE_WAIT_SECONDS = 30.0
 STALL_SECONDS = 120.0
-
-
-@dataclass
-class DrainOptions:
-    topics: list[str] = field(default_factory=list)  # empty: every sink.topics entry
-    max_messages: int | None = None
-    max_seconds: float | None = None
-    workers: int | None = None
-    dry_run: bool = False
-
-
-@dataclass
-class DrainSummary:
-    """The run's result: what ``--json`` prints and what the exit code is derived from."""
-
-    messages: int = 0
-    written: dict[str, int] = field(default_factory=dict)  # by op: post / patch / delete
-    skipped: int = 0
-    skipped_by_reason: dict[str, int] = field(default_factory=dict)
-    dlq: dict[str, int] = field(default_factory=dict)  # by error class
-    committed: dict[str, dict[str, int]] = field(default_factory=dict)  # topic -> partition -> offset
-    duration_seconds: float = 0.0
-    exit_code: int = 0
-    stopped_by: str = "end"  # end | max_messages | max_seconds | signal | error
-    error: str | None = None
-    dry_run: bool = False
-    topics: list[str] = field(default_factory=list)
-    group_id: str = ""
-    carried_forward: int = 0  # dlq replay: records not selected, re-queued unchanged at the DLQ's end
-    refused: dict[str, int] = field(default_factory=dict)  # dlq replay: not written, by reason (unsigned, ...)
-    plan: list[dict[str, Any]] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "messages": self.messages,
-            "written": dict(sorted(self.written.items())),
-            "written_total": sum(self.written.values()),
-            "skipped": self.skipped,
-            "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
-            "dlq": dict(sorted(self.dlq.items())),
-            "dlq_total": sum(self.dlq.values()),
-            "committed": self.committed,
-            "duration_seconds": round(self.duration_seconds, 3),
-            "exit_code": self.exit_code,
-            "stopped_by": self.stopped_by,
-            "error": self.error,
-            "dry_run": self.dry_run,
-            "topics": self.topics,
-            "group_id": self.group_id,
-        }
-        if self.carried_forward:
-            data["carried_forward"] = self.carried_forward
-        if self.refused:
-            data["refused"] = dict(sorted(self.refused.items()))
-        if self.plan is not None:
-            data["plan"] = self.plan
-        return data
-
-
-@dataclass(frozen=True)
-class Job:
-    """One consumed message, prepared by the front end (drain or DLQ replay).
-
-    ``tp``/``offset`` are where it was consumed (what commits track); ``record`` is
-    what resolve and the DLQ see: for a replay, the original topic, position, key,
-    value and headers the record had before it was dead-lettered.
-    """
-
-    tp: TopicPart
-    offset: int
-    record: InRecord
-    topic: SinkTopic | None  # None: no sink.topics entry applies (a replay of a removed topic)
-    replay_count: int = 0  # written with a failure (0 = a first failure: no header)
-    carry: Any = None  # a message to re-produce unchanged to the DLQ (a replay passing it over)
-
-
-#: Turns a consumed message into a Job, or None when there is nothing to do for it.
-Prepare = Callable[[Any], Job | None]
 
 
 @dataclass
@@ -254,7 +178,7 @@ class SinkRun:
         """
         self.settings = settings
         self.wait_for_ends = wait_for_ends
-        self._held: list[Any] | None = [] if wait_for_ends else None
+        self._held: list[Message] | None = [] if wait_for_ends else None
         self.options = options
         self.group_id = group_id
         self.read_topics = read_topics
@@ -278,7 +202,7 @@ class SinkRun:
         self._assigned_once = False
         self._rebalancing = False  # partitions revoked, the next assignment not received yet
         self._finishing = False  # waiting for queued writes with every partition paused
-        self._backlog: list[Any] = []  # records fetched while finishing, read when reading resumes
+        self._backlog: list[Message] = []  # records fetched while finishing, read when reading resumes
         self._written: Counter[str] = Counter()
         self._skipped: Counter[str] = Counter()
         self._dlq: Counter[str] = Counter()
@@ -610,13 +534,13 @@ class SinkRun:
         topic = job.topic
         if topic is None:
             failure = Failure("record", f"topic {job.record.topic} is not in sink.topics", attempts=0)
-            self._plan_entry(job, None, RecordError("record", failure.message))
+            self.summary.add_plan(job, None, RecordError("record", failure.message))
             self._dead_letter(job, failure, generation, op="none")
             return
         try:
             plan: Plan = resolve(job.record, topic, self.decode)
         except RecordError as exc:
-            self._plan_entry(job, None, exc)
+            self.summary.add_plan(job, None, exc)
             self._dead_letter(job, Failure(exc.error_class, exc.message, table=topic.table, attempts=0),
                               generation, op="none")
             return
@@ -626,10 +550,10 @@ class SinkRun:
         except Exception as exc:  # anything else one record's bytes provoke is that record's problem
             failure = Failure("decode", f"cannot decode or resolve the value: {type(exc).__name__}: {exc}",
                               table=topic.table, attempts=0)
-            self._plan_entry(job, None, RecordError("decode", failure.message))
+            self.summary.add_plan(job, None, RecordError("decode", failure.message))
             self._dead_letter(job, failure, generation, op="none")
             return
-        self._plan_entry(job, plan, None)
+        self.summary.add_plan(job, plan, None)
         if isinstance(plan, Skip):
             self._count_skip(plan.table, "none", plan.reason)
             self._done(tp, offset, generation)
@@ -646,21 +570,6 @@ class SinkRun:
         if self._dlq_writer is not None:
             self._dlq_writer.poll(0)
         return self._fatal is None and not self.stop.is_set() and not self._past_deadline()
-
-    def _plan_entry(self, job: Job, plan: Plan | None, error: RecordError | None) -> None:
-        if self.summary.plan is None:
-            return
-        record = job.record
-        entry: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-        if job.tp[0] != record.topic:
-            entry.update(dlq_partition=job.tp[1], dlq_offset=job.offset)
-        if error is not None:
-            entry.update(operation="DLQ", error_class=error.error_class, error=error.message)
-        elif isinstance(plan, Skip):
-            entry.update(operation="SKIP", table=plan.table, sys_id=plan.sys_id, reason=plan.reason)
-        elif isinstance(plan, Write):
-            entry.update(operation=plan.op, table=plan.table, sys_id=plan.sys_id, fields=sorted(plan.body))
-        self.summary.plan.append(entry)
 
     def _pause(self, tp: TopicPart) -> None:
         try:
