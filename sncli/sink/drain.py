@@ -1,7 +1,8 @@
 """One bounded drain: Kafka -> ServiceNow, dead-lettering failures, committing only finished work.
 
 The main thread reads (consumer.poll), resolves each record (pure), and hands
-writes to the keyed worker pool (:mod:`sncli.sink.writer`). Each record is in the
+writes to the keyed worker pool (:mod:`sncli.sink.pool`), whose workers apply
+them (:mod:`sncli.sink.writer`). Each record is in the
 :class:`~sncli.sink.commits.CommitTracker` from the moment it is read until it
 is written, skipped, or *acknowledged* by the DLQ; commits (every few seconds,
 on revoke, and at the end) take the tracker's per-partition low watermark, so
@@ -19,12 +20,8 @@ the running ones make no further attempt (one already sent runs to its answer,
 bounded by ``servicenow.timeout_seconds``). What is given up stays unfinished, so
 no commit passes it and the next run reads it again.
 
-Giving a write up is how a revoke ends too: every write of a partition carries
-that partition's *cancel* event (one per assignment). A revoke lets the
-partition's records finish for a while (``REVOKE_WAIT_SECONDS``), then sets the
-event, waits until no write of the partition has an HTTP call under way, commits
-what is finished, and only then returns, so the partition's new owner never
-races a retry of the old one for the same key.
+Giving a write up is how a revoke ends too (:mod:`sncli.sink.assignment`): every
+write carries its partition's *cancel* event (:mod:`sncli.sink.partitions`).
 
 :class:`SinkRun` is the engine; ``sink drain`` and ``dlq replay`` are two front
 ends that differ only in what they read (the sink topics as a group member /
@@ -33,41 +30,38 @@ the DLQ by assignment) and how a message becomes a :class:`Job`.
 
 from __future__ import annotations
 
-__all__ = ["DrainOptions", "DrainSummary", "Job", "Prepare", "SinkRun", "run_drain", "select_topics"]
+__all__ = ["DrainOptions", "DrainSummary", "Job", "Prepare", "SinkRun", "run_drain"]
 
 import logging
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 
 from sncli.config import Settings, SinkTopic
 from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
-from sncli.errors import ExitCode, UsageError
+from sncli.errors import ExitCode
 from sncli.kafka.admin import existing_topics
 from sncli.kafka.conf import consumer_config
-from sncli.kafka.consumer import EndTracker, Polled, rebalance_callbacks, reset_policy, start_positions, track
+from sncli.kafka.consumer import EndTracker, Polled, reset_policy, track
 from sncli.kafka.errors import KafkaError
 from sncli.metrics import RunMetrics, push_metrics
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import CallAbandoned
+from sncli.sink.assignment import Assignment, RunHooks
 from sncli.sink.decode import make_decoder
-from sncli.sink.job import DrainOptions, DrainSummary, Job, Prepare
+from sncli.sink.job import DrainOptions, DrainSummary, Job, Prepare, Tally, record_of, select_topics
 from sncli.sink.partitions import Partitions, TopicPart
 from sncli.sink.pool import KeyedPool
-from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
+from sncli.sink.resolve import Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
 from sncli.sink.writer import Breaker, SystemicError, WriteFailed, apply_write
 
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_SECONDS = 2.0  # bounds the rework after a crash; a commit costs one round trip
-#: How long a revoke lets its partitions' records finish before giving the rest up; then it waits
-#: for the HTTP attempts already sent (at most this, or twice the request timeout: connect + read).
-REVOKE_WAIT_SECONDS = 30.0
 STALL_SECONDS = 120.0
 
 
@@ -95,33 +89,6 @@ class _Item:
     topic: SinkTopic
     generation: int
     cancel: threading.Event  # its partition's, for this assignment: set = make no further attempt
-
-
-def select_topics(settings: Settings, names: list[str]) -> list[SinkTopic]:
-    """The sink.topics entries to drain (all when ``names`` is empty); an unknown name is a usage error."""
-    configured = settings.sink.topics
-    if not configured:
-        raise UsageError("sink.topics is empty: nothing to drain")
-    if not names:
-        return list(configured)
-    known = {t.topic: t for t in configured}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UsageError(f"--topic {', '.join(unknown)}: not in sink.topics (known: {', '.join(sorted(known))})")
-    return [known[n] for n in dict.fromkeys(names)]
-
-
-def record_of(msg: Any) -> InRecord:
-    timestamp_type, timestamp_ms = msg.timestamp()
-    return InRecord(
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        key=msg.key(),
-        value=msg.value(),
-        headers=tuple(msg.headers() or ()),
-        timestamp_ms=timestamp_ms if timestamp_type else None,
-    )
 
 
 def run_drain(
@@ -189,26 +156,18 @@ class SinkRun:
         self.metrics = metrics or RunMetrics()
         self.consumer_overrides = consumer_overrides or {}
         self.workers = options.workers or settings.sink.workers
-        self.summary = DrainSummary(dry_run=options.dry_run, topics=sorted(read_topics), group_id=group_id)
-        if options.dry_run:
-            self.summary.plan = []
+        self.summary = DrainSummary(dry_run=options.dry_run, topics=sorted(read_topics), group_id=group_id,
+                                    plan=[] if options.dry_run else None)
         self.decode: ValueDecoder = make_decoder(settings.kafka)
-        self._lock = threading.Lock()  # the counters below and _fatal
+        self._lock = threading.Lock()  # _fatal
+        self._tally = Tally(self.metrics)
         self._parts = Partitions()
         self._deadline: float | None = None  # --max-seconds, on the monotonic clock
         self._cut_short: str | None = None  # why the wait for queued writes was cut: max_seconds | signal
         self._fatal: str | None = None
-        self._closing = False
-        self._assigned_once = False
-        self._rebalancing = False  # partitions revoked, the next assignment not received yet
-        self._finishing = False  # waiting for queued writes with every partition paused
         self._backlog: list[Message] = []  # records fetched while finishing, read when reading resumes
-        self._written: Counter[str] = Counter()
-        self._skipped: Counter[str] = Counter()
-        self._dlq: Counter[str] = Counter()
-        self._consumer: Consumer | None = None  # exists while run() runs
         self._ends = EndTracker()
-        self._reset_policy = ""  # auto.offset.reset, set by run(); "" leaves new partitions to librdkafka
+        self._assignment: Assignment | None = None  # exists while run() runs, with the consumer
         self._pool: KeyedPool[_Item] | None = None
         self._dlq_writer: DlqWriter | None = None
         self._client: ServiceNowClient | None = None
@@ -216,9 +175,9 @@ class SinkRun:
         self._breaker = Breaker(self.workers)
 
     @property
-    def consumer(self) -> Consumer:
-        assert self._consumer is not None, "the consumer exists while run() runs"
-        return self._consumer
+    def assignment(self) -> Assignment:
+        assert self._assignment is not None, "the assignment exists while run() runs"
+        return self._assignment
 
     def run_and_push(self, grouping_key: dict[str, str]) -> DrainSummary:
         """Run, then push the metrics (a dry run pushes nothing: it did nothing)."""
@@ -249,41 +208,30 @@ class SinkRun:
             return self.summary
 
         config = consumer_config(self.settings.kafka, self.group_id, **self.consumer_overrides)
-        self._reset_policy = reset_policy(config)
         session_ms = int(config.get("session.timeout.ms", 45_000))
-        self._consumer = Consumer(config)
+        hooks = RunHooks(stopping=lambda: self._cut_reason("end") is not None, serve=self._serve, fail=self._fail)
+        self._assignment = Assignment(Consumer(config), self._parts, self._ends, reset_policy=reset_policy(config),
+                                      request_timeout=self.settings.servicenow.timeout_seconds, hooks=hooks)
         try:
             if not self.options.dry_run:
                 self._client = ServiceNowClient(self.settings.servicenow, metrics=self.metrics, pool_size=self.workers)
                 self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic,
                                              signer=DlqSigner.of(self.settings.sink))
                 self._pool = KeyedPool(self.workers, self.settings.sink.max_pending, self._write, name="sink-worker")
-            self._start_reading(wanted, present)
+            self.assignment.start(wanted, present, self.mode)
             join_timeout = max(60.0, 2.5 * session_ms / 1000.0)
             stopped_by = self._loop(started, join_timeout=join_timeout)
             while self._settle(stopped_by):
                 # A rebalance while the last writes finished handed this run partitions it has
                 # not read to their end yet: they are part of this run, read them too.
                 log.info("reading partitions assigned while finishing")
-                self._resume_all()
+                self.assignment.resume_all()
                 stopped_by = self._loop(started, join_timeout=join_timeout)
             self._finish(stopped_by)
         finally:
             self._close()
         self.summary.duration_seconds = time.monotonic() - started
         return self.summary
-
-    def _start_reading(self, wanted: list[str], present: dict[str, int]) -> None:
-        if self.mode == "assign":
-            # Read every partition from the group's committed offset (else the earliest), never join.
-            parts = [TopicPartition(t, p) for t in wanted for p in range(present[t])]
-            self._ends.assign((tp.topic, tp.partition) for tp in parts)
-            self.consumer.assign(start_positions(self.consumer, parts, self._reset_policy))
-            self._assigned_once = True
-            return
-        self.consumer.subscribe(
-            wanted, **rebalance_callbacks(self._ends, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        )
 
     def _loop(self, started: float, *, join_timeout: float) -> str:
         """Read until the ends, a bound, a stop or an error; returns why it stopped (``stopped_by``)."""
@@ -300,9 +248,9 @@ class SinkRun:
             if stopped_by is not None:
                 return stopped_by
             if not self.options.dry_run and now >= next_commit:
-                self._commit(final=False)
+                self.assignment.commit(final=False)
                 next_commit = now + COMMIT_INTERVAL_SECONDS
-            msg = self.consumer.poll(0.1)
+            msg = self.assignment.consumer.poll(0.1)
             if self._dlq_writer is not None:
                 self._dlq_writer.poll(0)
             if msg is not None and not self._take(msg, watch):
@@ -317,7 +265,10 @@ class SinkRun:
             return "error"
         if self.stop.is_set():
             return "signal"
-        if self._assigned_once and not self._rebalancing and (not self._ends.assigned or self._ends.all_finished()):
+        assignment = self.assignment
+        if assignment.assigned_once and not assignment.rebalancing and (
+            not self._ends.assigned or self._ends.all_finished()
+        ):
             return "end"
         max_messages = self.options.max_messages
         if max_messages is not None and self.summary.messages >= max_messages:
@@ -325,16 +276,16 @@ class SinkRun:
         if self._past_deadline():
             return "max_seconds"
         hint = f" (last error: {watch.last_error})" if watch.last_error else ""
-        if not self._assigned_once and now - watch.started > watch.join_timeout:
+        if not assignment.assigned_once and now - watch.started > watch.join_timeout:
             raise KafkaError(f"no partitions assigned to group {self.group_id} within {watch.join_timeout:.0f}s{hint}")
-        if self._assigned_once and now - watch.last_progress > STALL_SECONDS:
+        if assignment.assigned_once and now - watch.last_progress > STALL_SECONDS:
             self._fail(f"no progress from Kafka for {STALL_SECONDS:.0f}s{hint}")
             return "error"
         return None
 
     def _take(self, msg: Message, watch: _Watch) -> bool:
         """Handle one polled message: a record is read, an end pauses its partition; False on a fatal error."""
-        kind = track(self.consumer, self._ends, msg)
+        kind = track(self.assignment.consumer, self._ends, msg)
         if kind is Polled.ERROR:
             err = msg.error()
             assert err is not None  # track() calls a message with an error ERROR
@@ -352,7 +303,7 @@ class SinkRun:
         else:
             tp = topic_part(msg)
             if self._ends.finished(tp):
-                self._pause(tp)
+                self.assignment.pause(tp)
         return True
 
     def _release_held(self, msg: Message, kind: Polled) -> bool:
@@ -391,17 +342,13 @@ class SinkRun:
             if missing:
                 self._fail(f"{missing} DLQ records not acknowledged by Kafka{self._dlq_writer.broker_hint}")
         if not self.options.dry_run:
-            self._commit(final=True)
+            self.assignment.commit(final=True)
             unsaved = self._parts.unsaved()
             if unsaved:
                 lost = ", ".join(f"{t}[{p}] (up to {o})" for (t, p), o in sorted(unsaved.items()))
                 self._fail(f"partitions were lost in a rebalance before their progress was committed: {lost}; "
                            "the records written for them will be read and written again by the next run")
-        with self._lock:
-            summary.written = dict(self._written)
-            summary.skipped = sum(self._skipped.values())
-            summary.skipped_by_reason = dict(self._skipped)
-            summary.dlq = dict(self._dlq)
+        self._tally.fill(summary)
         summary.committed = self._parts.committed_by_topic()
         if self._fatal is not None:
             summary.error = self._fatal
@@ -420,8 +367,8 @@ class SinkRun:
         """
         if self._pool is None:
             return False
-        self._pause_all()
-        self._finishing = True
+        self.assignment.pause_all()
+        self.assignment.finishing = True
         self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         cut = self._cut_reason(stopped_by)
         if cut is not None:
@@ -429,24 +376,24 @@ class SinkRun:
         try:
             self._pool.wait_idle(abandon=cut is not None, tick=self._finishing_tick)
         finally:
-            self._finishing = False
+            self.assignment.finishing = False
         if stopped_by != "end" or self._fatal is not None or self.stop.is_set() or self._cut_short is not None:
             return False
-        return self._rebalancing or (bool(self._ends.assigned) and not self._ends.all_finished())
+        return self.assignment.rebalancing or (bool(self._ends.assigned) and not self._ends.all_finished())
 
     def _finishing_tick(self) -> bool:
         """While queued writes finish: serve DLQ acks, keep the group membership, commit progress."""
         if self._dlq_writer is not None:
             self._dlq_writer.poll(0)
         try:
-            msg = self.consumer.poll(0)  # partitions are paused: this serves the group (rebalances)
+            msg = self.assignment.consumer.poll(0)  # partitions are paused: this serves the group (rebalances)
         except Exception as exc:
             log.debug("poll while finishing: %s", exc)
             msg = None
-        if msg is not None and track(self.consumer, self._ends, msg) is Polled.DATA:
+        if msg is not None and track(self.assignment.consumer, self._ends, msg) is Polled.DATA:
             self._backlog.append(msg)  # read once reading resumes; never dropped (commits would pass it)
         if time.monotonic() >= self._next_commit:
-            self._commit(final=False)
+            self.assignment.commit(final=False)
             self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         cut = self._cut_reason("end")
         if cut is None:
@@ -483,30 +430,16 @@ class SinkRun:
             return "max_messages"
         return "max_seconds" if self._past_deadline() else None
 
-    def _resume_all(self) -> None:
-        try:
-            assignment = self.consumer.assignment()
-            if assignment:
-                self.consumer.resume(assignment)
-        except Exception as exc:
-            log.debug("resuming: %s", exc)
-
-    def _pause_all(self) -> None:
-        try:
-            assignment = self.consumer.assignment()
-            if assignment:
-                self.consumer.pause(assignment)
-        except Exception as exc:
-            log.debug("pausing before finishing: %s", exc)
-
     def _close(self) -> None:
-        self._closing = True
+        assignment = self._assignment
+        if assignment is not None:
+            assignment.closing = True
         self._give_up("error" if self._cut_short is None else self._cut_short)
         if self._pool is not None:
             self._pool.close(abandon=True, timeout=5.0)
-        if self._consumer is not None:
+        if assignment is not None:
             try:
-                self._consumer.close()
+                assignment.consumer.close()
             except Exception as exc:
                 log.warning("closing the Kafka consumer: %s", exc)
         if self._client is not None:
@@ -555,7 +488,7 @@ class SinkRun:
             return
         self.summary.add_plan(job, plan, None)
         if isinstance(plan, Skip):
-            self._count_skip(plan.table, "none", plan.reason)
+            self._tally.skipped(plan.table, "none", plan.reason)
             self._done(tp, offset, generation)
             return
         if self.options.dry_run:
@@ -570,12 +503,6 @@ class SinkRun:
         if self._dlq_writer is not None:
             self._dlq_writer.poll(0)
         return self._fatal is None and not self.stop.is_set() and not self._past_deadline()
-
-    def _pause(self, tp: TopicPart) -> None:
-        try:
-            self.consumer.pause([TopicPartition(tp[0], tp[1])])
-        except Exception as exc:  # the partition was revoked meanwhile: nothing to pause
-            log.debug("pause %s: %s", tp, exc)
 
     # ------------------------------------------------------------------ writing (worker threads)
 
@@ -603,11 +530,9 @@ class SinkRun:
             self._parts.end_write(job.tp)
         self._count_failure(False, "")
         if outcome.outcome == "written":
-            self.metrics.sink_records.labels(table=item.write.table, op=outcome.op, outcome="written").inc()
-            with self._lock:
-                self._written[outcome.op] += 1
+            self._tally.written(item.write.table, outcome.op)
         else:
-            self._count_skip(item.write.table, outcome.op, outcome.reason or "skipped")
+            self._tally.skipped(item.write.table, outcome.op, outcome.reason or "skipped")
         self._done(job.tp, job.offset, item.generation)
 
     def _count_failure(self, exhausted: bool, message: str) -> None:
@@ -630,10 +555,7 @@ class SinkRun:
                 self._fail(f"could not dead-letter {record.topic}[{record.partition}]@{record.offset} "
                            f"({failure.error_class}: {failure.message[:200]}): {error}")
                 return
-            self.metrics.dlq_records.labels(**{"class": failure.error_class}).inc()
-            self.metrics.sink_records.labels(table=failure.table or "", op=op, outcome="dlq").inc()
-            with self._lock:
-                self._dlq[failure.error_class] += 1
+            self._tally.dead_lettered(failure.table or "", op, failure.error_class)
             self._done(job.tp, job.offset, generation)
 
         log.warning("dead-lettering %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
@@ -643,8 +565,7 @@ class SinkRun:
 
     def _carry(self, job: Job, generation: int) -> None:
         """Re-produce a record unchanged at the DLQ's end; it counts as finished once acknowledged."""
-        with self._lock:
-            self.summary.carried_forward += 1
+        self._tally.carried()
         if self.options.dry_run:
             self._done(job.tp, job.offset, generation)
             return
@@ -660,13 +581,15 @@ class SinkRun:
         # As read, signature included: re-signing would vouch for a record nobody checked.
         self._dlq_writer.send(msg.key(), msg.value(), list(msg.headers() or []), acked, sign=False)
 
-    def _count_skip(self, table: str, op: str, reason: str) -> None:
-        self.metrics.sink_records.labels(table=table, op=op, outcome="skipped").inc()
-        with self._lock:
-            self._skipped[reason] += 1
-
     def _done(self, tp: TopicPart, offset: int, generation: int) -> None:
         self._parts.done(tp, offset, generation)
+
+    def _serve(self, timeout: float) -> None:
+        """Take the DLQ's acknowledgements for up to ``timeout`` seconds (or just wait, in a dry run)."""
+        if self._dlq_writer is not None:
+            self._dlq_writer.poll(timeout)
+        else:
+            time.sleep(timeout)
 
     def _fail(self, message: str) -> None:
         with self._lock:
@@ -675,109 +598,3 @@ class SinkRun:
                 self._fatal = message
         if first:
             log.error("run failed: %s", message)
-
-    # ------------------------------------------------------------------ commits and rebalances
-
-    def _commit(self, *, final: bool, only: set[TopicPart] | None = None) -> bool:
-        """Commit the finished prefix of each partition; False when Kafka refused it."""
-        ready = self._parts.uncommitted(only)
-        if not ready:
-            return True
-        try:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(ready.items())], asynchronous=False
-            )
-        except KafkaException as exc:
-            text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-            if final:
-                self._fail(f"committing offsets failed: {text}")
-            elif only is None:
-                log.warning("committing offsets failed (will retry): %s", text)
-            else:
-                log.warning("committing offsets of revoked partitions failed: %s", text)
-            return False
-        self._parts.committed(ready)
-        return True
-
-    def _let_revoked_finish(self, revoked: set[TopicPart]) -> None:
-        """A grace of up to REVOKE_WAIT_SECONDS for the revoked partitions' records to finish.
-
-        What finishes here is committed and not written again by the new owner; a run that
-        is stopping (a stop request, an error, its deadline) gives no grace.
-        """
-        deadline = time.monotonic() + REVOKE_WAIT_SECONDS
-        while time.monotonic() < deadline and self._cut_reason("end") is None:
-            if self._parts.in_flight(revoked) == 0:
-                return
-            if self._dlq_writer is not None:
-                self._dlq_writer.poll(0.05)
-            else:
-                time.sleep(0.05)
-
-    def _wait_for_revoked(self, revoked: set[TopicPart]) -> None:
-        """Wait until the revoked partitions' HTTP calls under way have answered and their DLQ sends are acked.
-
-        Called once their writes are given up. Bounded: an attempt already sent takes at
-        most the request timeout (connect + read); a DLQ acknowledgement not in by then is
-        left to the new owner (it reads the record again). A write still under way after
-        the bound may land after the new owner's: the run fails rather than report success.
-        """
-        bound = max(REVOKE_WAIT_SECONDS, 2.0 * self.settings.servicenow.timeout_seconds)
-        deadline = time.monotonic() + bound
-        while True:
-            running, dead_lettering = self._parts.busy(revoked)
-            if running == 0 and dead_lettering == 0:
-                return
-            if time.monotonic() >= deadline:
-                break
-            if self._dlq_writer is not None:
-                self._dlq_writer.poll(0.05)
-            else:
-                time.sleep(0.05)
-        if running:
-            self._fail(f"{running} writes of revoked partitions still under way after {bound:.0f}s; "
-                       "they may land after the new owner's writes of the same keys")
-        else:
-            log.warning("%d DLQ records of revoked partitions not acknowledged within %.0fs; "
-                        "the new owner handles those records again", dead_lettering, bound)
-
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        self._assigned_once = True
-        self._rebalancing = False
-        self._parts.reassigned((p.topic, p.partition) for p in partitions)
-        if partitions:
-            # A partition paused at its end before a rebalance stays paused in librdkafka;
-            # assigned again, it must be read again from its committed offset.
-            try:
-                consumer.assign(start_positions(consumer, partitions, self._reset_policy))
-                if self._finishing:
-                    consumer.pause(partitions)  # read once the queued writes are done
-                else:
-                    consumer.resume(partitions)
-            except Exception as exc:
-                log.warning("resuming re-assigned partitions: %s", exc)
-        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions")
-
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        """Before losing partitions: give their writes up, commit what is finished, forget them.
-
-        When this returns, no write of these partitions is under way or will start: the
-        new owner reads every unfinished record again, and no retry of this run can land
-        after its write of the same key.
-        """
-        revoked = {(p.topic, p.partition) for p in partitions}
-        if not revoked:
-            return
-        if not self._closing:
-            self._rebalancing = True  # an empty assignment now is not the end of the run
-            log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)))
-            self._let_revoked_finish(revoked)
-        self._parts.cancel(revoked)  # queued writes are skipped, running ones make no further attempt
-        if not self._closing:
-            self._wait_for_revoked(revoked)
-            progress = self._parts.uncommitted(revoked)
-            if not self._commit(final=False, only=revoked):
-                # Lost (session expired): the new owner writes these records again. Unless this
-                # run gets them back and commits past them, it must not report success.
-                self._parts.lost(progress)
-        self._parts.revoked(revoked)

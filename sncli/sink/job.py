@@ -7,11 +7,15 @@ message into a :class:`Job` (their :data:`Prepare`).
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sncli.config import SinkTopic
+from sncli.config import Settings, SinkTopic
+from sncli.errors import UsageError
+from sncli.metrics import RunMetrics
 from sncli.sink.partitions import TopicPart
 from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, Write
 
@@ -108,3 +112,73 @@ class Job:
 
 #: Turns a consumed message into a Job, or None when there is nothing to do for it.
 Prepare = Callable[[Any], Job | None]
+
+
+def select_topics(settings: Settings, names: list[str]) -> list[SinkTopic]:
+    """The sink.topics entries to drain (all when ``names`` is empty); an unknown name is a usage error."""
+    configured = settings.sink.topics
+    if not configured:
+        raise UsageError("sink.topics is empty: nothing to drain")
+    if not names:
+        return list(configured)
+    known = {t.topic: t for t in configured}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--topic {', '.join(unknown)}: not in sink.topics (known: {', '.join(sorted(known))})")
+    return [known[n] for n in dict.fromkeys(names)]
+
+
+def record_of(msg: Any) -> InRecord:
+    """A consumed message (confluent_kafka.Message) as resolve sees it."""
+    timestamp_type, timestamp_ms = msg.timestamp()
+    return InRecord(
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=msg.key(),
+        value=msg.value(),
+        headers=tuple(msg.headers() or ()),
+        timestamp_ms=timestamp_ms if timestamp_type else None,
+    )
+
+
+class Tally:
+    """What the run did, counted from any thread, in the summary and the run's metrics at once."""
+
+    def __init__(self, metrics: RunMetrics) -> None:
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._written: Counter[str] = Counter()  # by op
+        self._skipped: Counter[str] = Counter()  # by reason
+        self._dlq: Counter[str] = Counter()  # by error class
+        self._carried = 0
+
+    def written(self, table: str, op: str) -> None:
+        self.metrics.sink_records.labels(table=table, op=op, outcome="written").inc()
+        with self._lock:
+            self._written[op] += 1
+
+    def skipped(self, table: str, op: str, reason: str) -> None:
+        self.metrics.sink_records.labels(table=table, op=op, outcome="skipped").inc()
+        with self._lock:
+            self._skipped[reason] += 1
+
+    def dead_lettered(self, table: str, op: str, error_class: str) -> None:
+        """The DLQ acknowledged a record."""
+        self.metrics.dlq_records.labels(**{"class": error_class}).inc()
+        self.metrics.sink_records.labels(table=table, op=op, outcome="dlq").inc()
+        with self._lock:
+            self._dlq[error_class] += 1
+
+    def carried(self) -> None:
+        """A replay re-queues a record it passes over."""
+        with self._lock:
+            self._carried += 1
+
+    def fill(self, summary: DrainSummary) -> None:
+        with self._lock:
+            summary.written = dict(self._written)
+            summary.skipped = sum(self._skipped.values())
+            summary.skipped_by_reason = dict(self._skipped)
+            summary.dlq = dict(self._dlq)
+            summary.carried_forward += self._carried
