@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from sncli.kafka.consumer import EndTracker, rebalance_callbacks, start_positions
 from sncli.sink.partitions import Partitions, TopicPart
@@ -38,6 +38,33 @@ class RunHooks:
     stopping: Callable[[], bool]  # the run is stopping (a stop request, an error, its deadline): no grace
     serve: Callable[[float], None]  # take the DLQ's acknowledgements for up to this many seconds
     fail: Callable[[str], None]  # the run fails with this message (the first one wins)
+
+
+class HoldUntilEnds:
+    """Hold records back until every assigned partition's end is known (``SinkRun(wait_for_ends=True)``).
+
+    For a run that writes into the topic it reads (dlq replay): a record it
+    dead-letters again must land past the end seen at start, never extend it.
+    """
+
+    def __init__(self, ends: EndTracker) -> None:
+        self._ends = ends
+        self._held: list[Message] | None = []  # None once passed
+
+    @property
+    def passed(self) -> bool:
+        """Every end was known once: records are no longer held."""
+        return self._held is None
+
+    def admit(self, msg: Message, *, record: bool) -> list[Message] | None:
+        """Hold ``msg`` (when it is a ``record``); None while an end is unknown, else every record held, in order."""
+        assert self._held is not None, "admit() after the gate passed"
+        if record:
+            self._held.append(msg)
+        if any(self._ends.needs_end(tp) for tp in self._ends.assigned):
+            return None
+        held, self._held = self._held, None
+        return held
 
 
 class Assignment:

@@ -51,7 +51,7 @@ from sncli.kafka.errors import KafkaError
 from sncli.metrics import RunMetrics, push_metrics
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import CallAbandoned
-from sncli.sink.assignment import Assignment, RunHooks
+from sncli.sink.assignment import Assignment, HoldUntilEnds, RunHooks
 from sncli.sink.decode import make_decoder
 from sncli.sink.job import DrainOptions, DrainSummary, Job, Prepare, Tally, record_of, select_topics
 from sncli.sink.partitions import Partitions, TopicPart
@@ -145,7 +145,8 @@ class SinkRun:
         """
         self.settings = settings
         self.wait_for_ends = wait_for_ends
-        self._held: list[Message] | None = [] if wait_for_ends else None
+        self._ends = EndTracker()
+        self._gate = HoldUntilEnds(self._ends) if wait_for_ends else None
         self.options = options
         self.group_id = group_id
         self.read_topics = read_topics
@@ -166,7 +167,6 @@ class SinkRun:
         self._cut_short: str | None = None  # why the wait for queued writes was cut: max_seconds | signal
         self._fatal: str | None = None
         self._backlog: list[Message] = []  # records fetched while finishing, read when reading resumes
-        self._ends = EndTracker()
         self._assignment: Assignment | None = None  # exists while run() runs, with the consumer
         self._pool: KeyedPool[_Item] | None = None
         self._dlq_writer: DlqWriter | None = None
@@ -296,8 +296,13 @@ class SinkRun:
             log.warning("Kafka consumer: %s", watch.last_error)
             return True
         watch.last_progress = time.monotonic()
-        if self._held is not None and not self._release_held(msg, kind):
-            return True
+        if self._gate is not None and not self._gate.passed:
+            released = self._gate.admit(msg, record=kind is Polled.DATA)
+            for early in released or ():
+                if self._bound_hit() is None:
+                    self._read(early)
+            if released is None or kind is Polled.DATA:
+                return True  # held back, or read just now with the others held
         if kind is Polled.DATA:
             self._read(msg)
         else:
@@ -305,22 +310,6 @@ class SinkRun:
             if self._ends.finished(tp):
                 self.assignment.pause(tp)
         return True
-
-    def _release_held(self, msg: Message, kind: Polled) -> bool:
-        """``wait_for_ends``: hold records back until every end is known; True when ``msg`` is still to handle.
-
-        Until then a write into the topic being read could extend an end.
-        """
-        assert self._held is not None
-        if kind is Polled.DATA:
-            self._held.append(msg)
-        if any(self._ends.needs_end(tp) for tp in self._ends.assigned):
-            return False
-        held, self._held = self._held, None
-        for early in held:
-            if self._bound_hit() is None:
-                self._read(early)
-        return kind is not Polled.DATA
 
     def _finish(self, stopped_by: str) -> None:
         summary = self.summary
