@@ -1,4 +1,10 @@
-"""``sncli sink drain``: one bounded Kafka -> ServiceNow drain."""
+"""``sncli sink drain``: one bounded Kafka -> ServiceNow drain.
+
+The engine (:mod:`sncli.sink.drain`, which loads confluent_kafka) and rich's
+console and table are imported inside the functions that use them: every
+``sncli`` command, ``--help`` included, imports this module to build the CLI, and
+those imports are most of a command's start-up time (``python -X importtime``).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from sncli.config import Settings
-    from sncli.sink.drain import DrainSummary
+    from sncli.sink.job import DrainSummary
 
 app = typer.Typer(help="Kafka -> ServiceNow.", no_args_is_help=True)
 
@@ -32,7 +38,7 @@ def table_console() -> Console:
     console = stdout_console()
     if console.is_terminal:
         return console
-    from rich.console import Console
+    from rich.console import Console  # lazy: start-up cost (module docstring)
 
     return Console(file=sys.stdout, width=WIDE, soft_wrap=True)
 
@@ -63,7 +69,8 @@ def drain(
     state = state_of(ctx, config)
     settings = state.settings()
     prepare_for_run()
-    from sncli.sink.drain import DrainOptions, run_drain
+    from sncli.sink.drain import run_drain  # lazy: start-up cost (module docstring)
+    from sncli.sink.job import DrainOptions
 
     options = DrainOptions(
         topics=list(topic), max_messages=max_messages, max_seconds=max_seconds, workers=workers, dry_run=dry_run
@@ -102,7 +109,7 @@ def render_summary(summary: DrainSummary, *, json_output: bool, command: str = "
         return
     console = stdout_console()
     if summary.plan is not None:
-        from rich.table import Table
+        from rich.table import Table  # lazy: start-up cost (module docstring)
 
         table = Table(title=f"{command} --dry-run: planned operations")
         for column in ("topic", "partition", "offset", "operation", "table", "sys_id", "detail"):

@@ -12,25 +12,3 @@ This package imports nothing from :mod:`sncli.sink`, so the sink can depend on i
 """
 
 from __future__ import annotations
-
-# Transitional re-exports: the old flat module's names still used by other owners' modules
-# (sncli.sink.drain, sncli.sink.writer, sncli.source.deadletter, sncli.source.cycle) and their tests.
-# New code imports from the submodules.
-from sncli.dlq.record import ERROR_HEADERS, DeadLetterReason, ErrorClass, Origin, dlq_headers, parse_entry
-from sncli.dlq.signing import DlqSigner
-from sncli.dlq.writer import DlqWriter
-
-#: The old name of :class:`DeadLetterReason` (it clashed with ``sncli.servicenow.policy.Failure``).
-Failure = DeadLetterReason
-
-__all__ = [
-    "ERROR_HEADERS",
-    "DeadLetterReason",
-    "DlqSigner",
-    "DlqWriter",
-    "ErrorClass",
-    "Failure",
-    "Origin",
-    "dlq_headers",
-    "parse_entry",
-]

@@ -13,22 +13,20 @@ from typing import Any
 
 from sncli.config import KafkaSettings
 from sncli.kafka.errors import DecodeError
-from sncli.kafka.serde import decode_value
+from sncli.kafka.serde import AvroValueDeserializer, decode_value
 from sncli.sink.resolve import RecordError, ValueDecoder
 
 
 def make_decoder(kafka: KafkaSettings) -> ValueDecoder:
     """A decoder for this run; the Avro deserializer is built on the first Avro value only."""
     lock = threading.Lock()
-    avro: list[Any] = []
+    avro: list[AvroValueDeserializer] = []
 
-    def deserializer() -> Any:
+    def deserializer() -> AvroValueDeserializer | None:
         if kafka.schema_registry.url is None:
             return None
         with lock:
             if not avro:
-                from sncli.kafka.serde import AvroValueDeserializer
-
                 avro.append(AvroValueDeserializer(kafka.schema_registry))
             return avro[0]
 

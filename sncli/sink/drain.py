@@ -1,7 +1,8 @@
 """One bounded drain: Kafka -> ServiceNow, dead-lettering failures, committing only finished work.
 
 The main thread reads (consumer.poll), resolves each record (pure), and hands
-writes to the keyed worker pool (:mod:`sncli.sink.writer`). Each record is in the
+writes to the keyed worker pool (:mod:`sncli.sink.pool`), whose workers apply
+them (:mod:`sncli.sink.writer`). Each record is in the
 :class:`~sncli.sink.commits.CommitTracker` from the moment it is read until it
 is written, skipped, or *acknowledged* by the DLQ; commits (every few seconds,
 on revoke, and at the end) take the tracker's per-partition low watermark, so
@@ -19,12 +20,8 @@ the running ones make no further attempt (one already sent runs to its answer,
 bounded by ``servicenow.timeout_seconds``). What is given up stays unfinished, so
 no commit passes it and the next run reads it again.
 
-Giving a write up is how a revoke ends too: every write of a partition carries
-that partition's *cancel* event (one per assignment). A revoke lets the
-partition's records finish for a while (``REVOKE_WAIT_SECONDS``), then sets the
-event, waits until no write of the partition has an HTTP call under way, commits
-what is finished, and only then returns, so the partition's new owner never
-races a retry of the old one for the same key.
+Giving a write up is how a revoke ends too (:mod:`sncli.sink.assignment`): every
+write carries its partition's *cancel* event (:mod:`sncli.sink.partitions`).
 
 :class:`SinkRun` is the engine; ``sink drain`` and ``dlq replay`` are two front
 ends that differ only in what they read (the sink topics as a group member /
@@ -36,112 +33,53 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from confluent_kafka import Consumer, Message
+
 from sncli.config import Settings, SinkTopic
-from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
-from sncli.errors import ExitCode, UsageError
-from sncli.kafka.consumer import reset_policy, start_positions
+from sncli.dlq.record import DeadLetterReason, Origin, dlq_headers
+from sncli.dlq.signing import DlqSigner
+from sncli.dlq.writer import DlqWriter
+from sncli.errors import ExitCode
+from sncli.kafka.admin import existing_topics
+from sncli.kafka.conf import consumer_config
+from sncli.kafka.consumer import EndTracker, Polled, reset_policy, track
 from sncli.kafka.errors import KafkaError
 from sncli.metrics import RunMetrics, push_per_table
+from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import CallAbandoned
-from sncli.sink.commits import CommitTracker
+from sncli.sink.assignment import Assignment, HoldUntilEnds, RunHooks
 from sncli.sink.decode import make_decoder
-from sncli.sink.resolve import InRecord, Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
-from sncli.sink.writer import KeyedPool, SystemicError, WriteFailed, apply_write
+from sncli.sink.job import DrainOptions, DrainSummary, Job, Prepare, Tally, record_of, select_topics, sink_tables
+from sncli.sink.partitions import Partitions, TopicPart
+from sncli.sink.pool import KeyedPool
+from sncli.sink.resolve import Plan, RecordError, Skip, ValueDecoder, Write, lane_key, resolve
+from sncli.sink.writer import Breaker, SystemicError, WriteFailed, apply_write
 
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_SECONDS = 2.0  # bounds the rework after a crash; a commit costs one round trip
-#: How long a revoke lets its partitions' records finish before giving the rest up; then it waits
-#: for the HTTP attempts already sent (at most this, or twice the request timeout: connect + read).
-REVOKE_WAIT_SECONDS = 30.0
 STALL_SECONDS = 120.0
-#: Consecutive records that exhausted their retries before the run stops (at least ``workers``).
-BREAKER_MIN = 5
-TopicPart = tuple[str, int]
 
 
 @dataclass
-class DrainOptions:
-    topics: list[str] = field(default_factory=list)  # empty: every sink.topics entry
-    max_messages: int | None = None
-    max_seconds: float | None = None
-    workers: int | None = None
-    dry_run: bool = False
+class _Watch:
+    """What the read loop watches for a join timeout or a stall."""
+
+    started: float
+    join_timeout: float
+    last_progress: float
+    last_error: str | None = None
 
 
-@dataclass
-class DrainSummary:
-    """The run's result: what ``--json`` prints and what the exit code is derived from."""
-
-    messages: int = 0
-    written: dict[str, int] = field(default_factory=dict)  # by op: post / patch / delete
-    skipped: int = 0
-    skipped_by_reason: dict[str, int] = field(default_factory=dict)
-    dlq: dict[str, int] = field(default_factory=dict)  # by error class
-    committed: dict[str, dict[str, int]] = field(default_factory=dict)  # topic -> partition -> offset
-    duration_seconds: float = 0.0
-    exit_code: int = 0
-    stopped_by: str = "end"  # end | max_messages | max_seconds | signal | error
-    error: str | None = None
-    dry_run: bool = False
-    topics: list[str] = field(default_factory=list)
-    group_id: str = ""
-    carried_forward: int = 0  # dlq replay: records not selected, re-queued unchanged at the DLQ's end
-    refused: dict[str, int] = field(default_factory=dict)  # dlq replay: not written, by reason (unsigned, ...)
-    plan: list[dict[str, Any]] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "messages": self.messages,
-            "written": dict(sorted(self.written.items())),
-            "written_total": sum(self.written.values()),
-            "skipped": self.skipped,
-            "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
-            "dlq": dict(sorted(self.dlq.items())),
-            "dlq_total": sum(self.dlq.values()),
-            "committed": self.committed,
-            "duration_seconds": round(self.duration_seconds, 3),
-            "exit_code": self.exit_code,
-            "stopped_by": self.stopped_by,
-            "error": self.error,
-            "dry_run": self.dry_run,
-            "topics": self.topics,
-            "group_id": self.group_id,
-        }
-        if self.carried_forward:
-            data["carried_forward"] = self.carried_forward
-        if self.refused:
-            data["refused"] = dict(sorted(self.refused.items()))
-        if self.plan is not None:
-            data["plan"] = self.plan
-        return data
-
-
-@dataclass(frozen=True)
-class Job:
-    """One consumed message, prepared by the front end (drain or DLQ replay).
-
-    ``tp``/``offset`` are where it was consumed (what commits track); ``record`` is
-    what resolve and the DLQ see: for a replay, the original topic, position, key,
-    value and headers the record had before it was dead-lettered.
-    """
-
-    tp: TopicPart
-    offset: int
-    record: InRecord
-    topic: SinkTopic | None  # None: no sink.topics entry applies (a replay of a removed topic)
-    replay_count: int = 0  # written with a failure (0 = a first failure: no header)
-    carry: Any = None  # a message to re-produce unchanged to the DLQ (a replay passing it over)
-
-
-#: Turns a consumed message into a Job, or None when there is nothing to do for it.
-Prepare = Callable[[Any], Job | None]
+def topic_part(msg: Message) -> TopicPart:
+    """Where a consumed message comes from."""
+    topic, partition = msg.topic(), msg.partition()
+    assert topic is not None and partition is not None  # set on every message poll() returns
+    return topic, partition
 
 
 @dataclass(frozen=True)
@@ -151,39 +89,6 @@ class _Item:
     topic: SinkTopic
     generation: int
     cancel: threading.Event  # its partition's, for this assignment: set = make no further attempt
-
-
-def select_topics(settings: Settings, names: list[str]) -> list[SinkTopic]:
-    """The sink.topics entries to drain (all when ``names`` is empty); an unknown name is a usage error."""
-    configured = settings.sink.topics
-    if not configured:
-        raise UsageError("sink.topics is empty: nothing to drain")
-    if not names:
-        return list(configured)
-    known = {t.topic: t for t in configured}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UsageError(f"--topic {', '.join(unknown)}: not in sink.topics (known: {', '.join(sorted(known))})")
-    return [known[n] for n in dict.fromkeys(names)]
-
-
-def sink_tables(topics: Iterable[SinkTopic]) -> list[str]:
-    """Every table the topics may write: their own and those their headers may route to."""
-    chosen = list(topics)
-    return sorted({t.table for t in chosen} | {name for t in chosen for name in t.allowed_tables})
-
-
-def record_of(msg: Any) -> InRecord:
-    timestamp_type, timestamp_ms = msg.timestamp()
-    return InRecord(
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        key=msg.key(),
-        value=msg.value(),
-        headers=tuple(msg.headers() or ()),
-        timestamp_ms=timestamp_ms if timestamp_type else None,
-    )
 
 
 def run_drain(
@@ -239,7 +144,8 @@ class SinkRun:
         """
         self.settings = settings
         self.wait_for_ends = wait_for_ends
-        self._held: list[Any] | None = [] if wait_for_ends else None
+        self._ends = EndTracker()
+        self._gate = HoldUntilEnds(self._ends) if wait_for_ends else None
         self.options = options
         self.group_id = group_id
         self.read_topics = read_topics
@@ -250,37 +156,27 @@ class SinkRun:
         self.metrics = metrics or RunMetrics()
         self.consumer_overrides = consumer_overrides or {}
         self.workers = options.workers or settings.sink.workers
-        self.summary = DrainSummary(dry_run=options.dry_run, topics=sorted(read_topics), group_id=group_id)
-        if options.dry_run:
-            self.summary.plan = []
+        self.summary = DrainSummary(dry_run=options.dry_run, topics=sorted(read_topics), group_id=group_id,
+                                    plan=[] if options.dry_run else None)
         self.decode: ValueDecoder = make_decoder(settings.kafka)
-        self._lock = threading.Lock()
-        self._tracker = CommitTracker()
-        self._generation: dict[TopicPart, int] = {}
-        self._cancels: dict[TopicPart, threading.Event] = {}  # the current assignment's, per partition
-        self._running: Counter[TopicPart] = Counter()  # writes with an HTTP call under way
-        self._dead_lettering: Counter[TopicPart] = Counter()  # DLQ records sent, not acknowledged yet
+        self._lock = threading.Lock()  # _fatal
+        self._tally = Tally(self.metrics)
+        self._parts = Partitions()
         self._deadline: float | None = None  # --max-seconds, on the monotonic clock
         self._cut_short: str | None = None  # why the wait for queued writes was cut: max_seconds | signal
-        self._committed: dict[TopicPart, int] = {}
         self._fatal: str | None = None
-        self._closing = False
-        self._assigned_once = False
-        self._rebalancing = False  # partitions revoked, the next assignment not received yet
-        self._unsaved: dict[TopicPart, int] = {}  # lost partitions -> the commit that failed for them
-        self._finishing = False  # waiting for queued writes with every partition paused
-        self._backlog: list[Any] = []  # records fetched while finishing, read when reading resumes
-        self._written: Counter[str] = Counter()
-        self._skipped: Counter[str] = Counter()
-        self._dlq: Counter[str] = Counter()
-        self._consumer: Any = None
-        self._reset_policy = ""  # auto.offset.reset, set by run(); "" leaves new partitions to librdkafka
+        self._backlog: list[Message] = []  # records fetched while finishing, read when reading resumes
+        self._assignment: Assignment | None = None  # exists while run() runs, with the consumer
         self._pool: KeyedPool[_Item] | None = None
         self._dlq_writer: DlqWriter | None = None
-        self._client: Any = None
+        self._client: ServiceNowClient | None = None
         self._next_commit = 0.0
-        self._exhausted_in_a_row = 0
-        self.breaker_threshold = max(BREAKER_MIN, self.workers)
+        self._breaker = Breaker(self.workers)
+
+    @property
+    def assignment(self) -> Assignment:
+        assert self._assignment is not None, "the assignment exists while run() runs"
+        return self._assignment
 
     def run_and_push(self, command: str, tables: list[str]) -> DrainSummary:
         """Run, then push the metrics, one group per table (a dry run pushes nothing: it did nothing)."""
@@ -298,12 +194,6 @@ class SinkRun:
     # ------------------------------------------------------------------ run
 
     def run(self) -> DrainSummary:
-        from confluent_kafka import Consumer
-
-        from sncli.kafka.admin import existing_topics
-        from sncli.kafka.conf import consumer_config
-        from sncli.kafka.consumer import EndTracker
-
         started = time.monotonic()
         if self.options.max_seconds is not None:
             self._deadline = started + self.options.max_seconds
@@ -316,27 +206,25 @@ class SinkRun:
             self.summary.duration_seconds = time.monotonic() - started
             return self.summary
 
-        self._ends = EndTracker()
         config = consumer_config(self.settings.kafka, self.group_id, **self.consumer_overrides)
-        self._reset_policy = reset_policy(config)
         session_ms = int(config.get("session.timeout.ms", 45_000))
-        self._consumer = Consumer(config)
+        hooks = RunHooks(stopping=lambda: self._cut_reason("end") is not None, serve=self._serve, fail=self._fail)
+        self._assignment = Assignment(Consumer(config), self._parts, self._ends, reset_policy=reset_policy(config),
+                                      request_timeout=self.settings.servicenow.timeout_seconds, hooks=hooks)
         try:
             if not self.options.dry_run:
-                from sncli.servicenow.client import ServiceNowClient
-
                 self._client = ServiceNowClient(self.settings.servicenow, metrics=self.metrics, pool_size=self.workers)
                 self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic,
                                              signer=DlqSigner.of(self.settings.sink))
                 self._pool = KeyedPool(self.workers, self.settings.sink.max_pending, self._write, name="sink-worker")
-            self._start_reading(wanted, present)
+            self.assignment.start(wanted, present, self.mode)
             join_timeout = max(60.0, 2.5 * session_ms / 1000.0)
             stopped_by = self._loop(started, join_timeout=join_timeout)
             while self._settle(stopped_by):
                 # A rebalance while the last writes finished handed this run partitions it has
                 # not read to their end yet: they are part of this run, read them too.
                 log.info("reading partitions assigned while finishing")
-                self._resume_all()
+                self.assignment.resume_all()
                 stopped_by = self._loop(started, join_timeout=join_timeout)
             self._finish(stopped_by)
         finally:
@@ -344,95 +232,83 @@ class SinkRun:
         self.summary.duration_seconds = time.monotonic() - started
         return self.summary
 
-    def _start_reading(self, wanted: list[str], present: dict[str, int]) -> None:
-        from confluent_kafka import TopicPartition
-
-        from sncli.kafka.consumer import rebalance_callbacks
-
-        if self.mode == "assign":
-            # Read every partition from the group's committed offset (else the earliest), never join.
-            parts = [TopicPartition(t, p) for t in wanted for p in range(present[t])]
-            self._ends.assign((tp.topic, tp.partition) for tp in parts)
-            self._consumer.assign(start_positions(self._consumer, parts, self._reset_policy))
-            self._assigned_once = True
-            return
-        self._consumer.subscribe(
-            wanted, **rebalance_callbacks(self._ends, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        )
-
     def _loop(self, started: float, *, join_timeout: float) -> str:
-        from sncli.kafka.consumer import Polled, track
-
-        consumer = self._consumer
-        max_messages = self.options.max_messages
-        next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
-        last_progress = time.monotonic()
-        last_error: str | None = None
+        """Read until the ends, a bound, a stop or an error; returns why it stopped (``stopped_by``)."""
         backlog, self._backlog = self._backlog, []
         for early in backlog:
             # Not read past a bound: they were never tracked, so no commit covers them.
             if self._fatal is None and not self.stop.is_set() and self._bound_hit() is None:
                 self._read(early)
+        watch = _Watch(started, join_timeout, last_progress=time.monotonic())
+        next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         while True:
             now = time.monotonic()
-            if self._fatal is not None:
-                return "error"
-            if self._pool is not None and self._pool.crash is not None:
-                self._fail(f"a sink worker crashed: {self._pool.crash!r}")
-                return "error"
-            if self.stop.is_set():
-                return "signal"
-            if self._assigned_once and not self._rebalancing and (
-                not self._ends.assigned or self._ends.all_finished()
-            ):
-                return "end"
-            if max_messages is not None and self.summary.messages >= max_messages:
-                return "max_messages"
-            if self._past_deadline():
-                return "max_seconds"
-            if not self._assigned_once and now - started > join_timeout:
-                hint = f" (last error: {last_error})" if last_error else ""
-                raise KafkaError(f"no partitions assigned to group {self.group_id} within {join_timeout:.0f}s{hint}")
-            if self._assigned_once and now - last_progress > STALL_SECONDS:
-                hint = f" (last error: {last_error})" if last_error else ""
-                self._fail(f"no progress from Kafka for {STALL_SECONDS:.0f}s{hint}")
-                return "error"
+            stopped_by = self._stopped_by(now, watch)
+            if stopped_by is not None:
+                return stopped_by
             if not self.options.dry_run and now >= next_commit:
-                self._commit(final=False)
+                self.assignment.commit(final=False)
                 next_commit = now + COMMIT_INTERVAL_SECONDS
-            msg = consumer.poll(0.1)
+            msg = self.assignment.consumer.poll(0.1)
             if self._dlq_writer is not None:
                 self._dlq_writer.poll(0)
-            if msg is None:
-                continue
-            kind = track(consumer, self._ends, msg)
-            if kind is Polled.ERROR:
-                err = msg.error()
-                last_error = err.str()
-                if err.fatal():
-                    self._fail(f"Kafka consumer error: {last_error}")
-                    return "error"
-                log.warning("Kafka consumer: %s", last_error)
-                continue
-            last_progress = time.monotonic()
-            if self._held is not None:
-                # Until every end is known, a write could extend an end: hold records back.
-                if kind is Polled.DATA:
-                    self._held.append(msg)
-                if any(self._ends.needs_end(tp) for tp in self._ends.assigned):
-                    continue
-                held, self._held = self._held, None
-                for early in held:
-                    if self._bound_hit() is None:
-                        self._read(early)
-                if kind is Polled.DATA:
-                    continue
-            if kind is Polled.DATA:
-                self._read(msg)
-            else:
-                tp = (msg.topic(), msg.partition())
-                if self._ends.finished(tp):
-                    self._pause(tp)
+            if msg is not None and not self._take(msg, watch):
+                return "error"
+
+    def _stopped_by(self, now: float, watch: _Watch) -> str | None:
+        """Why reading must stop now (error | signal | end | max_messages | max_seconds), or None."""
+        if self._fatal is not None:
+            return "error"
+        if self._pool is not None and self._pool.crash is not None:
+            self._fail(f"a sink worker crashed: {self._pool.crash!r}")
+            return "error"
+        if self.stop.is_set():
+            return "signal"
+        assignment = self.assignment
+        if assignment.assigned_once and not assignment.rebalancing and (
+            not self._ends.assigned or self._ends.all_finished()
+        ):
+            return "end"
+        max_messages = self.options.max_messages
+        if max_messages is not None and self.summary.messages >= max_messages:
+            return "max_messages"
+        if self._past_deadline():
+            return "max_seconds"
+        hint = f" (last error: {watch.last_error})" if watch.last_error else ""
+        if not assignment.assigned_once and now - watch.started > watch.join_timeout:
+            raise KafkaError(f"no partitions assigned to group {self.group_id} within {watch.join_timeout:.0f}s{hint}")
+        if assignment.assigned_once and now - watch.last_progress > STALL_SECONDS:
+            self._fail(f"no progress from Kafka for {STALL_SECONDS:.0f}s{hint}")
+            return "error"
+        return None
+
+    def _take(self, msg: Message, watch: _Watch) -> bool:
+        """Handle one polled message: a record is read, an end pauses its partition; False on a fatal error."""
+        kind = track(self.assignment.consumer, self._ends, msg)
+        if kind is Polled.ERROR:
+            err = msg.error()
+            assert err is not None  # track() calls a message with an error ERROR
+            watch.last_error = err.str()
+            if err.fatal():
+                self._fail(f"Kafka consumer error: {watch.last_error}")
+                return False
+            log.warning("Kafka consumer: %s", watch.last_error)
+            return True
+        watch.last_progress = time.monotonic()
+        if self._gate is not None and not self._gate.passed:
+            released = self._gate.admit(msg, record=kind is Polled.DATA)
+            for early in released or ():
+                if self._bound_hit() is None:
+                    self._read(early)
+            if released is None or kind is Polled.DATA:
+                return True  # held back, or read just now with the others held
+        if kind is Polled.DATA:
+            self._read(msg)
+        else:
+            tp = topic_part(msg)
+            if self._ends.finished(tp):
+                self.assignment.pause(tp)
+        return True
 
     def _finish(self, stopped_by: str) -> None:
         summary = self.summary
@@ -454,20 +330,14 @@ class SinkRun:
             if missing:
                 self._fail(f"{missing} DLQ records not acknowledged by Kafka{self._dlq_writer.broker_hint}")
         if not self.options.dry_run:
-            self._commit(final=True)
-            if self._unsaved:
-                lost = ", ".join(f"{t}[{p}] (up to {o})" for (t, p), o in sorted(self._unsaved.items()))
+            self.assignment.commit(final=True)
+            unsaved = self._parts.unsaved()
+            if unsaved:
+                lost = ", ".join(f"{t}[{p}] (up to {o})" for (t, p), o in sorted(unsaved.items()))
                 self._fail(f"partitions were lost in a rebalance before their progress was committed: {lost}; "
                            "the records written for them will be read and written again by the next run")
-        with self._lock:
-            summary.written = dict(self._written)
-            summary.skipped = sum(self._skipped.values())
-            summary.skipped_by_reason = dict(self._skipped)
-            summary.dlq = dict(self._dlq)
-            committed: dict[str, dict[str, int]] = {}
-            for (topic, partition), offset in sorted(self._committed.items()):
-                committed.setdefault(topic, {})[str(partition)] = offset
-            summary.committed = committed
+        self._tally.fill(summary)
+        summary.committed = self._parts.committed_by_topic()
         if self._fatal is not None:
             summary.error = self._fatal
             summary.stopped_by = "error"
@@ -485,8 +355,8 @@ class SinkRun:
         """
         if self._pool is None:
             return False
-        self._pause_all()
-        self._finishing = True
+        self.assignment.pause_all()
+        self.assignment.finishing = True
         self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         cut = self._cut_reason(stopped_by)
         if cut is not None:
@@ -494,26 +364,24 @@ class SinkRun:
         try:
             self._pool.wait_idle(abandon=cut is not None, tick=self._finishing_tick)
         finally:
-            self._finishing = False
+            self.assignment.finishing = False
         if stopped_by != "end" or self._fatal is not None or self.stop.is_set() or self._cut_short is not None:
             return False
-        return self._rebalancing or (bool(self._ends.assigned) and not self._ends.all_finished())
+        return self.assignment.rebalancing or (bool(self._ends.assigned) and not self._ends.all_finished())
 
     def _finishing_tick(self) -> bool:
         """While queued writes finish: serve DLQ acks, keep the group membership, commit progress."""
-        from sncli.kafka.consumer import Polled, track
-
         if self._dlq_writer is not None:
             self._dlq_writer.poll(0)
         try:
-            msg = self._consumer.poll(0)  # partitions are paused: this serves the group (rebalances)
+            msg = self.assignment.consumer.poll(0)  # partitions are paused: this serves the group (rebalances)
         except Exception as exc:
             log.debug("poll while finishing: %s", exc)
             msg = None
-        if msg is not None and track(self._consumer, self._ends, msg) is Polled.DATA:
+        if msg is not None and track(self.assignment.consumer, self._ends, msg) is Polled.DATA:
             self._backlog.append(msg)  # read once reading resumes; never dropped (commits would pass it)
         if time.monotonic() >= self._next_commit:
-            self._commit(final=False)
+            self.assignment.commit(final=False)
             self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
         cut = self._cut_reason("end")
         if cut is None:
@@ -538,9 +406,7 @@ class SinkRun:
             if why != "error":
                 log.warning("%s: finishing the HTTP calls under way, leaving the other writes for the next run",
                             "stop requested" if why == "signal" else "--max-seconds reached")
-        with self._lock:
-            for cancel in self._cancels.values():
-                cancel.set()
+        self._parts.cancel()
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
@@ -552,30 +418,16 @@ class SinkRun:
             return "max_messages"
         return "max_seconds" if self._past_deadline() else None
 
-    def _resume_all(self) -> None:
-        try:
-            assignment = self._consumer.assignment()
-            if assignment:
-                self._consumer.resume(assignment)
-        except Exception as exc:
-            log.debug("resuming: %s", exc)
-
-    def _pause_all(self) -> None:
-        try:
-            assignment = self._consumer.assignment()
-            if assignment:
-                self._consumer.pause(assignment)
-        except Exception as exc:
-            log.debug("pausing before finishing: %s", exc)
-
     def _close(self) -> None:
-        self._closing = True
+        assignment = self._assignment
+        if assignment is not None:
+            assignment.closing = True
         self._give_up("error" if self._cut_short is None else self._cut_short)
         if self._pool is not None:
             self._pool.close(abandon=True, timeout=5.0)
-        if self._consumer is not None:
+        if assignment is not None:
             try:
-                self._consumer.close()
+                assignment.consumer.close()
             except Exception as exc:
                 log.warning("closing the Kafka consumer: %s", exc)
         if self._client is not None:
@@ -587,10 +439,7 @@ class SinkRun:
         tp = (msg.topic(), msg.partition())
         offset = msg.offset()
         self.summary.messages += 1
-        with self._lock:
-            self._tracker.add(tp, offset)
-            generation = self._generation.get(tp, 0)
-            cancel = self._cancels.setdefault(tp, threading.Event())
+        generation, cancel = self._parts.read(tp, offset)
         try:
             job = self.prepare(msg)
         except Exception as exc:  # a bug in a front end: stop without committing past it
@@ -605,29 +454,29 @@ class SinkRun:
             return
         topic = job.topic
         if topic is None:
-            failure = Failure("record", f"topic {job.record.topic} is not in sink.topics", attempts=0)
-            self._plan_entry(job, None, RecordError("record", failure.message))
+            failure = DeadLetterReason("record", f"topic {job.record.topic} is not in sink.topics", attempts=0)
+            self.summary.add_plan(job, None, RecordError("record", failure.message))
             self._dead_letter(job, failure, generation, op="none")
             return
         try:
             plan: Plan = resolve(job.record, topic, self.decode)
         except RecordError as exc:
-            self._plan_entry(job, None, exc)
-            self._dead_letter(job, Failure(exc.error_class, exc.message, table=topic.table, attempts=0),
+            self.summary.add_plan(job, None, exc)
+            self._dead_letter(job, DeadLetterReason(exc.error_class, exc.message, table=topic.table, attempts=0),
                               generation, op="none")
             return
         except KafkaError as exc:  # not the record's fault (the Schema Registry is down): stop here
             self._fail(f"cannot decode {tp[0]}[{tp[1]}]@{offset}: {exc}")
             return
         except Exception as exc:  # anything else one record's bytes provoke is that record's problem
-            failure = Failure("decode", f"cannot decode or resolve the value: {type(exc).__name__}: {exc}",
+            failure = DeadLetterReason("decode", f"cannot decode or resolve the value: {type(exc).__name__}: {exc}",
                               table=topic.table, attempts=0)
-            self._plan_entry(job, None, RecordError("decode", failure.message))
+            self.summary.add_plan(job, None, RecordError("decode", failure.message))
             self._dead_letter(job, failure, generation, op="none")
             return
-        self._plan_entry(job, plan, None)
+        self.summary.add_plan(job, plan, None)
         if isinstance(plan, Skip):
-            self._count_skip(plan.table, "none", plan.reason)
+            self._tally.skipped(plan.table, "none", plan.reason)
             self._done(tp, offset, generation)
             return
         if self.options.dry_run:
@@ -643,40 +492,16 @@ class SinkRun:
             self._dlq_writer.poll(0)
         return self._fatal is None and not self.stop.is_set() and not self._past_deadline()
 
-    def _plan_entry(self, job: Job, plan: Plan | None, error: RecordError | None) -> None:
-        if self.summary.plan is None:
-            return
-        record = job.record
-        entry: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-        if job.tp[0] != record.topic:
-            entry.update(dlq_partition=job.tp[1], dlq_offset=job.offset)
-        if error is not None:
-            entry.update(operation="DLQ", error_class=error.error_class, error=error.message)
-        elif isinstance(plan, Skip):
-            entry.update(operation="SKIP", table=plan.table, sys_id=plan.sys_id, reason=plan.reason)
-        elif isinstance(plan, Write):
-            entry.update(operation=plan.op, table=plan.table, sys_id=plan.sys_id, fields=sorted(plan.body))
-        self.summary.plan.append(entry)
-
-    def _pause(self, tp: TopicPart) -> None:
-        from confluent_kafka import TopicPartition
-
-        try:
-            self._consumer.pause([TopicPartition(tp[0], tp[1])])
-        except Exception as exc:  # the partition was revoked meanwhile: nothing to pause
-            log.debug("pause %s: %s", tp, exc)
-
     # ------------------------------------------------------------------ writing (worker threads)
 
     def _write(self, item: _Item) -> None:
         job = item.job
-        with self._lock:
-            # Checked and counted under the lock a revoke sets the event under: once the revoke
-            # has seen no running write, none of its partitions starts.
-            if self._fatal is not None or item.cancel.is_set() or self._generation.get(job.tp, 0) != item.generation:
-                return
-            self._running[job.tp] += 1
+        # Checked and counted under the lock a revoke cancels under: once the revoke has seen
+        # no running write, none of its partitions starts.
+        if self._fatal is not None or not self._parts.start_write(job.tp, item.generation, item.cancel):
+            return
         try:
+            assert self._client is not None  # set before the pool that calls this is started
             outcome = apply_write(self._client, item.write, item.topic, cancel=item.cancel)
         except CallAbandoned as exc:
             # Neither written nor failed: it stays unfinished, so no commit passes it.
@@ -684,38 +509,26 @@ class SinkRun:
             return
         except WriteFailed as exc:
             self._dead_letter(job, exc.failure, item.generation, op=item.write.op.lower())
-            self._breaker(exc.failure.error_class == "retries_exhausted", exc.failure.message)
+            self._count_failure(exc.failure.error_class == "retries_exhausted", exc.failure.message)
             return
         except SystemicError as exc:
             self._fail(str(exc))
             return
         finally:
-            with self._lock:
-                self._running[job.tp] -= 1
-        self._breaker(False, "")
+            self._parts.end_write(job.tp)
+        self._count_failure(False, "")
         if outcome.outcome == "written":
-            self.metrics.sink_records.labels(table=item.write.table, op=outcome.op, outcome="written").inc()
-            with self._lock:
-                self._written[outcome.op] += 1
+            self._tally.written(item.write.table, outcome.op)
         else:
-            self._count_skip(item.write.table, outcome.op, outcome.reason or "skipped")
+            self._tally.skipped(item.write.table, outcome.op, outcome.reason or "skipped")
         self._done(job.tp, job.offset, item.generation)
 
-    def _breaker(self, exhausted: bool, message: str) -> None:
-        """Stop when ServiceNow keeps failing for every record: that is an outage, not bad records.
-
-        Without it an outage would move the whole topic into the DLQ, one retry
-        budget per record. The records that tripped it are in the DLQ (replayable);
-        the rest stay unread, and the commit stays below them.
-        """
-        with self._lock:
-            self._exhausted_in_a_row = self._exhausted_in_a_row + 1 if exhausted else 0
-            tripped = self._exhausted_in_a_row >= self.breaker_threshold
-        if tripped:
-            self._fail(f"ServiceNow failed {self.breaker_threshold} records in a row after all retries "
+    def _count_failure(self, exhausted: bool, message: str) -> None:
+        if self._breaker.record(exhausted):
+            self._fail(f"ServiceNow failed {self._breaker.threshold} records in a row after all retries "
                        f"(last: {message[:300]}); stopping instead of dead-lettering the rest")
 
-    def _dead_letter(self, job: Job, failure: Failure, generation: int, *, op: str) -> None:
+    def _dead_letter(self, job: Job, failure: DeadLetterReason, generation: int, *, op: str) -> None:
         if self.options.dry_run:
             self._done(job.tp, job.offset, generation)
             return
@@ -725,28 +538,22 @@ class SinkRun:
         headers = dlq_headers(record.headers, failure, origin, now=datetime.now(UTC), replay_count=job.replay_count)
 
         def acked(error: str | None) -> None:
-            with self._lock:
-                self._dead_lettering[job.tp] -= 1
+            self._parts.dead_letter_acked(job.tp)
             if error is not None:
                 self._fail(f"could not dead-letter {record.topic}[{record.partition}]@{record.offset} "
                            f"({failure.error_class}: {failure.message[:200]}): {error}")
                 return
-            self.metrics.dlq_records.labels(**{"class": failure.error_class}).inc()
-            self.metrics.sink_records.labels(table=failure.table or "", op=op, outcome="dlq").inc()
-            with self._lock:
-                self._dlq[failure.error_class] += 1
+            self._tally.dead_lettered(failure.table or "", op, failure.error_class)
             self._done(job.tp, job.offset, generation)
 
         log.warning("dead-lettering %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
                     failure.error_class, failure.message)
-        with self._lock:
-            self._dead_lettering[job.tp] += 1
+        self._parts.dead_letter_sent(job.tp)
         self._dlq_writer.send(record.key, record.value, headers, acked)
 
     def _carry(self, job: Job, generation: int) -> None:
         """Re-produce a record unchanged at the DLQ's end; it counts as finished once acknowledged."""
-        with self._lock:
-            self.summary.carried_forward += 1
+        self._tally.carried()
         if self.options.dry_run:
             self._done(job.tp, job.offset, generation)
             return
@@ -762,16 +569,15 @@ class SinkRun:
         # As read, signature included: re-signing would vouch for a record nobody checked.
         self._dlq_writer.send(msg.key(), msg.value(), list(msg.headers() or []), acked, sign=False)
 
-    def _count_skip(self, table: str, op: str, reason: str) -> None:
-        self.metrics.sink_records.labels(table=table, op=op, outcome="skipped").inc()
-        with self._lock:
-            self._skipped[reason] += 1
-
     def _done(self, tp: TopicPart, offset: int, generation: int) -> None:
-        with self._lock:
-            if self._generation.get(tp, 0) != generation:
-                return  # the partition was revoked meanwhile; its new owner re-reads this record
-            self._tracker.done(tp, offset)
+        self._parts.done(tp, offset, generation)
+
+    def _serve(self, timeout: float) -> None:
+        """Take the DLQ's acknowledgements for up to ``timeout`` seconds (or just wait, in a dry run)."""
+        if self._dlq_writer is not None:
+            self._dlq_writer.poll(timeout)
+        else:
+            time.sleep(timeout)
 
     def _fail(self, message: str) -> None:
         with self._lock:
@@ -780,137 +586,3 @@ class SinkRun:
                 self._fatal = message
         if first:
             log.error("run failed: %s", message)
-
-    # ------------------------------------------------------------------ commits and rebalances
-
-    def _commit(self, *, final: bool, only: set[TopicPart] | None = None) -> bool:
-        """Commit the finished prefix of each partition; False when Kafka refused it."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        with self._lock:
-            ready = {
-                tp: offset
-                for tp, offset in self._tracker.committable_all().items()
-                if (only is None or tp in only) and self._committed.get(tp) != offset
-            }
-        if not ready:
-            return True
-        try:
-            self._consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(ready.items())], asynchronous=False
-            )
-        except KafkaException as exc:
-            text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-            if final:
-                self._fail(f"committing offsets failed: {text}")
-            elif only is None:
-                log.warning("committing offsets failed (will retry): %s", text)
-            else:
-                log.warning("committing offsets of revoked partitions failed: %s", text)
-            return False
-        with self._lock:
-            self._committed.update(ready)
-            for tp, offset in ready.items():
-                if tp in self._unsaved and offset >= self._unsaved[tp]:
-                    del self._unsaved[tp]  # read again after the rebalance and committed: healed
-        return True
-
-    def _let_revoked_finish(self, revoked: set[TopicPart]) -> None:
-        """A grace of up to REVOKE_WAIT_SECONDS for the revoked partitions' records to finish.
-
-        What finishes here is committed and not written again by the new owner; a run that
-        is stopping (a stop request, an error, its deadline) gives no grace.
-        """
-        deadline = time.monotonic() + REVOKE_WAIT_SECONDS
-        while time.monotonic() < deadline and self._cut_reason("end") is None:
-            with self._lock:
-                if sum(self._tracker.in_flight(tp) for tp in revoked) == 0:
-                    return
-            if self._dlq_writer is not None:
-                self._dlq_writer.poll(0.05)
-            else:
-                time.sleep(0.05)
-
-    def _wait_for_revoked(self, revoked: set[TopicPart]) -> None:
-        """Wait until the revoked partitions' HTTP calls under way have answered and their DLQ sends are acked.
-
-        Called once their writes are given up. Bounded: an attempt already sent takes at
-        most the request timeout (connect + read); a DLQ acknowledgement not in by then is
-        left to the new owner (it reads the record again). A write still under way after
-        the bound may land after the new owner's: the run fails rather than report success.
-        """
-        bound = max(REVOKE_WAIT_SECONDS, 2.0 * self.settings.servicenow.timeout_seconds)
-        deadline = time.monotonic() + bound
-        while True:
-            with self._lock:
-                running = sum(self._running[tp] for tp in revoked)
-                dead_lettering = sum(self._dead_lettering[tp] for tp in revoked)
-            if running == 0 and dead_lettering == 0:
-                return
-            if time.monotonic() >= deadline:
-                break
-            if self._dlq_writer is not None:
-                self._dlq_writer.poll(0.05)
-            else:
-                time.sleep(0.05)
-        if running:
-            self._fail(f"{running} writes of revoked partitions still under way after {bound:.0f}s; "
-                       "they may land after the new owner's writes of the same keys")
-        else:
-            log.warning("%d DLQ records of revoked partitions not acknowledged within %.0fs; "
-                        "the new owner handles those records again", dead_lettering, bound)
-
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        self._assigned_once = True
-        self._rebalancing = False
-        with self._lock:
-            for p in partitions:
-                self._tracker.forget((p.topic, p.partition))
-        if partitions:
-            # A partition paused at its end before a rebalance stays paused in librdkafka;
-            # assigned again, it must be read again from its committed offset.
-            try:
-                consumer.assign(start_positions(consumer, partitions, self._reset_policy))
-                if self._finishing:
-                    consumer.pause(partitions)  # read once the queued writes are done
-                else:
-                    consumer.resume(partitions)
-            except Exception as exc:
-                log.warning("resuming re-assigned partitions: %s", exc)
-        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions")
-
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        """Before losing partitions: give their writes up, commit what is finished, forget them.
-
-        When this returns, no write of these partitions is under way or will start: the
-        new owner reads every unfinished record again, and no retry of this run can land
-        after its write of the same key.
-        """
-        revoked = {(p.topic, p.partition) for p in partitions}
-        if not revoked:
-            return
-        if not self._closing:
-            self._rebalancing = True  # an empty assignment now is not the end of the run
-            log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)))
-            self._let_revoked_finish(revoked)
-        with self._lock:
-            for tp in revoked:
-                cancel = self._cancels.pop(tp, None)
-                if cancel is not None:
-                    cancel.set()  # queued writes are skipped, running ones make no further attempt
-        if not self._closing:
-            self._wait_for_revoked(revoked)
-            with self._lock:
-                progress = {
-                    tp: offset for tp in revoked
-                    if (offset := self._tracker.committable(tp)) is not None and self._committed.get(tp) != offset
-                }
-            if not self._commit(final=False, only=revoked):
-                # Lost (session expired): the new owner writes these records again. Unless this
-                # run gets them back and commits past them, it must not report success.
-                with self._lock:
-                    self._unsaved.update(progress)
-        with self._lock:
-            for tp in revoked:
-                self._tracker.forget(tp)
-                self._generation[tp] = self._generation.get(tp, 0) + 1

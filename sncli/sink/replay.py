@@ -35,7 +35,8 @@ from sncli.dlq.select import Filters, replay_group
 from sncli.dlq.signing import DlqSigner
 from sncli.errors import UsageError
 from sncli.metrics import RunMetrics
-from sncli.sink.drain import DrainOptions, DrainSummary, Job, SinkRun, sink_tables
+from sncli.sink.drain import SinkRun
+from sncli.sink.job import DrainOptions, DrainSummary, Job, sink_tables
 from sncli.sink.resolve import InRecord
 
 log = logging.getLogger("sncli.dlq")  # the name the logs have always shown for replay lines

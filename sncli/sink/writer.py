@@ -1,13 +1,8 @@
-"""Applying resolved writes to ServiceNow: per-key lanes, and the 404 / ambiguous-POST policies.
-
-Workers: :class:`KeyedPool` runs ``workers`` threads; records that share a key
-are applied one after another in the order they were read, records with
-different keys run in parallel, and any idle worker takes any ready key. A
-full pool blocks the reader (backpressure), bounding memory to ``max_pending``
-records.
+"""The sink's write policies: one resolved write -> ServiceNow calls, under the topic's 404 / ambiguous-POST rules.
 
 :func:`apply_write` is the single place that talks to ServiceNow for the sink
-(the drain and ``dlq replay`` both use it). It returns what happened, raises
+(the drain and ``dlq replay`` both use it, from the workers of
+:mod:`sncli.sink.pool`). It returns what happened, raises
 :class:`WriteFailed` when the record must go to the DLQ, and lets
 :class:`SystemicError` (bad credentials, TLS failure) end the run: those are
 not the record's fault, and dead-lettering every record for them would empty
@@ -16,16 +11,12 @@ the topic into the DLQ.
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from sncli.config import SinkTopic
-from sncli.dlq import ErrorClass, Failure
+from sncli.dlq.record import DeadLetterReason, ErrorClass
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import (
     AmbiguousWriteError,
@@ -42,9 +33,8 @@ from sncli.servicenow.errors import (
 from sncli.servicenow.query import Query, QueryError
 from sncli.sink.resolve import Write
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
+#: Consecutive records that exhausted their retries before the run stops (at least ``workers``).
+BREAKER_MIN = 5
 
 #: How many POSTs one record may take when the answers keep being ambiguous
 #: (``ambiguous: retry`` / ``lookup`` finding nothing).
@@ -64,7 +54,7 @@ class Outcome:
 class WriteFailed(Exception):
     """The record failed for good; ``failure`` becomes its DLQ headers."""
 
-    def __init__(self, failure: Failure) -> None:
+    def __init__(self, failure: DeadLetterReason) -> None:
         super().__init__(failure.message)
         self.failure = failure
 
@@ -92,6 +82,27 @@ def classify(exc: ServiceNowError) -> ErrorClass | None:
     if isinstance(exc, BadRequestError):
         return "record"
     return "record"  # 405, 413, 422, a 500 ServiceNow will not accept for a POST, ...
+
+
+class Breaker:
+    """Stop when ServiceNow keeps failing for every record: that is an outage, not bad records.
+
+    Without it an outage would move the whole topic into the DLQ, one retry
+    budget per record. It trips after ``max(BREAKER_MIN, workers)`` records in a
+    row exhausted their retries; the records that tripped it are in the DLQ
+    (replayable), the rest stay unread, and the commit stays below them.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.threshold = max(BREAKER_MIN, workers)
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+
+    def record(self, exhausted: bool) -> bool:
+        """One write's end (``exhausted``: it ran out of retries); True when the run must stop."""
+        with self._lock:
+            self._in_a_row = self._in_a_row + 1 if exhausted else 0
+            return self._in_a_row >= self.threshold
 
 
 class _Attempts:
@@ -137,7 +148,7 @@ def apply_write(
         if error_class is None:
             raise SystemicError(str(exc)) from exc
         raise WriteFailed(
-            Failure(error_class, str(exc), status=exc.status, table=write.table, attempts=max(1, tries.total))
+            DeadLetterReason(error_class, str(exc), status=exc.status, table=write.table, attempts=max(1, tries.total))
         ) from exc
 
 
@@ -251,162 +262,3 @@ def _lookup(
         raise tries.derived(AmbiguousWriteError(cause.status, f"{cause.message}; the lookup answer has no sys_id",
                                                 method="POST", endpoint=cause.endpoint, attempts=cause.attempts))
     return found_id
-
-
-# --------------------------------------------------------------------------- keyed worker pool
-
-
-class KeyedPool(Generic[T]):
-    """``workers`` threads that run items in parallel, but one key at a time and in submit order.
-
-    Items of one key wait in that key's queue while an item of the key runs;
-    any idle worker takes the next key that is ready. Unlike fixed lanes
-    (``hash(key) % workers``), no worker idles while another lane has a
-    backlog, so throughput stays near ``workers / latency`` whatever the key
-    distribution. At most ``max_pending`` items are queued or running: a
-    submit beyond that blocks (backpressure).
-    """
-
-    def __init__(self, workers: int, max_pending: int, handle: Callable[[T], None], *, name: str = "sink") -> None:
-        self.workers = max(1, workers)
-        self._capacity = max(1, max_pending)
-        self._handle = handle
-        lock = threading.Lock()
-        self._work = threading.Condition(lock)  # workers wait here for a ready key
-        self._space = threading.Condition(lock)  # submitters wait here for room
-        self._queues: dict[bytes, deque[T]] = {}  # keys queued or running -> their waiting items
-        self._ready: deque[bytes] = deque()  # keys with a waiting item and none running
-        self._pending = 0  # items queued or running
-        self._closing = False
-        self._abandoned = False
-        self._crash: BaseException | None = None
-        self._threads = [
-            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(self.workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    @property
-    def crash(self) -> BaseException | None:
-        """An exception that escaped the handler (a bug); the pool drops its queued work after it."""
-        return self._crash
-
-    @property
-    def pending(self) -> int:
-        with self._work:
-            return self._pending
-
-    def submit(self, key: bytes, item: T, *, keep_waiting: Callable[[], bool] = lambda: True) -> bool:
-        """Queue ``item`` behind the earlier items of ``key``, blocking while the pool is full.
-
-        ``keep_waiting`` is called (without the pool's lock) while blocked, to
-        serve callbacks and check for a stop; False gives up and submit returns False.
-        """
-        while True:
-            with self._space:
-                if self._abandoned or self._closing:
-                    return False
-                if self._pending < self._capacity:
-                    waiting = self._queues.get(key)
-                    if waiting is None:
-                        self._queues[key] = deque((item,))
-                        self._ready.append(key)
-                        self._work.notify()
-                    else:
-                        waiting.append(item)  # the key is running or ready: it is picked up in turn
-                    self._pending += 1
-                    return True
-                self._space.wait(0.05)
-            if not keep_waiting():
-                return False
-
-    def wait_idle(self, *, abandon: bool = False, tick: Callable[[], bool] = lambda: False) -> None:
-        """Wait until nothing is queued or running; ``tick`` runs every ~50 ms, True drops the queue.
-
-        The pool stays open: more work may be submitted afterwards.
-        """
-        if abandon:
-            self._drop_queued()
-        while True:
-            with self._space:
-                if self._pending == 0:
-                    return
-                self._space.wait(0.05)
-            if tick():
-                self._drop_queued()
-
-    def close(
-        self,
-        *,
-        abandon: bool = False,
-        timeout: float | None = None,
-        abandon_if: Callable[[], bool] = lambda: False,
-    ) -> bool:
-        """Stop: finish queued items, or with ``abandon`` drop the ones not started yet.
-
-        ``abandon_if`` is called about every 50 ms while waiting (the caller also
-        uses it to commit progress and serve callbacks); True cuts the queued
-        work short. Returns True when every worker ended within ``timeout``.
-        """
-        with self._work:
-            self._closing = True
-            self._work.notify_all()
-            self._space.notify_all()
-        if abandon:
-            self._abandon()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            while thread.is_alive():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                thread.join(0.05)
-                if not self._abandoned and abandon_if():
-                    self._abandon()
-        return not any(thread.is_alive() for thread in self._threads)
-
-    def _abandon(self) -> None:
-        with self._work:
-            self._abandoned = True
-        self._drop_queued()
-
-    def _drop_queued(self) -> None:
-        """Forget every item not started yet (their keys included); running ones finish."""
-        with self._work:
-            dropped = 0
-            for key in list(self._queues):
-                waiting = self._queues[key]
-                dropped += len(waiting)
-                waiting.clear()
-                if key in self._ready:  # queued, not running: forget the key
-                    del self._queues[key]
-            self._ready.clear()
-            self._pending -= dropped
-            self._work.notify_all()
-            self._space.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._work:
-                while not self._ready:
-                    if (self._closing and self._pending == 0) or self._abandoned:
-                        return
-                    self._work.wait(0.5)
-                key = self._ready.popleft()
-                item = self._queues[key].popleft()
-            try:
-                self._handle(item)
-            except BaseException as exc:  # a bug in the handler: stop cleanly instead of hanging
-                log.exception("sink worker crashed")
-                self._crash = exc
-                self._abandon()
-            with self._work:
-                self._pending -= 1
-                waiting = self._queues.get(key)
-                if waiting:
-                    self._ready.append(key)  # its next item, behind the other ready keys
-                    self._work.notify()
-                elif waiting is not None:
-                    del self._queues[key]
-                if self._closing and self._pending == 0:
-                    self._work.notify_all()
-                self._space.notify_all()

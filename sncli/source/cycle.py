@@ -37,7 +37,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from sncli.config import source_fingerprint
-from sncli.dlq import DlqSigner
+from sncli.dlq.signing import DlqSigner
 from sncli.errors import ConfigError, ExitCode, LockHeldError, SncliError
 from sncli.kafka.errors import ProduceError
 from sncli.metrics import RunMetrics, push_per_table

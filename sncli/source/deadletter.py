@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sncli.config import KafkaSettings
-from sncli.dlq import DlqSigner, DlqWriter, Failure, Origin, dlq_headers
-from sncli.dlq.record import NOT_IN_KAFKA
+from sncli.dlq.record import NOT_IN_KAFKA, DeadLetterReason, Origin, dlq_headers
+from sncli.dlq.signing import DlqSigner
+from sncli.dlq.writer import DlqWriter
 from sncli.kafka.errors import ProduceError, Rejected
 from sncli.source.record import PageMessages, Refusal
 
@@ -140,7 +141,7 @@ def dlq_record(
     msgs: PageMessages, refused: Refusal, *, table: str, topic: str, now: datetime
 ) -> tuple[bytes, bytes | None, list[tuple[str, bytes | None]]]:
     """Key, value and headers of the DLQ record of a refused source record (module doc)."""
-    failure = Failure(refused.error_class, refused.message, table=table)
+    failure = DeadLetterReason(refused.error_class, refused.message, table=table)
     headers = dlq_headers(msgs.headers[refused.index], failure, Origin(topic, NOT_IN_KAFKA, NOT_IN_KAFKA), now=now)
     value = None if refused.omit_value else bytes(msgs.values[refused.index])
     return msgs.keys[refused.index], value, headers

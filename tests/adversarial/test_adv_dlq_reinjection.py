@@ -15,7 +15,8 @@ import pytest
 
 from sncli.dlq.select import Filters
 from sncli.emulator.server import ServiceNowEmulator
-from sncli.sink.drain import DrainOptions, run_drain
+from sncli.sink.drain import run_drain
+from sncli.sink.job import DrainOptions
 from sncli.sink.replay import run_replay
 from tests.fixtures.kafka import read_all
 from tests.integration.sink_support import (

@@ -21,7 +21,8 @@ from sncli.dlq.record import ERROR_HEADERS
 from sncli.dlq.select import Filters, View, make_filters, replay_group
 from sncli.dlq.views import export_dlq, inspect_dlq
 from sncli.emulator.server import ServiceNowEmulator
-from sncli.sink.drain import DrainOptions, run_drain
+from sncli.sink.drain import run_drain
+from sncli.sink.job import DrainOptions
 from sncli.sink.replay import run_replay
 from tests.fixtures.kafka import read_all
 from tests.integration.sink_support import (

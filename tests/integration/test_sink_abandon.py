@@ -19,8 +19,9 @@ import pytest
 
 from sncli.emulator.faults import Fault
 from sncli.emulator.server import ServiceNowEmulator
-from sncli.sink import drain as drain_module
-from sncli.sink.drain import DrainOptions, DrainSummary, run_drain
+from sncli.sink import assignment as assignment_module
+from sncli.sink.drain import run_drain
+from sncli.sink.job import DrainOptions, DrainSummary
 from tests.integration.sink_support import (
     committed_offsets,
     config_dict,
@@ -98,7 +99,7 @@ def test_a_revoked_partitions_retrying_write_is_abandoned_before_the_new_owner_w
 ) -> None:
     # How long a revoke may wait for its partitions' writes: 30 s in the product, short here so
     # that the old behaviour (wait, then return with the write still retrying) shows quickly.
-    monkeypatch.setattr(drain_module, "REVOKE_WAIT_SECONDS", 1.0)
+    monkeypatch.setattr(assignment_module, "REVOKE_WAIT_SECONDS", 1.0)
     keys = [sid(7), sid(8)]  # one key per partition: whichever partition the second member takes
     emulator.state.bulk_insert("incident", [{"sys_id": k, "seq": "-1"} for k in keys])
     create_topic(kafka_bootstrap, unique_topic, 2)

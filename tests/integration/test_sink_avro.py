@@ -10,7 +10,8 @@ import pytest
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.kafka.avro_schema import schema_from_records
 from sncli.kafka.serde import AvroValueSerializer
-from sncli.sink.drain import DrainOptions, run_drain
+from sncli.sink.drain import run_drain
+from sncli.sink.job import DrainOptions
 from tests.integration.sink_support import (
     committed_offsets,
     config_dict,

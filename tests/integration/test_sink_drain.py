@@ -13,7 +13,8 @@ import pytest
 
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.metrics import RunMetrics
-from sncli.sink.drain import DrainOptions, run_drain
+from sncli.sink.drain import run_drain
+from sncli.sink.job import DrainOptions
 from sncli.sink.resolve import RESERVED_FIELDS
 from tests.integration.sink_support import (
     committed_offsets,

@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from sncli.dlq import ERROR_HEADERS
+from sncli.dlq.record import ERROR_HEADERS
 from sncli.emulator.faults import Fault
 from sncli.emulator.server import ServiceNowEmulator
-from sncli.sink.drain import DrainOptions, run_drain
+from sncli.sink.drain import run_drain
+from sncli.sink.job import DrainOptions
 from tests.fixtures.kafka import read_all
 from tests.integration.sink_support import (
     committed_offsets,

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from sncli.emulator.server import ServiceNowEmulator
-from sncli.sink.drain import DrainOptions, run_drain
+from sncli.sink.drain import run_drain
+from sncli.sink.job import DrainOptions
 from tests.integration.sink_support import config_dict, create_topic, json_value, produce, settings_of, sid, writes
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sncli.config import SinkTopic
-from sncli.dlq import parse_entry
+from sncli.dlq.record import parse_entry
 from sncli.offsets import model
 from sncli.servicenow import client
 from sncli.servicenow.errors import BadRequestError

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from sncli.sink.writer import KeyedPool
+from sncli.sink.pool import KeyedPool
 
 
 def test_items_of_a_key_run_in_order_and_never_concurrently() -> None:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sncli.config import SysIdKey
-from sncli.dlq import parse_entry
+from sncli.dlq.record import parse_entry
 from sncli.kafka.errors import INVALID_RECORD, MESSAGE_TOO_LARGE, ProduceError, RecordEncodeError, Rejected
 from sncli.source.cycle import TableOutcome, combined_exit_code
 from sncli.source.deadletter import (

@@ -32,7 +32,6 @@ LONG_FUNCTION = "Why this function is long:"
 PENDING = {
     "module: sncli/config.py",
     "module: sncli/servicenow/client.py",
-    "module: sncli/sink/drain.py",
     "module: sncli/source/backfill.py",
     "module: sncli/source/cycle.py",
     "function: sncli/servicenow/client.py:ServiceNowClient._call",
