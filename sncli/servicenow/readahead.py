@@ -13,9 +13,9 @@ the request sent ahead there is no second thread at all.
 Only the first attempt of a page is sent ahead. Its answer, or its failure,
 goes into the client's ordinary request loop as attempt 1, so retries, the
 401 refresh, Retry-After, the malformed-body check and the latency metric work
-as for any call; a retry goes through requests as usual. The client sends the
-first attempt of every other call on these connections too, sent and read at
-once: a third of requests' CPU per call (sink workers share one GIL for it).
+as for any call; a retry goes out on these connections too. They are the
+client's one transport: every other call's attempts are sent and read on them
+at once (a third of requests' CPU per call, which sink workers share one GIL for).
 
 Waits: an attempt sent ahead has ``servicenow.timeout_seconds`` from its send
 for its answer to start, however long its reader took to come for it; then it
@@ -29,7 +29,7 @@ kept alive between pages; TLS is set up as requests sets it (verification
 with certifi's bundle or ``tls.ca_bundle``, a file or a directory; the client
 certificate), with the same ``User-Agent`` and ``Accept-Encoding``. With
 ``servicenow.proxy`` set, nothing is sent ahead: the page is fetched through
-requests when it is read (the proxy handling stays requests'; against a real
+:mod:`sncli.servicenow.proxied` when it is read (the proxy handling stays requests'; against a real
 instance the answer time dominates anyway, and overlapping it saves only the
 loop's own few milliseconds per page).
 """
@@ -60,7 +60,7 @@ MAX_IDLE_CONNECTIONS = 64
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An HTTP answer as the client's request loop reads it (the part of ``requests.Response`` it uses)."""
+    """An HTTP answer, whichever transport carried it: what the client's request loop and parsers read."""
 
     status_code: int
     reason: str
@@ -271,7 +271,7 @@ class PendingPage(Generic[R]):
     to get it.
 
     ``sent`` None: nothing was sent ahead; ``result`` fetches the page when called
-    (``waits``: through requests, with a proxy), or raises what made sending it
+    (``waits``: through the proxied transport), or raises what made sending it
     impossible (``waits`` False: an authentication failure).
     """
 

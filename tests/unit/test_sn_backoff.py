@@ -12,7 +12,7 @@ import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from sncli.servicenow.backoff import BackoffPolicy, parse_http_date, parse_retry_after
-from sncli.servicenow.client import classify_exception, describe_exception
+from sncli.servicenow.failures import classify_exception, describe_exception
 from sncli.servicenow.policy import Decision, Failure, decide_failure, decide_status
 
 
