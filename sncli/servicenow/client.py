@@ -2,9 +2,9 @@
 
 One client is shared by all threads of a run. Every attempt goes out on
 keep-alive urllib3 connections of the client's own
-(:class:`~sncli.servicenow.readahead.Connections`, one per request in flight);
+(:class:`~sncli.servicenow.transport.Connections`, one per request in flight);
 with ``servicenow.proxy`` set, through :mod:`sncli.servicenow.proxied` instead.
-Either way the attempt ends as one :class:`~sncli.servicenow.readahead.Answer`
+Either way the attempt ends as one :class:`~sncli.servicenow.transport.Answer`
 or one exception that :func:`sncli.servicenow.failures.classify_exception`
 classifies. Around each attempt the request loop:
 
@@ -50,11 +50,12 @@ from sncli.servicenow.errors import (
     parse_error_body,
 )
 from sncli.servicenow.failures import FAILURE_TEXT, classify_exception, describe_exception, is_transport_failure
-from sncli.servicenow.policy import Decision, Failure, decide_failure, decide_status
+from sncli.servicenow.policy import AttemptFailure, Decision, decide_failure, decide_status
 from sncli.servicenow.proxied import ProxiedTransport
 from sncli.servicenow.ratelimit import TokenBucket
-from sncli.servicenow.readahead import Answer, Connections, PendingPage, SentRequest
+from sncli.servicenow.readahead import PendingPage
 from sncli.servicenow.table import DecodedPage, DisplayValue, Page
+from sncli.servicenow.transport import Answer, Connections, SentRequest
 from sncli.transport_security import plain_http_off_host
 
 __all__ = ["USER_AGENT", "DecodedPage", "DisplayValue", "Page", "ServiceNowClient"]  # Page: its home is table.py
@@ -410,7 +411,7 @@ class ServiceNowClient:
 
     def _judge_malformed(self, call: _Call, status: int, exc: tbl.Malformed) -> None:
         """A 2xx answer whose body is not what the Table API promises: wait for the retry, or raise."""
-        if decide_failure(call.policy_method, Failure.MALFORMED) is Decision.RETRY:
+        if decide_failure(call.policy_method, AttemptFailure.MALFORMED) is Decision.RETRY:
             self._wait_before_retry(call, status, f"HTTP {status} with a malformed body: {exc}", None)
             return
         raise MalformedResponseError(

@@ -1,9 +1,9 @@
 """Transport failures, classified once: how far an attempt got before it failed.
 
 An attempt fails with urllib3's, http.client's or the socket's own exceptions
-(the direct transport, :mod:`sncli.servicenow.readahead`), or with requests'
+(the direct transport, :mod:`sncli.servicenow.transport`), or with requests'
 wrappers of them (the proxied transport, :mod:`sncli.servicenow.proxied`).
-:func:`classify_exception` maps either to one :class:`~sncli.servicenow.policy.Failure`,
+:func:`classify_exception` maps either to one :class:`~sncli.servicenow.policy.AttemptFailure`,
 which :func:`~sncli.servicenow.policy.decide_failure` judges; the request loop
 calls it in one place.
 """
@@ -19,15 +19,15 @@ from urllib3.exceptions import ConnectTimeoutError, DecodeError, HTTPError, MaxR
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
-from sncli.servicenow.policy import Failure
+from sncli.servicenow.policy import AttemptFailure
 
 FAILURE_TEXT = {
-    Failure.CONNECT: "could not connect",
-    Failure.SENT: "no answer",
-    Failure.TRUNCATED: "answer cut short",
-    Failure.MALFORMED: "malformed answer",
-    Failure.TLS: "TLS failure",
-    Failure.OTHER: "request failed",
+    AttemptFailure.CONNECT: "could not connect",
+    AttemptFailure.SENT: "no answer",
+    AttemptFailure.TRUNCATED: "answer cut short",
+    AttemptFailure.MALFORMED: "malformed answer",
+    AttemptFailure.TLS: "TLS failure",
+    AttemptFailure.OTHER: "request failed",
 }
 
 
@@ -40,34 +40,34 @@ def is_transport_failure(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, HTTPError, HTTPException))
 
 
-def classify_exception(exc: BaseException) -> Failure:
+def classify_exception(exc: BaseException) -> AttemptFailure:
     """Where in the exchange an attempt failed, which decides if a POST may be retried."""
     requests = sys.modules.get("requests")  # its exceptions exist only once the proxied transport imported it
     if requests is not None and isinstance(exc, requests.RequestException):
         return _classify_wrapped(exc, requests.exceptions)
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
-        return Failure.OTHER  # a local problem, e.g. a ca_bundle or client certificate that cannot be read
+        return AttemptFailure.OTHER  # a local problem, e.g. a ca_bundle or client certificate that cannot be read
     if isinstance(exc, (ssl.SSLError, ssl.CertificateError, Urllib3SSLError)):
-        return Failure.TLS
+        return AttemptFailure.TLS
     if isinstance(exc, ConnectTimeoutError):  # NewConnectionError and NameResolutionError too
-        return Failure.CONNECT
+        return AttemptFailure.CONNECT
     if isinstance(exc, (IncompleteRead, ProtocolError, DecodeError)):
-        return Failure.TRUNCATED
+        return AttemptFailure.TRUNCATED
     if isinstance(exc, (OSError, HTTPException, HTTPError)):  # timeouts, resets, closed before an answer
-        return Failure.SENT
-    return Failure.OTHER
+        return AttemptFailure.SENT
+    return AttemptFailure.OTHER
 
 
-def _classify_wrapped(exc: BaseException, rex: ModuleType) -> Failure:
+def _classify_wrapped(exc: BaseException, rex: ModuleType) -> AttemptFailure:
     """A requests exception: requests already says how far the exchange got, by its class."""
     if isinstance(exc, rex.SSLError):
-        return Failure.TLS
+        return AttemptFailure.TLS
     if isinstance(exc, rex.ConnectTimeout):
-        return Failure.CONNECT
+        return AttemptFailure.CONNECT
     if isinstance(exc, (rex.ChunkedEncodingError, rex.ContentDecodingError)):
-        return Failure.TRUNCATED
+        return AttemptFailure.TRUNCATED
     if isinstance(exc, rex.ReadTimeout):
-        return Failure.SENT
+        return AttemptFailure.SENT
     if isinstance(exc, rex.ConnectionError):
         inner = exc.args[0] if exc.args else None
         if isinstance(inner, MaxRetryError):
@@ -76,9 +76,9 @@ def _classify_wrapped(exc: BaseException, rex: ModuleType) -> Failure:
                 reason = reason.original_error
             # NewConnectionError (refused, DNS) is a ConnectTimeoutError subclass in urllib3.
             if isinstance(reason, ConnectTimeoutError):
-                return Failure.CONNECT
-        return Failure.SENT
-    return Failure.OTHER
+                return AttemptFailure.CONNECT
+        return AttemptFailure.SENT
+    return AttemptFailure.OTHER
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -1,10 +1,10 @@
 """The proxied transport: an attempt through ``servicenow.proxy`` (or to a token URL on another host).
 
 Every other attempt goes out on urllib3 connections of our own
-(:mod:`sncli.servicenow.readahead`). Through a proxy the exchange differs
+(:mod:`sncli.servicenow.transport`). Through a proxy the exchange differs
 (absolute-form targets, CONNECT tunnels, proxy credentials), and requests
 already does it right, so this path keeps requests. It answers with the same
-:class:`~sncli.servicenow.readahead.Answer` as the direct transport; its
+:class:`~sncli.servicenow.transport.Answer` as the direct transport; its
 failures are requests' exceptions, which
 :func:`sncli.servicenow.failures.classify_exception` classifies.
 """
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from sncli.config import ServiceNowSettings
-from sncli.servicenow.readahead import Answer
+from sncli.servicenow.transport import Answer
 
 if TYPE_CHECKING:
     import requests

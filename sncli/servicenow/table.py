@@ -18,7 +18,7 @@ import orjson
 
 from sncli.servicenow.backoff import parse_http_date
 from sncli.servicenow.errors import BadRequestError
-from sncli.servicenow.readahead import Answer
+from sncli.servicenow.transport import Answer
 
 R = TypeVar("R")
 DisplayValue = Literal["false", "true", "all"]
