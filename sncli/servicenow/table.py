@@ -135,7 +135,7 @@ def dump(body: dict[str, Any]) -> bytes:
 # -------------------------------------------------------------------- answers
 
 
-def _loads(content: bytes) -> Any:
+def _loads(content: bytes) -> object:
     try:
         return orjson.loads(content)
     except orjson.JSONDecodeError as exc:
