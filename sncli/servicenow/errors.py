@@ -9,8 +9,6 @@ status and ServiceNow's own error text.
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from sncli.errors import SncliError
@@ -130,7 +128,7 @@ def parse_error_body(content: bytes | None) -> tuple[str | None, str | None]:
     if not content:
         return None, None
     try:
-        data: Any = orjson.loads(content)
+        data: object = orjson.loads(content)
     except orjson.JSONDecodeError:
         return None, None
     if not isinstance(data, dict):

@@ -34,7 +34,7 @@ class Decision(Enum):
     FAIL = "fail"  # a definite failure; report
 
 
-class Failure(Enum):
+class AttemptFailure(Enum):
     """What went wrong when there is no (complete) HTTP answer to judge by status."""
 
     CONNECT = "connect"  # nothing was sent: refused, DNS, connect timeout
@@ -64,14 +64,14 @@ def decide_status(method: str, status: int) -> Decision:
     return Decision.FAIL
 
 
-def decide_failure(method: str, failure: Failure) -> Decision:
-    if failure is Failure.CONNECT:
+def decide_failure(method: str, failure: AttemptFailure) -> Decision:
+    if failure is AttemptFailure.CONNECT:
         return Decision.RETRY
-    if failure in (Failure.TLS, Failure.OTHER):
+    if failure in (AttemptFailure.TLS, AttemptFailure.OTHER):
         return Decision.FAIL
     if is_idempotent(method):
         return Decision.RETRY
-    if failure is Failure.MALFORMED:
+    if failure is AttemptFailure.MALFORMED:
         # The status said the write succeeded; only its echo is unreadable.
         return Decision.FAIL
     return Decision.AMBIGUOUS

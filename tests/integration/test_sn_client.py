@@ -376,6 +376,27 @@ def test_transient_5xx_then_success(emulator: ServiceNowEmulator) -> None:
     assert len(t.sleeps) == 2
 
 
+def test_retries_go_out_on_the_same_transport_as_the_first_attempt(emulator: ServiceNowEmulator) -> None:
+    """One transport: every attempt of a call, retries included, is sent on the client's own connections."""
+    emulator.state.faults.add(Fault(kind="status", status=503, method="PATCH", times=2))
+    sys_id = "d" * 32
+    emulator.state.bulk_insert("incident", [{"sys_id": sys_id, "state": "1"}])
+    taken: list[object] = []
+    with emu_client(emulator) as client:
+        assert client._connections is not None
+        get = client._connections.get
+
+        def counting_get() -> Any:
+            conn = get()
+            taken.append(conn)
+            return conn
+
+        client._connections.get = counting_get  # type: ignore[method-assign]
+        assert client.update("incident", sys_id, {"state": "2"})["state"] == "2"
+    assert [e.status for e in calls(settled(emulator), "PATCH")] == [503, 503, 200]
+    assert len(taken) == 3
+
+
 def test_retry_after_seconds_is_honoured_in_full(emulator: ServiceNowEmulator) -> None:
     emulator.state.faults.add(Fault(kind="status", status=429, method="GET", times=1, retry_after=7))
     t = FakeTime()

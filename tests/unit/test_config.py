@@ -301,7 +301,9 @@ def test_every_secret_str_field_is_a_secret_and_the_addresses_are_the_expanding_
     text fields may expand ${...} is listed here, so widening that list is a deliberate change."""
     from pydantic import BaseModel, SecretStr
 
-    from sncli.config import Role, Settings, _models_in, _types_in, field_role
+    from sncli.config import Role, Settings, field_role
+    from sncli.config.roles import models_in as _models_in
+    from sncli.config.roles import types_in as _types_in
 
     roles: dict[str, Role | None] = {}
 

@@ -10,7 +10,7 @@ import pytest
 from sncli.config import SinkTopic
 from sncli.dlq.record import parse_entry
 from sncli.offsets import model
-from sncli.servicenow import client
+from sncli.servicenow import table
 from sncli.servicenow.errors import BadRequestError
 
 SID = "0123456789abcdef0123456789abcdef"
@@ -21,8 +21,8 @@ def _config_table(name: str) -> Any:
 
 
 CHECKS: dict[str, tuple[Callable[[str], Any], str, type[Exception]]] = {
-    "client record path": (lambda s: client._record_path("incident", s), SID, BadRequestError),
-    "client table path": (client._table_path, "incident", BadRequestError),
+    "client record path": (lambda s: table.record_path("incident", s), SID, BadRequestError),
+    "client table path": (table.table_path, "incident", BadRequestError),
     "config table": (_config_table, "incident", ValueError),
     "offsets sys_id": (model.check_sys_id, SID, ValueError),
     "offsets poll key": (model.poll_key, "incident", ValueError),

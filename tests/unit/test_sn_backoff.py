@@ -12,8 +12,8 @@ import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from sncli.servicenow.backoff import BackoffPolicy, parse_http_date, parse_retry_after
-from sncli.servicenow.client import classify_exception, describe_exception
-from sncli.servicenow.policy import Decision, Failure, decide_failure, decide_status
+from sncli.servicenow.failures import classify_exception, describe_exception
+from sncli.servicenow.policy import AttemptFailure, Decision, decide_failure, decide_status
 
 
 def test_ceiling_doubles_from_initial_and_caps_at_maximum() -> None:
@@ -118,15 +118,15 @@ def test_client_errors_are_never_retried(status: int) -> None:
 @pytest.mark.parametrize(
     ("failure", "get", "post"),
     [
-        (Failure.CONNECT, Decision.RETRY, Decision.RETRY),
-        (Failure.SENT, Decision.RETRY, Decision.AMBIGUOUS),
-        (Failure.TRUNCATED, Decision.RETRY, Decision.AMBIGUOUS),
-        (Failure.MALFORMED, Decision.RETRY, Decision.FAIL),
-        (Failure.TLS, Decision.FAIL, Decision.FAIL),
-        (Failure.OTHER, Decision.FAIL, Decision.FAIL),
+        (AttemptFailure.CONNECT, Decision.RETRY, Decision.RETRY),
+        (AttemptFailure.SENT, Decision.RETRY, Decision.AMBIGUOUS),
+        (AttemptFailure.TRUNCATED, Decision.RETRY, Decision.AMBIGUOUS),
+        (AttemptFailure.MALFORMED, Decision.RETRY, Decision.FAIL),
+        (AttemptFailure.TLS, Decision.FAIL, Decision.FAIL),
+        (AttemptFailure.OTHER, Decision.FAIL, Decision.FAIL),
     ],
 )
-def test_failures_without_an_answer(failure: Failure, get: Decision, post: Decision) -> None:
+def test_failures_without_an_answer(failure: AttemptFailure, get: Decision, post: Decision) -> None:
     assert decide_failure("GET", failure) is get
     assert decide_failure("POST", failure) is post
 
@@ -135,12 +135,12 @@ def test_requests_exceptions_are_classified_by_how_far_the_request_got() -> None
     refused = requests.exceptions.ConnectionError(
         MaxRetryError(None, "/x", NewConnectionError(None, "Failed to establish a new connection"))  # type: ignore[arg-type]
     )
-    assert classify_exception(refused) is Failure.CONNECT
-    assert classify_exception(requests.exceptions.ConnectTimeout("t")) is Failure.CONNECT
+    assert classify_exception(refused) is AttemptFailure.CONNECT
+    assert classify_exception(requests.exceptions.ConnectTimeout("t")) is AttemptFailure.CONNECT
     reset = requests.exceptions.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104)))
-    assert classify_exception(reset) is Failure.SENT
-    assert classify_exception(requests.exceptions.ReadTimeout("r")) is Failure.SENT
-    assert classify_exception(requests.exceptions.ChunkedEncodingError("c")) is Failure.TRUNCATED
-    assert classify_exception(requests.exceptions.SSLError("cert")) is Failure.TLS
-    assert classify_exception(requests.exceptions.InvalidURL("u")) is Failure.OTHER
+    assert classify_exception(reset) is AttemptFailure.SENT
+    assert classify_exception(requests.exceptions.ReadTimeout("r")) is AttemptFailure.SENT
+    assert classify_exception(requests.exceptions.ChunkedEncodingError("c")) is AttemptFailure.TRUNCATED
+    assert classify_exception(requests.exceptions.SSLError("cert")) is AttemptFailure.TLS
+    assert classify_exception(requests.exceptions.InvalidURL("u")) is AttemptFailure.OTHER
     assert describe_exception(reset).startswith("ConnectionResetError")
