@@ -10,7 +10,7 @@ import typer
 from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, state_of
 
 if TYPE_CHECKING:
-    from sncli.source.cycle import RunSummary
+    from sncli.source.outcome import RunSummary
 
 
 def backfill(
@@ -34,8 +34,8 @@ def backfill(
     """
     from sncli.errors import UsageError
     from sncli.source.backfill import BackfillRequest, parse_output, run_backfill
-    from sncli.source.cycle import stop_on_signals
     from sncli.source.poller import StopControl
+    from sncli.source.runkit import stop_on_signals
     from sncli.source.windows import parse_window_spec
 
     state = state_of(ctx, config)

@@ -59,20 +59,18 @@ from sncli.errors import LockHeldError, OffsetsError, SncliError, UsageError
 from sncli.metrics import RunMetrics
 from sncli.servicenow.query import Query, and_each_clause
 from sncli.source.cursor import Cursor, UpperBound, field_value, range_query, upper_bound
-from sncli.source.cycle import (
+from sncli.source.fetch import make_fetch, make_look_past
+from sncli.source.kafka_out import KafkaPageOutput
+from sncli.source.outcome import RunSummary, TableOutcome, combined_exit_code, describe_error
+from sncli.source.poller import Records, Send, StopControl, page_loop
+from sncli.source.runkit import (
     Background,
-    KafkaPageOutput,
-    RunSummary,
-    TableOutcome,
     check_source_settings,
-    combined_exit_code,
-    describe_error,
     finish_metrics,
     make_client,
     new_producer,
     start_topic_check,
 )
-from sncli.source.poller import Records, Send, StopControl, page_loop
 from sncli.source.windows import Window, plan_windows, range_id, to_epoch, to_sn, windows_from_boundaries
 
 if TYPE_CHECKING:
@@ -446,7 +444,6 @@ def run_window(
 ) -> None:
     """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing."""
     from sncli.offsets.model import StoredOffset, check_offset
-    from sncli.source.cycle import make_fetch, make_look_past
     from sncli.source.parquet_out import ParquetWindowWriter
 
     key = window_key(table.name, rid, window.index, window.count)

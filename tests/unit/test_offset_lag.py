@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sncli.source.cursor import Cursor
-from sncli.source.cycle import TableOutcome, complete_up_to, lag_seconds
+from sncli.source.outcome import TableOutcome, complete_up_to, lag_seconds
 
 HI = "2026-01-01 12:00:00"
 START = Cursor.at_start("1970-01-01 00:00:00")
