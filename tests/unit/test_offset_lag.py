@@ -1,4 +1,4 @@
-"""Which ServiceNow time a table's lag is measured from (sncli.source.cycle.complete_up_to)."""
+"""Which ServiceNow time a table's lag is measured from (sncli.source.outcome.complete_up_to)."""
 
 from __future__ import annotations
 
