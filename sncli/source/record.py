@@ -9,7 +9,7 @@ through a cache (thousands of records of a bulk update share one second). The
 per-record fallbacks handle ``display_value=all`` (fields as objects) and odd
 values.
 
-- key: per the table's key strategy (:mod:`sncli.partition`)
+- key: per the table's key strategy (:mod:`sncli.source.keys`)
 - value: the record as fetched (orjson by default; the Avro path passes its encoder)
 - timestamp: the record's ``sys_updated_on`` in ms (falls back to the table's
   timestamp field when ``sys_updated_on`` is not among the fetched fields; 0 = let
@@ -29,7 +29,7 @@ import orjson
 
 from sncli.config import FieldsKey, SysIdKey
 from sncli.kafka.errors import RecordEncodeError
-from sncli.partition import KeyStrategy, keys_of
+from sncli.source.keys import KeyStrategy, keys_of
 from sncli.source.rawpage import column, page_values
 
 Header = tuple[str, bytes]
