@@ -32,6 +32,9 @@ def backfill(
     Job; needs --until). Re-running the same command resumes each window where
     it stopped. The poll cursor is left alone unless --set-cursor.
     """
+    # Imported when the command runs: the source engine loads confluent_kafka, requests and rich,
+    # which would slow every `sncli ... --help` (python -X importtime -m sncli source poll --help).
+    from sncli.cli.progress import terminal_progress
     from sncli.errors import UsageError
     from sncli.source.backfill import BackfillRequest, parse_output, run_backfill
     from sncli.source.poller import StopControl
@@ -53,7 +56,7 @@ def backfill(
     prepare_for_run()
     stop = StopControl()
     with stop_on_signals(stop):
-        summary = guard(lambda: run_backfill(settings, request, stop=stop))
+        summary = guard(lambda: run_backfill(settings, request, stop=stop, progress=terminal_progress))
     _render(summary, json_output=state.json_output)
     exit_with(summary.exit_code)
 

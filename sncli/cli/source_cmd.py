@@ -34,6 +34,8 @@ def poll(
     With --every, cycles repeat (the config is re-read when its content changes)
     until SIGTERM/SIGINT; --max-records/--max-seconds then bound each cycle.
     """
+    # Imported when the command runs: the source engine loads confluent_kafka, requests and rich,
+    # which would slow every `sncli ... --help` (python -X importtime -m sncli source poll --help).
     from sncli.source.cycle import run_poll
     from sncli.source.poller import StopControl
     from sncli.source.runkit import stop_on_signals

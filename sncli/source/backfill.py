@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +51,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sncli.config import source_fingerprint
 from sncli.errors import LockHeldError, OffsetsError, SncliError, UsageError
@@ -355,39 +354,32 @@ def make_plan(
 # --------------------------------------------------------------------------- progress
 
 
-class Progress:
-    """A rich progress bar on a terminal (stderr); a log line every few seconds otherwise."""
+class ProgressReport(Protocol):
+    """Where the windows' threads report records loaded (a bar on a terminal: :mod:`sncli.cli.progress`)."""
 
-    def __init__(self, label: str, total: int, *, tty: bool | None = None) -> None:
+    def add(self, records: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: Makes the run's progress report from its label and the records the windows hold.
+ProgressFactory = Callable[[str, int], ProgressReport]
+
+
+class LogProgress:
+    """A log line every :data:`PROGRESS_LOG_SECONDS` with the count, rate and ETA (and one at the end)."""
+
+    def __init__(self, label: str, total: int) -> None:
         self.label = label
         self.total = total
         self.done = 0
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._last_log = self._started
-        self._bar: Any = None
-        self._task: Any = None
-        if sys.stderr.isatty() if tty is None else tty:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            class Rate(TextColumn):
-                def render(self, task: Any) -> Any:
-                    from rich.text import Text
-
-                    return Text(f"{task.speed or 0:,.0f} rec/s")
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(""),
-                                 TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
-            self._task = self._bar.add_task(label, total=total or None)
-            self._bar.start()
 
     def add(self, records: int) -> None:
         with self._lock:
             self.done += records
-            if self._bar is not None:
-                self._bar.update(self._task, advance=records)
-                return
             now = time.monotonic()
             if now - self._last_log < PROGRESS_LOG_SECONDS:
                 return
@@ -400,10 +392,7 @@ class Progress:
         log.info("%s: %d/%d records (%.0f/s%s)", self.label, self.done, self.total, rate, eta)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-        else:
-            self._log_line(time.monotonic())
+        self._log_line(time.monotonic())
 
 
 # --------------------------------------------------------------------------- one window
@@ -437,7 +426,7 @@ def run_window(
     output: Path | None,
     stop: StopControl,
     metrics: RunMetrics,
-    progress: Progress,
+    progress: ProgressReport,
     outcome: WindowOutcome,
     producer: PageProducer | None = None,
     lock: RunLock | None = None,
@@ -536,8 +525,14 @@ def run_window(
 # --------------------------------------------------------------------------- the run
 
 
-def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopControl | None = None) -> RunSummary:
-    """Run a backfill (see the module doc); a held lock gives exit code 75. Raises UsageError/ConfigError."""
+def run_backfill(
+    settings: Settings, request: BackfillRequest, *, stop: StopControl | None = None,
+    progress: ProgressFactory = LogProgress,
+) -> RunSummary:
+    """Run a backfill (see the module doc); a held lock gives exit code 75. Raises UsageError/ConfigError.
+
+    ``progress``: how the windows' records loaded are shown (the CLI passes a bar for a terminal).
+    """
     table = settings.source.table(request.table)
     check_source_settings(settings)
     if request.window is not None and request.until is None:
@@ -554,7 +549,7 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopCont
     outcome = summary.tables[table.name] = TableOutcome(table.name)
     client = make_client(settings, metrics, max(n, COUNT_THREADS // 2))
     try:
-        _run(settings, request, table, client, metrics, stop, summary, outcome)
+        _run(settings, request, table, client, metrics, stop, summary, outcome, progress)
     except LockHeldError as exc:  # another run holds a window (or the poll lock): nothing was done
         summary.error, summary.exit_code = str(exc), int(exc.exit_code)
         outcome.stopped = "locked"
@@ -583,6 +578,7 @@ def _run(
     stop: StopControl,
     summary: RunSummary,
     outcome: TableOutcome,
+    make_progress: ProgressFactory,
 ) -> None:
     from sncli.offsets.lock import run_lock
     from sncli.offsets.model import check_offset
@@ -670,7 +666,7 @@ def _run(
             outcome.stopped = "dry_run"
             return
         outcomes = [WindowOutcome(name=w.label, window=w) for w in windows]
-        progress = Progress(f"backfill {table.name}", sum(counts))
+        progress = make_progress(f"backfill {table.name}", sum(counts))
         threads = [
             threading.Thread(
                 target=run_window, name=f"backfill-{w.label}",
