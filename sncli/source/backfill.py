@@ -58,10 +58,10 @@ from sncli.errors import LockHeldError, OffsetsError, SncliError, UsageError
 from sncli.metrics import RunMetrics
 from sncli.servicenow.query import Query, and_each_clause
 from sncli.source.cursor import Cursor, UpperBound, field_value, range_query, upper_bound
-from sncli.source.fetch import make_fetch, make_look_past
-from sncli.source.kafka_out import KafkaPageOutput
 from sncli.source.outcome import RunSummary, TableOutcome, combined_exit_code, describe_error
-from sncli.source.poller import Records, Send, StopControl, page_loop
+from sncli.source.parquet_out import ParquetWindowWriter
+from sncli.source.poller import Deliver, Records, StopControl
+from sncli.source.range_run import RangeRun
 from sncli.source.runkit import (
     Background,
     check_source_settings,
@@ -431,64 +431,33 @@ def run_window(
     producer: PageProducer | None = None,
     lock: RunLock | None = None,
 ) -> None:
-    """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing."""
-    from sncli.offsets.model import StoredOffset, check_offset
-    from sncli.source.parquet_out import ParquetWindowWriter
+    """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing.
 
-    key = window_key(table.name, rid, window.index, window.count)
-    kafka: KafkaPageOutput | None = None
+    The window is a :class:`~sncli.source.range_run.RangeRun` with ``ts<hi``; what is
+    its own: a finished window is skipped, a Parquet window is redone from its start
+    into its file, and a window read to its end stores ``(hi, "")``.
+    """
+    run = RangeRun(settings=settings, table=table, client=client, metrics=metrics, stop=stop, outcome=outcome,
+                   key=window_key(table.name, rid, window.index, window.count), fingerprint=fingerprint,
+                   store=store, lock=lock, label=f"{table.name} window {window.label}", progress=progress.add)
     parquet: ParquetWindowWriter | None = None
-    try:
-        stored = store.load(key)
-        if stored is not None:
-            check_offset(stored, fingerprint)
-            outcome.cursor_before = Cursor(stored.timestamp, stored.sys_id)
-        outcome.cursor_after = outcome.cursor_before
-        if window_done(stored, window):
+
+    def abort() -> None:
+        if parquet is not None:
+            parquet.abort()
+
+    with run.guard(producer, on_error=abort):
+        if window_done(run.load(), window):
             outcome.done, outcome.stopped = True, "done"
             return
         hi = UpperBound(window.hi_text, inclusive=False)
-        send: Send | None = None
-        deliver: Callable[[Records, Any], int] | None = None
-        commit: Callable[[Cursor], None]
-        prepare: Callable[[Records], Any] | None = None
-        if output is None:
-            start = outcome.cursor_before or Cursor.at_start(window.lo_text)
-            kafka = KafkaPageOutput(settings, table, client, metrics, producer)
-            producer = None
-            send, prepare = kafka.send, kafka.prepare
-
-            def commit(cursor: Cursor) -> None:
-                if lock is not None:
-                    lock.ensure_held()  # an S3 lease lost meanwhile: stop without writing
-                store.save(StoredOffset.new(key, cursor.timestamp, cursor.sys_id, fingerprint))
-                outcome.cursor_after = cursor
-        else:
-            start = Cursor.at_start(window.lo_text)  # a Parquet window is redone from its start
-            writer = parquet = ParquetWindowWriter(output, table.name, window.index, window.count)
-
-            def deliver(records: Records, prepared: Any) -> int:
-                return writer.write(records)
-
-            def commit(cursor: Cursor) -> None:
-                return None
-
-        def on_page(result: Any) -> None:
-            progress.add(result.records - outcome.records)
-            outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
-            if kafka is not None:
-                outcome.dlq = dict(kafka.dead_lettered)
-            outcome.hidden = result.hidden
-
-        decoder = kafka.decoder if kafka else None
-        result = page_loop(
-            start=start,
-            start_fetch=make_fetch(client, settings, table, hi, metrics, decoder),
-            send=send, deliver=deliver, commit=commit,
-            ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, prepare=prepare,
-            on_page=on_page, look_past=make_look_past(client, settings, table, hi, decoder),
-        )
-        outcome.hidden = result.hidden
+        if output is not None:  # created only now: it removes the files of an earlier attempt
+            parquet = ParquetWindowWriter(output, table.name, window.index, window.count)
+        if parquet is None:
+            run.open_kafka(producer)
+            result = run.pages(hi, outcome.cursor_before or Cursor.at_start(window.lo_text))
+        else:  # a Parquet window is redone from its start (its file is only complete at the end)
+            result = run.pages(hi, Cursor.at_start(window.lo_text), deliver=_writing(parquet))
         if result.stopped is not None:
             outcome.stopped = result.stopped
             if parquet is not None:
@@ -496,30 +465,15 @@ def run_window(
             return
         if parquet is not None:
             outcome.files = [str(p) for p in parquet.finish()]
-        done = Cursor(window.hi_text, "")
-        if lock is not None:
-            lock.ensure_held()
-        store.save(StoredOffset.new(key, done.timestamp, done.sys_id, fingerprint))
-        outcome.cursor_after, outcome.done, outcome.stopped = done, True, "caught_up"
-    except Exception as exc:
-        outcome.error, outcome.exit_code = describe_error(exc)
-        if parquet is not None:
-            parquet.abort()
-        if isinstance(exc, SncliError):
-            log.error("%s window %s: %s", table.name, window.label, outcome.error, extra={"table": table.name})
-        else:
-            log.exception("%s window %s: unexpected failure", table.name, window.label, extra={"table": table.name})
-    finally:
-        if kafka is not None:
-            outcome.dlq = dict(kafka.dead_lettered)
-        if outcome.hidden:  # passed by pages that were stored, whatever happened after
-            metrics.source_hidden.labels(table=table.name).inc(outcome.hidden)
-        closing = kafka or producer
-        if closing is not None:
-            try:
-                closing.close()
-            except Exception as exc:
-                log.warning("%s window %s: closing the producer: %s", table.name, window.label, exc)
+        run.save(Cursor(window.hi_text, ""))
+        outcome.done, outcome.stopped = True, "caught_up"
+
+
+def _writing(parquet: ParquetWindowWriter) -> Deliver:
+    def deliver(records: Records, prepared: object) -> int:
+        return parquet.write(records)
+
+    return deliver
 
 
 # --------------------------------------------------------------------------- the run

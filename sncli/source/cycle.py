@@ -28,20 +28,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sncli.config import source_fingerprint
-from sncli.errors import LockHeldError, SncliError
+from sncli.errors import LockHeldError
 from sncli.metrics import RunMetrics
 from sncli.offsets import model as offsets_model
 from sncli.offsets.lock import run_lock
 from sncli.offsets.store import open_store
 from sncli.source.cursor import Cursor, UpperBound, upper_bound
-from sncli.source.fetch import make_fetch, make_look_past
-from sncli.source.kafka_out import KafkaPageOutput
 from sncli.source.outcome import (
     RunSummary,
     TableOutcome,
@@ -51,7 +48,8 @@ from sncli.source.outcome import (
     lag_seconds,
     show,
 )
-from sncli.source.poller import Budget, LoopResult, Records, Send, Settle, StopControl, page_loop
+from sncli.source.poller import Budget, Records, StopControl
+from sncli.source.range_run import RangeRun
 from sncli.source.runkit import (
     Background,
     check_source_settings,
@@ -95,65 +93,25 @@ def poll_table(
     producer: PageProducer | None = None,
     topics: Background | None = None,
 ) -> None:
-    """Poll one table up to ``hi``; fills ``outcome`` (raises nothing).
+    """Poll one table up to ``hi`` (:class:`~sncli.source.range_run.RangeRun`); fills ``outcome``, raises nothing.
 
     ``topics``: the run's topic check, still running maybe; awaited before the
     first record is produced and before the table is reported done, so a topic
     that cannot be used fails the table even when it had nothing to send.
     """
-    key = offsets_model.poll_key(table.name)
-    fingerprint = source_fingerprint(settings, table)
-    output: KafkaPageOutput | None = None
-    try:
-        stored = store.load(key) if store is not None else None
-        if stored is not None:
-            offsets_model.check_offset(stored, fingerprint)
-            outcome.cursor_before = Cursor(stored.timestamp, stored.sys_id)
-        outcome.cursor_after = outcome.cursor_before
+    run = RangeRun(settings=settings, table=table, client=client, metrics=metrics, stop=stop, outcome=outcome,
+                   key=offsets_model.poll_key(table.name), fingerprint=source_fingerprint(settings, table),
+                   store=store, lock=lock, budget=budget)
+    with run.guard(producer):
+        run.load()
         start = outcome.cursor_before or Cursor.at_start(table.start)
-
-        send: Send | None = None
-        commit: Callable[[Cursor], None]
-        prepare: Callable[[Records], Any] | None = None
         if dry_run or store is None:
-            commit = _no_commit
+            result = run.pages(hi, start, deliver=_count)
         else:
-            output = KafkaPageOutput(settings, table, client, metrics, producer)
-            producer = None  # owned (and closed) by the output now
-            send, prepare = output.send, output.prepare
+            run.open_kafka(producer)
+            result = run.pages(hi, start, gate=None if topics is None else topics.wait)
             if topics is not None:
-                send = _after(topics.wait, send)
-
-            def commit(cursor: Cursor) -> None:
-                if lock is not None:
-                    lock.ensure_held()
-                store.save(offsets_model.StoredOffset.new(key, cursor.timestamp, cursor.sys_id, fingerprint))
-                outcome.cursor_after = cursor
-
-        def on_page(result: LoopResult) -> None:
-            outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
-            if output is not None:
-                outcome.dlq = dict(output.dead_lettered)
-            outcome.hidden = result.hidden
-
-        decoder = output.decoder if output is not None else None
-        result = page_loop(
-            start=start,
-            start_fetch=make_fetch(client, settings, table, hi, metrics, decoder),
-            look_past=make_look_past(client, settings, table, hi, decoder),
-            send=send,
-            deliver=_count if send is None else None,
-            commit=commit,
-            ts_field=table.timestamp_field,
-            page_size=settings.source.page_size,
-            stop=stop,
-            budget=budget,
-            prepare=prepare,
-            on_page=on_page,
-        )
-        on_page(result)
-        if topics is not None and output is not None:
-            topics.wait()
+                topics.wait()
         outcome.stopped = result.stopped or "caught_up"
         log.info(
             "%s: %d records in %d pages%s%s; cursor %s",
@@ -162,38 +120,9 @@ def poll_table(
             f", {result.hidden} rows hidden by ACLs passed" if result.hidden else "",
             show(outcome.cursor_after), extra={"table": table.name},
         )
-    except Exception as exc:
-        outcome.error, outcome.exit_code = describe_error(exc)
-        if isinstance(exc, SncliError):
-            log.error("%s: %s", table.name, outcome.error, extra={"table": table.name})
-        else:
-            log.exception("%s: unexpected failure", table.name, extra={"table": table.name})
-    finally:
-        if output is not None:
-            outcome.dlq = dict(output.dead_lettered)  # also those of a page whose cursor was then not stored
-        if outcome.hidden:  # passed by pages that were stored, whatever happened after
-            metrics.source_hidden.labels(table=table.name).inc(outcome.hidden)
-        closing = output or producer
-        if closing is not None:
-            try:
-                closing.close()
-            except Exception as exc:  # never mask the table's own outcome
-                log.warning("%s: closing the producer: %s", table.name, exc)
 
 
-def _after(gate: Callable[[], None], send: Send) -> Send:
-    def gated(records: Records, prepared: Any) -> Settle:
-        gate()
-        return send(records, prepared)
-
-    return gated
-
-
-def _no_commit(cursor: Cursor) -> None:
-    return None
-
-
-def _count(records: Records, prepared: Any) -> int:
+def _count(records: Records, prepared: object) -> int:
     return 0  # --dry-run: counted as fetched, nothing produced
 
 

@@ -130,7 +130,7 @@ class KafkaPageOutput:
 
     def _attempt(self, msgs: PageMessages, batch: list[int]) -> Attempt:
         """Send ``batch`` of the page on a usable producer and wait for it (:func:`deadletter.isolate`)."""
-        if self._producer.broken:  # a producer that saw a refusal is fenced (Tansu) or out of sequence
+        if self._producer.broken:  # a producer that saw a refusal is fenced (by some brokers) or out of sequence
             self._producer.close(0)
             self._producer = new_producer(self._settings)
         refused = self._queue(msgs, batch)

@@ -1,6 +1,6 @@
 """One table's page loop: fetch -> deliver -> store the cursor, with the next fetches overlapped.
 
-The guarantee (DESIGN.md §4): the cursor is stored only after every record of
+The guarantee: the cursor is stored only after every record of
 a page was delivered (for Kafka: acknowledged, acks=all). A crash anywhere
 re-sends at most the page whose acknowledgement was not yet stored: page N+1
 is never sent before page N's cursor is stored.

@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from sncli.config import SysIdKey
 from sncli.errors import ConfigError
-from sncli.kafka.admin import ensure_topics
+from sncli.kafka import admin
 from sncli.kafka.producer import PageProducer
 from sncli.kafka.retention import mirror_topics
 from sncli.metrics import RunMetrics, push_groups
@@ -155,7 +155,7 @@ class Background:
     """One job on a daemon thread, started at once; ``wait()`` returns when it is done or re-raises its error.
 
     For start-up work that nothing needs until the first page is produced (topic
-    creation: ~60 ms of admin round trips), so it overlaps with the first fetch.
+    creation: admin round trips), so it overlaps with the first fetch.
     """
 
     def __init__(self, job: Callable[[], object], name: str) -> None:
@@ -187,7 +187,7 @@ def start_topic_check(settings: Settings, tables: list[SourceTable]) -> Backgrou
     """``ensure_topics`` for the tables' topics, in the background (see :class:`Background`)."""
     topics = {t.topic: t.partitions for t in tables}
     mirrors = source_mirror_topics(settings)
-    return Background(lambda: ensure_topics(settings.kafka, topics, mirrors=mirrors), name="ensure-topics")
+    return Background(lambda: admin.ensure_topics(settings.kafka, topics, mirrors=mirrors), name="ensure-topics")
 
 
 def source_mirror_topics(settings: Settings) -> set[str]:
@@ -199,7 +199,7 @@ def new_producer(settings: Settings) -> PageProducer:
     """A producer, created as early as possible in a run.
 
     An idempotent producer needs its producer id before its first flush
-    (:meth:`PageProducer.warm_up`, about 60 ms); created before the run's first
+    (:meth:`PageProducer.warm_up`, a round trip); created before the run's first
     ServiceNow requests, that wait overlaps with them instead of adding to the run.
     """
     producer = PageProducer(settings.kafka)
