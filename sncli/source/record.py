@@ -1,12 +1,12 @@
 """A page of ServiceNow records -> Kafka keys, values, headers and timestamps (pure, batched).
 
-This is the source's hot path: every per-record Python operation counts, so a page is converted column by column with C-level loops
-(``map``, comprehensions without calls), the constant headers are built once per
-page and shared, the ``sn.sys_id`` header reuses the key's bytes when the key is
-the sys_id, and timestamps are parsed once per distinct second of the page
-through a cache (thousands of records of a bulk update share one second). The
-per-record fallbacks handle ``display_value=all`` (fields as objects) and odd
-values.
+This is the source's hot path: every per-record Python operation counts, so a
+page is converted column by column with C-level loops (``map``, comprehensions
+without calls), the constant headers are built once per page and shared, the
+``sn.sys_id`` header reuses the key's bytes when the key is the sys_id, and
+timestamps are parsed once per distinct second of the page through a cache
+(thousands of records of a bulk update share one second). The per-record
+fallbacks handle ``display_value=all`` (fields as objects) and odd values.
 
 - key: per the table's key strategy (:mod:`sncli.source.keys`)
 - value: the record as fetched (orjson by default; the Avro path passes its encoder)
