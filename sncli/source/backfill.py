@@ -42,22 +42,31 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sncli.config import source_fingerprint
-from sncli.errors import LockHeldError, OffsetsError, SncliError, UsageError
+from sncli.errors import LockHeldError, SncliError, UsageError
 from sncli.metrics import RunMetrics
-from sncli.servicenow.query import Query, and_each_clause
-from sncli.source.cursor import Cursor, UpperBound, field_value, range_query, upper_bound
+from sncli.offsets.lock import run_lock
+from sncli.offsets.model import StoredOffset, check_offset, normalize_timestamp, poll_key
+from sncli.offsets.store import open_store
+from sncli.source.backfill_plan import (
+    COUNT_THREADS,
+    RangeCounter,
+    load_plan,
+    make_plan,
+    save_plan,
+    unfinished_until,
+    window_done,
+    window_key,
+)
+from sncli.source.cursor import Cursor, UpperBound, upper_bound
 from sncli.source.outcome import RunSummary, TableOutcome, combined_exit_code, describe_error
 from sncli.source.parquet_out import ParquetWindowWriter
 from sncli.source.poller import Deliver, Records, StopControl
@@ -70,23 +79,20 @@ from sncli.source.runkit import (
     new_producer,
     start_topic_check,
 )
-from sncli.source.windows import Window, plan_windows, range_id, to_epoch, to_sn, windows_from_boundaries
+from sncli.source.windows import Window, range_id, to_epoch, to_sn
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
     from sncli.kafka.producer import PageProducer
     from sncli.offsets.lock import RunLock
-    from sncli.offsets.model import StoredOffset
     from sncli.offsets.store import OffsetStore
-    from sncli.servicenow.client import Page, ServiceNowClient
+    from sncli.servicenow.client import ServiceNowClient
 
 log = logging.getLogger("sncli.backfill")
 
-PLAN_SUFFIX = ".plan"
 PROGRESS_LOG_SECONDS = 10.0
 #: How long a run that finds the plan lock held waits for that planner's plan before exiting 75.
 PLAN_WAIT_SECONDS = 120.0
-COUNT_THREADS = 32  # count queries of one planning level run at once (one round trip per level)
 
 
 # --------------------------------------------------------------------------- request
@@ -118,8 +124,6 @@ def parse_output(text: str) -> Path | None:
 
 
 def _normalize(value: str, what: str) -> str:
-    from sncli.offsets.model import normalize_timestamp
-
     try:
         return normalize_timestamp(value)
     except ValueError as exc:
@@ -134,39 +138,6 @@ def output_suffix(output: Path | None) -> str:
 
 
 # --------------------------------------------------------------------------- keys and the stored plan
-
-
-def window_key(table: str, rid: str, index: int, count: int) -> str:
-    from sncli.offsets.model import backfill_key
-
-    return backfill_key(table, rid, index, count)
-
-
-def plan_key(table: str, rid: str, index: int, count: int) -> str:
-    return window_key(table, rid + PLAN_SUFFIX, index, count)
-
-
-def window_done(stored: StoredOffset | None, window: Window) -> bool:
-    """A window is done when its cursor is ``(hi, "")``: everything before ``hi`` was read."""
-    if window.lo >= window.hi:
-        return True
-    return stored is not None and stored.sys_id == "" and stored.timestamp == window.hi_text
-
-
-def load_plan(
-    stored: dict[str, StoredOffset], table: str, rid: str, since: int, until: int, n: int
-) -> list[Window] | None:
-    """The stored plan of this range, or None when it is absent or incomplete (a planner died midway)."""
-    entries = [stored.get(plan_key(table, rid, i, n)) for i in range(n)]
-    if any(e is None for e in entries):
-        return None
-    lows = [to_epoch(e.timestamp) for e in entries if e is not None]
-    if lows[0] != since or lows != sorted(lows) or lows[-1] > until:
-        raise OffsetsError(
-            f"the stored plan of backfill {table} {rid} ({n} windows) is inconsistent; "
-            f"run `sncli offsets reset --table {table} --backfill` to start this backfill over"
-        )
-    return windows_from_boundaries(since, until, lows[1:])
 
 
 def lock_plan_or_wait(
@@ -191,8 +162,6 @@ def lock_plan_or_wait(
     (a planner may have finished just before it was taken), or with the plan.
     Raises LockHeldError when no plan appears in time (a stuck planner).
     """
-    from sncli.offsets.lock import run_lock
-
     try:
         stack.enter_context(run_lock(settings, f"backfill/{table}/{rid}/plan"))
     except LockHeldError:
@@ -205,150 +174,6 @@ def lock_plan_or_wait(
                 return stored
         raise
     return store.load_all()
-
-
-def save_plan(store: OffsetStore, table: str, rid: str, windows: list[Window], fingerprint: str) -> None:
-    from sncli.offsets.model import StoredOffset
-
-    for w in windows:
-        store.save(StoredOffset.new(plan_key(table, rid, w.index, w.count), w.lo_text, "", fingerprint))
-
-
-_RANGE = re.compile(r"(?P<since>[0-9]{8}T[0-9]{6})-(?P<until>[0-9]{8}T[0-9]{6})(?P<suffix>.*)")
-
-
-def unfinished_until(
-    stored: dict[str, StoredOffset], table: str, since: int, n: int, suffix: str
-) -> int | None:
-    """The ``until`` of the latest unfinished backfill of (table, since, N, output), if any."""
-    from sncli.offsets.model import parse_key
-    from sncli.source.windows import from_compact
-
-    found: list[int] = []
-    for key in stored:
-        try:
-            info = parse_key(key)
-        except ValueError:
-            continue
-        if info.kind != "backfill" or info.table != table or info.count != n or info.index != 0:
-            continue
-        rid = info.range_id or ""
-        if not rid.endswith(PLAN_SUFFIX):
-            continue
-        match = _RANGE.fullmatch(rid[: -len(PLAN_SUFFIX)])
-        if not match or match.group("suffix") != suffix or from_compact(match.group("since")) != since:
-            continue
-        until = from_compact(match.group("until"))
-        base = rid[: -len(PLAN_SUFFIX)]
-        plan = load_plan(stored, table, base, since, until, n)
-        if plan is None:
-            found.append(until)  # a plan that was never completed: no window ran, resume it anyway
-            continue
-        if not all(window_done(stored.get(window_key(table, base, w.index, n)), w) for w in plan):
-            found.append(until)
-    return max(found) if found else None
-
-
-# --------------------------------------------------------------------------- counting
-
-
-class RangeCounter:
-    """Record counts of ``[lo, hi)`` ranges of one table (``X-Total-Count`` of ``limit=1`` queries)."""
-
-    def __init__(self, client: ServiceNowClient, table: SourceTable, threads: int = 8) -> None:
-        self._client = client
-        self._table = table
-        self._threads = max(1, threads)
-
-    def _query(self, lo: int, hi: int) -> str:
-        return range_query(to_sn(lo), UpperBound(to_sn(hi), inclusive=False), ts_field=self._table.timestamp_field,
-                           base_query=self._table.query)
-
-    def count(self, lo: int, hi: int) -> int:
-        if hi <= lo:
-            return 0
-        page = self._client.list_page(self._table.name, query=self._query(lo, hi), fields=["sys_id"], limit=1,
-                                      no_count=False)
-        if page.total is None:
-            raise SncliError(f"{self._table.name}: ServiceNow sent no X-Total-Count; cannot split the range")
-        return page.total
-
-    def count_many(self, intervals: list[tuple[int, int]] | Any) -> list[int]:
-        items = list(intervals)
-        if len(items) <= 1:
-            return [self.count(lo, hi) for lo, hi in items]
-        with ThreadPoolExecutor(max_workers=min(self._threads, len(items)), thread_name_prefix="count") as pool:
-            return list(pool.map(lambda iv: self.count(*iv), items))
-
-    def first_and_clock(self, since: int) -> tuple[int | None, int | None, datetime | None]:
-        """The first and the last record at or after ``since`` (epoch seconds) and ServiceNow's clock.
-
-        Two requests at once, one round trip. The clock is the first answer's
-        ``Date`` (None when it has none): a backfill that needs "now" for its
-        upper bound gets the range's edges with it, which saves planning round trips.
-        """
-        ts = self._table.timestamp_field
-        query = and_each_clause(self._table.query, [Query().ge(ts, to_sn(since))])
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge") as pool:
-            last = pool.submit(self._edge_page, query, last=True)
-            first_page = self._edge_page(query, last=False)
-            last_page = last.result()
-        return _edge_of(first_page.records, ts), _edge_of(last_page.records, ts), first_page.server_time
-
-    def edges(self, lo: int, hi: int) -> tuple[int | None, int | None]:
-        """The timestamps of the first and the last record in ``[lo, hi)``, as epoch seconds (one round trip)."""
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge") as pool:
-            last = pool.submit(self._edge_page, self._query(lo, hi), last=True)
-            first = self._edge_page(self._query(lo, hi), last=False)
-            ts = self._table.timestamp_field
-            return _edge_of(first.records, ts), _edge_of(last.result().records, ts)
-
-    def _edge_page(self, query: str, *, last: bool) -> Page:
-        """The first (or last) record of ``query`` in keyset order: ascending, or its exact reverse."""
-        ts = self._table.timestamp_field
-        order = f"^ORDERBYDESC{ts}^ORDERBYDESCsys_id" if last else f"^ORDERBY{ts}^ORDERBYsys_id"
-        return self._client.list_page(self._table.name, query=query + order, fields=["sys_id", ts], limit=1)
-
-
-def _edge_of(records: list[dict[str, Any]], ts: str) -> int | None:
-    if not records:
-        return None
-    try:
-        return to_epoch(field_value(records[0], ts))
-    except ValueError:
-        return None
-
-
-def make_plan(
-    counter: RangeCounter,
-    since: int,
-    until: int,
-    n: int,
-    *,
-    first: int | None = None,
-    last: int | None = None,
-    edges_known: bool = False,
-) -> list[Window]:
-    """Plan N windows: the range's first and last record (unless ``edges_known``), then the split by counts.
-
-    ``first``/``last``: the timestamps of the first record at or after ``since``
-    and of the last one, None when there is none, when the caller already knows
-    them (``edges_known``). A last record at or after ``until`` tells nothing
-    about the range's end and is not used. Refinement then starts from the
-    data's span: a table whose records end long before ``until`` (one that is no
-    longer written to, the bench's) needs two refinement levels fewer; for a
-    live table it saves nothing, and both edges cost one round trip together.
-    The range's count is asked together with the first refinement level (see
-    :func:`plan_windows`).
-    """
-    if n == 1:
-        return plan_windows(since, until, 1, counter.count_many)
-    if not edges_known:
-        first, last = counter.edges(since, until)
-    if first is None or first >= until:  # no record in the range
-        return plan_windows(since, until, n, counter.count_many, total=0)
-    return plan_windows(since, until, n, counter.count_many, first=first,
-                        last=last if last is not None and last < until else None)
 
 
 # --------------------------------------------------------------------------- progress
@@ -523,6 +348,18 @@ def run_backfill(
     return summary
 
 
+@dataclass(frozen=True)
+class _Range:
+    """The range of a backfill run, and its edges when learnt with ServiceNow's clock."""
+
+    since: int
+    until: int
+    rid: str
+    first: int | None = None
+    last: int | None = None
+    edges_known: bool = False  # first/last learnt with the clock (saves a planning round trip)
+
+
 def _run(
     settings: Settings,
     request: BackfillRequest,
@@ -534,35 +371,12 @@ def _run(
     outcome: TableOutcome,
     make_progress: ProgressFactory,
 ) -> None:
-    from sncli.offsets.lock import run_lock
-    from sncli.offsets.model import check_offset
-    from sncli.offsets.store import open_store
-
     n = request.count
     store = open_store(settings)
     fingerprint = source_fingerprint(settings, table)
-    suffix = output_suffix(request.output)
-    since = to_epoch(_normalize(request.since or table.start, "--since"))
     counter = RangeCounter(client, table, threads=COUNT_THREADS)
-    first: int | None = None
-    last: int | None = None
-    edges_known = False  # the range's first and last record, learnt with the clock (saves a round trip)
-    if request.until is not None:
-        until = to_epoch(_normalize(request.until, "--until"))
-    else:
-        resumed = unfinished_until(store.load_all(), table.name, since, n, suffix)
-        if resumed is not None:
-            until = resumed
-            log.info("resuming the unfinished backfill of %s up to %s", table.name, to_sn(until))
-        else:
-            first, last, clock = counter.first_and_clock(since) if n > 1 else (None, None, None)
-            edges_known = clock is not None
-            if clock is None:
-                clock = client.server_time(table.name)
-            until = to_epoch(upper_bound(clock, settings.source.safety_lag_seconds).value) + 1
-    if until <= since:
-        raise UsageError(f"--until ({to_sn(until)}) must be after --since ({to_sn(since)})")
-    rid = range_id(since, until) + suffix
+    rng = _resolve_range(settings, request, table, client, store, counter)
+    rid, since, until = rng.rid, rng.since, rng.until
     summary.extra.update(range_id=rid, since=to_sn(since), until=to_sn(until),
                          output="kafka" if request.output is None else f"parquet:{request.output}")
     summary.upper_bound = to_sn(until)
@@ -585,32 +399,11 @@ def _run(
             locks.callback(_close_all, producers)
             topics = start_topic_check(settings, [table])  # overlaps with planning; awaited before any window
             locks.callback(topics.settle)  # finished (topics created) even when planning fails
-        with ExitStack() as planning:
-            stored = store.load_all()
-            if not request.dry_run and load_plan(stored, table.name, rid, since, until, n) is None:
-                stored = lock_plan_or_wait(planning, settings, store, table.name, rid, since, until, n)
-            for key, entry in stored.items():
-                if key.startswith(f"backfill/{table.name}/{rid}"):
-                    check_offset(entry, fingerprint)
-            plan = load_plan(stored, table.name, rid, since, until, n)
-            if plan is None:
-                plan = make_plan(counter, since, until, n, first=first, last=last, edges_known=edges_known)
-                if topics is not None:
-                    topics.wait()  # a topic that cannot be used stops the run before a plan is stored
-                if not request.dry_run:
-                    save_plan(store, table.name, rid, plan, fingerprint)
-                log.info("backfill %s %s: %d windows %s", table.name, rid, n,
-                         ", ".join(f"[{w.lo_text}, {w.hi_text})" for w in plan))
-            else:
-                log.info("backfill %s %s: using the stored plan of %d windows", table.name, rid, n)
+        plan = _plan(settings, request, table, store, counter, rng, fingerprint, topics)
         if topics is not None:
             topics.wait()
         windows = [plan[i] for i in selected]
-        # Counts for the progress bar: known from planning, else (a stored plan) counted now.
-        unknown = [w for w in windows if w.records is None]
-        counted = dict(zip((w.index for w in unknown), counter.count_many([(w.lo, w.hi) for w in unknown]),
-                           strict=True))
-        counts = [w.records if w.records is not None else counted[w.index] for w in windows]
+        counts = _window_counts(counter, windows)
         summary.extra["windows"] = []
         if request.dry_run:
             summary.extra["windows"] = [
@@ -619,44 +412,9 @@ def _run(
             ]
             outcome.stopped = "dry_run"
             return
-        outcomes = [WindowOutcome(name=w.label, window=w) for w in windows]
-        progress = make_progress(f"backfill {table.name}", sum(counts))
-        threads = [
-            threading.Thread(
-                target=run_window, name=f"backfill-{w.label}",
-                kwargs={"settings": settings, "table": table, "client": client, "store": store, "rid": rid,
-                        "window": w, "fingerprint": fingerprint, "output": request.output, "stop": stop,
-                        "metrics": metrics, "progress": progress, "outcome": o,
-                        "producer": producers.pop(w.index, None), "lock": held.get(w.index)},
-            )
-            for w, o in zip(windows, outcomes, strict=True)
-        ]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)
-        finally:
-            progress.close()
-        for o, c in zip(outcomes, counts, strict=True):
-            data = o.to_json()
-            data["records_in_window"] = c
-            summary.extra["windows"].append(data)
-        outcome.records = sum(o.records for o in outcomes)
-        outcome.pages = sum(o.pages for o in outcomes)
-        outcome.produced = sum(o.produced for o in outcomes)
-        for o in outcomes:
-            for error_class, count in o.dlq.items():
-                outcome.dlq[error_class] = outcome.dlq.get(error_class, 0) + count
-        outcome.hidden = sum(o.hidden for o in outcomes)
-        failed = [o for o in outcomes if o.error]
-        stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
-        outcome.stopped = stopped[0] if stopped else "caught_up"
-        summary.exit_code = combined_exit_code(list(outcomes))
-        if failed:
-            outcome.error = "; ".join(f"window {o.name}: {o.error}" for o in failed)
-            outcome.exit_code = summary.exit_code
+        outcomes = _run_windows(settings, request, table, client, store, rid, fingerprint, windows, stop, metrics,
+                                make_progress(f"backfill {table.name}", sum(counts)), producers, held)
+        _sum_up(summary, outcome, outcomes, counts)
         everything = store.load_all()
         all_done = all(window_done(everything.get(window_key(table.name, rid, w.index, n)), w) for w in plan)
         summary.extra["range_done"] = all_done
@@ -664,6 +422,121 @@ def _run(
             summary.extra["poll_cursor_set"] = False
             if all_done:
                 summary.extra["poll_cursor_set"] = _set_poll_cursor(store, table, since, until, fingerprint)
+
+
+def _run_windows(
+    settings: Settings, request: BackfillRequest, table: SourceTable, client: ServiceNowClient, store: OffsetStore,
+    rid: str, fingerprint: str, windows: list[Window], stop: StopControl, metrics: RunMetrics,
+    progress: ProgressReport, producers: dict[int, PageProducer], held: dict[int, RunLock],
+) -> list[WindowOutcome]:
+    """Each window on its own thread (:func:`run_window`), with its producer and its lock; their outcomes."""
+    outcomes = [WindowOutcome(name=w.label, window=w) for w in windows]
+    threads = [
+        threading.Thread(
+            target=run_window, name=f"backfill-{w.label}",
+            kwargs={"settings": settings, "table": table, "client": client, "store": store, "rid": rid,
+                    "window": w, "fingerprint": fingerprint, "output": request.output, "stop": stop,
+                    "metrics": metrics, "progress": progress, "outcome": o,
+                    "producer": producers.pop(w.index, None), "lock": held.get(w.index)},
+        )
+        for w, o in zip(windows, outcomes, strict=True)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    finally:
+        progress.close()
+    return outcomes
+
+
+def _resolve_range(
+    settings: Settings, request: BackfillRequest, table: SourceTable, client: ServiceNowClient,
+    store: OffsetStore, counter: RangeCounter,
+) -> _Range:
+    """``[since, until)`` of the run: as given, the unfinished one resumed, or up to ServiceNow's clock."""
+    n = request.count
+    suffix = output_suffix(request.output)
+    since = to_epoch(_normalize(request.since or table.start, "--since"))
+    first: int | None = None
+    last: int | None = None
+    edges_known = False
+    if request.until is not None:
+        until = to_epoch(_normalize(request.until, "--until"))
+    else:
+        resumed = unfinished_until(store.load_all(), table.name, since, n, suffix)
+        if resumed is not None:
+            until = resumed
+            log.info("resuming the unfinished backfill of %s up to %s", table.name, to_sn(until))
+        else:
+            first, last, clock = counter.first_and_clock(since) if n > 1 else (None, None, None)
+            edges_known = clock is not None
+            if clock is None:
+                clock = client.server_time(table.name)
+            until = to_epoch(upper_bound(clock, settings.source.safety_lag_seconds).value) + 1
+    if until <= since:
+        raise UsageError(f"--until ({to_sn(until)}) must be after --since ({to_sn(since)})")
+    return _Range(since, until, range_id(since, until) + suffix, first, last, edges_known)
+
+
+def _plan(
+    settings: Settings, request: BackfillRequest, table: SourceTable, store: OffsetStore, counter: RangeCounter,
+    rng: _Range, fingerprint: str, topics: Background | None,
+) -> list[Window]:
+    """The range's stored plan, else a new one stored under the plan lock (see the module doc)."""
+    n, rid = request.count, rng.rid
+    with ExitStack() as planning:
+        stored = store.load_all()
+        if not request.dry_run and load_plan(stored, table.name, rid, rng.since, rng.until, n) is None:
+            stored = lock_plan_or_wait(planning, settings, store, table.name, rid, rng.since, rng.until, n)
+        for key, entry in stored.items():
+            if key.startswith(f"backfill/{table.name}/{rid}"):
+                check_offset(entry, fingerprint)
+        plan = load_plan(stored, table.name, rid, rng.since, rng.until, n)
+        if plan is not None:
+            log.info("backfill %s %s: using the stored plan of %d windows", table.name, rid, n)
+            return plan
+        plan = make_plan(counter, rng.since, rng.until, n, first=rng.first, last=rng.last,
+                         edges_known=rng.edges_known)
+        if topics is not None:
+            topics.wait()  # a topic that cannot be used stops the run before a plan is stored
+        if not request.dry_run:
+            save_plan(store, table.name, rid, plan, fingerprint)
+        log.info("backfill %s %s: %d windows %s", table.name, rid, n,
+                 ", ".join(f"[{w.lo_text}, {w.hi_text})" for w in plan))
+        return plan
+
+
+def _window_counts(counter: RangeCounter, windows: list[Window]) -> list[int]:
+    """Records per window for the progress: known from planning, else (a stored plan) counted now."""
+    unknown = [w for w in windows if w.records is None]
+    counted = dict(zip((w.index for w in unknown), counter.count_many([(w.lo, w.hi) for w in unknown]),
+                       strict=True))
+    return [w.records if w.records is not None else counted[w.index] for w in windows]
+
+
+def _sum_up(summary: RunSummary, outcome: TableOutcome, outcomes: list[WindowOutcome], counts: list[int]) -> None:
+    """The windows' outcomes into the run's summary and the table's outcome."""
+    for o, c in zip(outcomes, counts, strict=True):
+        data = o.to_json()
+        data["records_in_window"] = c
+        summary.extra["windows"].append(data)
+    outcome.records = sum(o.records for o in outcomes)
+    outcome.pages = sum(o.pages for o in outcomes)
+    outcome.produced = sum(o.produced for o in outcomes)
+    for o in outcomes:
+        for error_class, count in o.dlq.items():
+            outcome.dlq[error_class] = outcome.dlq.get(error_class, 0) + count
+    outcome.hidden = sum(o.hidden for o in outcomes)
+    failed = [o for o in outcomes if o.error]
+    stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
+    outcome.stopped = stopped[0] if stopped else "caught_up"
+    summary.exit_code = combined_exit_code(list(outcomes))
+    if failed:
+        outcome.error = "; ".join(f"window {o.name}: {o.error}" for o in failed)
+        outcome.exit_code = summary.exit_code
 
 
 def check_set_cursor(poll: Cursor | None, since: str, *, table: str, parquet: bool) -> None:
@@ -692,8 +565,6 @@ def check_set_cursor(poll: Cursor | None, since: str, *, table: str, parquet: bo
 
 def _poll_position(store: OffsetStore, table: SourceTable, fingerprint: str) -> Cursor:
     """Where the next poll of ``table`` starts: its stored cursor, else the table's ``start``."""
-    from sncli.offsets.model import check_offset, poll_key
-
     stored = store.load(poll_key(table.name))
     if stored is None:
         return Cursor.at_start(_normalize(table.start, "source.tables.start"))
@@ -708,8 +579,6 @@ def _close_all(producers: dict[int, PageProducer]) -> None:
 
 def _set_poll_cursor(store: OffsetStore, table: SourceTable, since: int, until: int, fingerprint: str) -> bool:
     """Move the poll cursor to ``(until, "")`` unless it is already there or further (checked again: never a gap)."""
-    from sncli.offsets.model import StoredOffset, poll_key
-
     current = _poll_position(store, table, fingerprint)
     target = Cursor(to_sn(until), "")
     if current >= target:

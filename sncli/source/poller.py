@@ -75,7 +75,7 @@ class PendingFetch(Protocol):
 
 Fetch = Callable[[Cursor, int], Records]  # a plain fetch: (cursor, limit) -> the page after cursor
 StartFetch = Callable[[Cursor, int], PendingFetch]  # the same, requested now and read later
-Prepare = Callable[[Records], Any]
+MakeMessages = Callable[[Records], Any]  # a page -> what ``send``/``deliver`` take with it (its messages)
 Deliver = Callable[[Records, Any], int]  # (records, what prepare made of them or None) -> delivered
 Settle = Callable[[], int]  # waits until a sent page is delivered -> delivered; raises if it was not
 Send = Callable[[Records, Any], Settle]  # queues a page for delivery
@@ -283,7 +283,7 @@ def page_loop(
     deliver: Deliver | None = None,
     send: Send | None = None,
     budget: Budget | None = None,
-    prepare: Prepare | None = None,
+    prepare: MakeMessages | None = None,
     on_page: Callable[[LoopResult], None] | None = None,
     look_past: LookPast | None = None,
 ) -> LoopResult:
@@ -314,7 +314,7 @@ def _loop(
     commit: Commit,
     ts_field: str,
     stop: StopControl,
-    prepare: Prepare | None,
+    prepare: MakeMessages | None,
     on_page: Callable[[LoopResult], None] | None,
 ) -> LoopResult:
     result = LoopResult(cursor=start)
@@ -392,7 +392,7 @@ def _answered(request: _Request, stop: StopControl) -> bool:
     return True
 
 
-def _read(reader: _Reader, request: _Request, after: Cursor, ts_field: str, prepare: Prepare | None) -> _Next:
+def _read(reader: _Reader, request: _Request, after: Cursor, ts_field: str, prepare: MakeMessages | None) -> _Next:
     """Read the page of ``request``, request the one after it, prepare it; a failure is kept in ``error``.
 
     Reading itself may raise (ServiceNow failed for good): the caller decides when.
