@@ -32,7 +32,7 @@ class TableOutcome:
     error: str | None = None
     exit_code: int = 0
     dlq: dict[str, int] = field(default_factory=dict)  # records dead-lettered instead of produced, per class
-    hidden: int = 0  # rows hidden by ACLs that the cursor passed (see make_look_past)
+    hidden: int = 0  # rows hidden by ACLs that the cursor passed (see sncli.source.fetch.TableRequests.look_past)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -38,7 +38,7 @@ per attempt, the retry budget per page), none by the loop.
 The end: a short page is not the end, and an empty one is not either until
 ServiceNow says nothing remains. Row ACLs are applied after ``sysparm_limit``,
 so a page whose every row is hidden comes back empty mid-table. An empty page
-goes to ``look_past`` (:func:`sncli.source.cycle.make_look_past`), which asks
+goes to ``look_past`` (:meth:`sncli.source.fetch.TableRequests.look_past`), which asks
 ServiceNow: nothing left ends the loop as "caught up"; visible rows past a
 hidden run are delivered as the next page, in this cycle; a range whose rest
 is all hidden ends the loop with the cursor moved past it. The hidden rows

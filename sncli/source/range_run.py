@@ -6,7 +6,7 @@ key. Its life, in order:
 1. :meth:`RangeRun.load`: the stored cursor of its key, checked against the
    table's fingerprint (a changed config refuses it: exit 2);
 2. :meth:`RangeRun.pages`: the page loop (:mod:`sncli.source.poller`) from that
-   cursor to ``hi``, its requests from :mod:`sncli.source.fetch`, its pages to a
+   cursor to ``hi``, its requests from :class:`sncli.source.fetch.TableRequests`, its pages to a
    :class:`~sncli.source.kafka_out.KafkaPageOutput` (each page's cursor stored
    under the run lock once Kafka acknowledged it: :meth:`RangeRun.save`) or to a
    plain ``deliver`` (a Parquet file, a dry run's count) that stores nothing;
@@ -31,7 +31,7 @@ from sncli.errors import SncliError
 from sncli.metrics import RunMetrics
 from sncli.offsets.model import StoredOffset, check_offset
 from sncli.source.cursor import Cursor, UpperBound
-from sncli.source.fetch import make_fetch, make_look_past
+from sncli.source.fetch import TableRequests
 from sncli.source.kafka_out import KafkaPageOutput
 from sncli.source.outcome import TableOutcome, describe_error
 from sncli.source.poller import Budget, Deliver, LoopResult, Records, Send, Settle, StopControl, page_loop
@@ -99,10 +99,11 @@ class RangeRun:
         if output is not None:
             send = output.send if gate is None else _after(gate, output.send)
         decoder = output.decoder if output is not None else None
+        requests = TableRequests(self.client, self.settings, self.table, hi, self.metrics, decoder)
         result = page_loop(
             start=start,
-            start_fetch=make_fetch(self.client, self.settings, self.table, hi, self.metrics, decoder),
-            look_past=make_look_past(self.client, self.settings, self.table, hi, decoder),
+            start_fetch=requests.start,
+            look_past=requests.look_past,
             send=send,
             deliver=deliver if send is None else None,
             commit=self.save if output is not None else _no_commit,

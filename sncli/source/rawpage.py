@@ -19,7 +19,7 @@ A RawPage is a ``Sequence`` of small dicts holding only the decoded fields, so
 code that walks records generically (cursor checks, counting) works on it; the
 hot paths use :meth:`RawPage.column` and :attr:`RawPage.values`. Anything that
 needs whole records (Avro, Parquet) must decode to dicts instead: it never gets
-a RawPage (see :func:`sncli.source.cycle.make_fetch`).
+a RawPage (see :class:`sncli.source.fetch.TableRequests`).
 
 msgspec is optional: without it :func:`raw_page_decoder` returns None and the
 caller keeps the dict path.
