@@ -12,8 +12,9 @@ Order of a cycle, and why:
    ``partitions`` or ``kafka.topics.partitions``), or refused with a clear error
    when creation is turned off: producing to a missing topic would otherwise
    fail only after the delivery timeout.
-4. Each table runs its page loop (:mod:`sncli.source.poller`) on its own thread
-   with its own producer; one table failing does not stop the others.
+4. Each table runs one range up to ``HI`` (:mod:`sncli.source.range_run`: the
+   page loop of :mod:`sncli.source.poller`) on its own thread with its own
+   producer; one table failing does not stop the others.
 5. Metrics are pushed at the end whatever happened.
 
 Exit code: 0 every table finished (caught up or stopped by a bound/signal: a
