@@ -74,6 +74,7 @@ class KafkaPageOutput:
         self._encode_page: Callable[[Any], list[bytes]] | None = None
         self._producer = producer or new_producer(settings)
         if settings.source.format == "avro":
+            # Imported only for an Avro output: it loads confluent_kafka's schema registry client.
             from sncli.source.schema import AvroPageEncoder
 
             avro = AvroPageEncoder(settings, client, table)
