@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sncli.dlq import DlqSigner
 from sncli.kafka.errors import ProduceError
@@ -71,7 +71,7 @@ class KafkaPageOutput:
             ts_field=table.timestamp_field,
         )
         self._cache = TimestampCache()
-        self._encode_page: Callable[[Any], list[bytes]] | None = None
+        self._encode_page: Callable[[Records], list[bytes]] | None = None
         self._producer = producer or new_producer(settings)
         if settings.source.format == "avro":
             # Imported only for an Avro output: it loads confluent_kafka's schema registry client.

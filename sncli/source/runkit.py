@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
@@ -44,7 +44,7 @@ def stop_on_signals(stop: StopControl) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous: dict[signal.Signals, Any] = {}
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], object] | int | None] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -97,7 +97,7 @@ def finish_metrics(
     ], timeout=5.0)
 
 
-def _families_for(families: list[Any], table: str, tables: list[str], code: int) -> list[Any]:
+def _families_for(families: list[Metric], table: str, tables: list[str], code: int) -> list[Metric]:
     endpoints = {f"table/{t}": t for t in tables}
     first = tables[0]
 
@@ -109,7 +109,7 @@ def _families_for(families: list[Any], table: str, tables: list[str], code: int)
             return endpoints.get(labels["endpoint"], first) == table
         return True
 
-    out: list[Any] = []
+    out: list[Metric] = []
     for family in families:
         if family.name in ("sncli_run_exit_code", "sncli_last_success_timestamp_seconds"):
             continue
