@@ -34,7 +34,7 @@ from sncli.offsets.store import open_store
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import ForbiddenError, ServiceNowError
 from sncli.servicenow.query import Query
-from sncli.source.cycle import source_mirror_topics
+from sncli.source.runkit import source_mirror_topics
 from sncli.transport_security import plain_http_off_host
 
 Status = Literal["ok", "warn", "fail", "skip"]

@@ -10,7 +10,7 @@ import typer
 from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, state_of
 
 if TYPE_CHECKING:
-    from sncli.source.cycle import RunSummary
+    from sncli.source.outcome import RunSummary
 
 
 def backfill(
@@ -32,10 +32,13 @@ def backfill(
     Job; needs --until). Re-running the same command resumes each window where
     it stopped. The poll cursor is left alone unless --set-cursor.
     """
+    # Imported when the command runs: the source engine loads confluent_kafka, requests and rich,
+    # which would slow every `sncli ... --help` (python -X importtime -m sncli source poll --help).
+    from sncli.cli.progress import terminal_progress
     from sncli.errors import UsageError
     from sncli.source.backfill import BackfillRequest, parse_output, run_backfill
-    from sncli.source.cycle import stop_on_signals
     from sncli.source.poller import StopControl
+    from sncli.source.runkit import stop_on_signals
     from sncli.source.windows import parse_window_spec
 
     state = state_of(ctx, config)
@@ -53,7 +56,7 @@ def backfill(
     prepare_for_run()
     stop = StopControl()
     with stop_on_signals(stop):
-        summary = guard(lambda: run_backfill(settings, request, stop=stop))
+        summary = guard(lambda: run_backfill(settings, request, stop=stop, progress=terminal_progress))
     _render(summary, json_output=state.json_output)
     exit_with(summary.exit_code)
 

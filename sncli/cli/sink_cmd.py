@@ -8,16 +8,16 @@ those imports are most of a command's start-up time (``python -X importtime``).
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
+from sncli import signals
 from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, run_cycles, state_of
 from sncli.cli.render import print_json, stdout_console
 
@@ -89,17 +89,10 @@ def drain(
 
 @contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM / SIGINT ask the drain to stop reading, finish what it writes, commit and exit."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    """SIGTERM / SIGINT ask the drain to stop reading, finish what it writes, commit and exit
+    (:func:`sncli.signals.stop_on_signals`; the same signal again stops the process at once)."""
+    with signals.stop_on_signals(stop.set, then="finishing the writes already sent, then committing"):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def render_summary(summary: DrainSummary, *, json_output: bool, command: str = "sink drain") -> None:

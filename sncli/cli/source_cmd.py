@@ -11,7 +11,7 @@ from sncli.cli.common import CONFIG_OPTION, exit_with, guard, prepare_for_run, r
 
 if TYPE_CHECKING:
     from sncli.config import Settings
-    from sncli.source.cycle import RunSummary
+    from sncli.source.outcome import RunSummary
 
 app = typer.Typer(help="ServiceNow -> Kafka.", no_args_is_help=True)
 
@@ -34,8 +34,11 @@ def poll(
     With --every, cycles repeat (the config is re-read when its content changes)
     until SIGTERM/SIGINT; --max-records/--max-seconds then bound each cycle.
     """
-    from sncli.source.cycle import run_poll, stop_on_signals
+    # Imported when the command runs: the source engine loads confluent_kafka, requests and rich,
+    # which would slow every `sncli ... --help` (python -X importtime -m sncli source poll --help).
+    from sncli.source.cycle import run_poll
     from sncli.source.poller import StopControl
+    from sncli.source.runkit import stop_on_signals
 
     state = state_of(ctx, config)
     settings = state.settings()

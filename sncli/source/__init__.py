@@ -1,7 +1,17 @@
-"""ServiceNow -> Kafka: keyset cursor (pure), record conversion (pure), a table's page
-loop (poller), the cycle over tables (cycle), and the windowed backfill.
+"""ServiceNow -> Kafka: ``source poll`` and ``backfill``.
 
-Where to look: the paging guarantee is in :mod:`sncli.source.cursor`; how a page
-becomes Kafka messages in :mod:`sncli.source.record`; the produce/ack/store loop
-in :mod:`sncli.source.poller`.
+The pure core: the keyset cursor (:mod:`~sncli.source.cursor`), a page to Kafka
+messages (:mod:`~sncli.source.record`, keys in :mod:`~sncli.source.keys`, raw
+JSON pages in :mod:`~sncli.source.rawpage`), backfill windows
+(:mod:`~sncli.source.windows`), run outcomes (:mod:`~sncli.source.outcome`).
+
+The engine: one range of one table (:mod:`~sncli.source.range_run`) is the page
+loop (:mod:`~sncli.source.poller`) between the table's requests
+(:mod:`~sncli.source.fetch`) and the Kafka output
+(:mod:`~sncli.source.kafka_out`, dead letters in :mod:`~sncli.source.deadletter`,
+Avro in :mod:`~sncli.source.schema`). ``source poll`` runs one range per table
+(:mod:`~sncli.source.cycle`); ``backfill`` runs one per window of a plan
+(:mod:`~sncli.source.backfill`, :mod:`~sncli.source.backfill_plan`, Parquet in
+:mod:`~sncli.source.parquet_out`). What both share around that:
+:mod:`~sncli.source.runkit`.
 """

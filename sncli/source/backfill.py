@@ -42,54 +42,58 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
-import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sncli.config import source_fingerprint
-from sncli.errors import LockHeldError, OffsetsError, SncliError, UsageError
+from sncli.errors import LockHeldError, SncliError, UsageError
 from sncli.metrics import RunMetrics
-from sncli.servicenow.query import Query, and_each_clause
-from sncli.source.cursor import Cursor, UpperBound, field_value, range_query, upper_bound
-from sncli.source.cycle import (
+from sncli.offsets.lock import run_lock
+from sncli.offsets.model import StoredOffset, check_offset, normalize_timestamp
+from sncli.offsets.store import open_store
+from sncli.source.backfill_plan import (
+    COUNT_THREADS,
+    RangeCounter,
+    load_plan,
+    make_plan,
+    save_plan,
+    unfinished_until,
+    window_done,
+    window_key,
+)
+from sncli.source.cursor import Cursor, UpperBound, upper_bound
+from sncli.source.outcome import RunSummary, TableOutcome, combined_exit_code, describe_error
+from sncli.source.parquet_out import ParquetWindowWriter
+from sncli.source.poller import Deliver, Records, StopControl
+from sncli.source.range_run import RangeRun
+from sncli.source.runkit import (
     Background,
-    KafkaPageOutput,
-    RunSummary,
-    TableOutcome,
     check_source_settings,
-    combined_exit_code,
-    describe_error,
     finish_metrics,
     make_client,
     new_producer,
     start_topic_check,
 )
-from sncli.source.poller import Records, Send, StopControl, page_loop
-from sncli.source.windows import Window, plan_windows, range_id, to_epoch, to_sn, windows_from_boundaries
+from sncli.source.set_cursor import check_set_cursor, check_until_reached, poll_position, set_poll_cursor
+from sncli.source.windows import Window, range_id, to_epoch, to_sn
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
     from sncli.kafka.producer import PageProducer
     from sncli.offsets.lock import RunLock
-    from sncli.offsets.model import StoredOffset
     from sncli.offsets.store import OffsetStore
-    from sncli.servicenow.client import Page, ServiceNowClient
+    from sncli.servicenow.client import ServiceNowClient
 
 log = logging.getLogger("sncli.backfill")
 
-PLAN_SUFFIX = ".plan"
 PROGRESS_LOG_SECONDS = 10.0
 #: How long a run that finds the plan lock held waits for that planner's plan before exiting 75.
 PLAN_WAIT_SECONDS = 120.0
-COUNT_THREADS = 32  # count queries of one planning level run at once (one round trip per level)
 
 
 # --------------------------------------------------------------------------- request
@@ -121,8 +125,6 @@ def parse_output(text: str) -> Path | None:
 
 
 def _normalize(value: str, what: str) -> str:
-    from sncli.offsets.model import normalize_timestamp
-
     try:
         return normalize_timestamp(value)
     except ValueError as exc:
@@ -137,39 +139,6 @@ def output_suffix(output: Path | None) -> str:
 
 
 # --------------------------------------------------------------------------- keys and the stored plan
-
-
-def window_key(table: str, rid: str, index: int, count: int) -> str:
-    from sncli.offsets.model import backfill_key
-
-    return backfill_key(table, rid, index, count)
-
-
-def plan_key(table: str, rid: str, index: int, count: int) -> str:
-    return window_key(table, rid + PLAN_SUFFIX, index, count)
-
-
-def window_done(stored: StoredOffset | None, window: Window) -> bool:
-    """A window is done when its cursor is ``(hi, "")``: everything before ``hi`` was read."""
-    if window.lo >= window.hi:
-        return True
-    return stored is not None and stored.sys_id == "" and stored.timestamp == window.hi_text
-
-
-def load_plan(
-    stored: dict[str, StoredOffset], table: str, rid: str, since: int, until: int, n: int
-) -> list[Window] | None:
-    """The stored plan of this range, or None when it is absent or incomplete (a planner died midway)."""
-    entries = [stored.get(plan_key(table, rid, i, n)) for i in range(n)]
-    if any(e is None for e in entries):
-        return None
-    lows = [to_epoch(e.timestamp) for e in entries if e is not None]
-    if lows[0] != since or lows != sorted(lows) or lows[-1] > until:
-        raise OffsetsError(
-            f"the stored plan of backfill {table} {rid} ({n} windows) is inconsistent; "
-            f"run `sncli offsets reset --table {table} --backfill` to start this backfill over"
-        )
-    return windows_from_boundaries(since, until, lows[1:])
 
 
 def lock_plan_or_wait(
@@ -194,8 +163,6 @@ def lock_plan_or_wait(
     (a planner may have finished just before it was taken), or with the plan.
     Raises LockHeldError when no plan appears in time (a stuck planner).
     """
-    from sncli.offsets.lock import run_lock
-
     try:
         stack.enter_context(run_lock(settings, f"backfill/{table}/{rid}/plan"))
     except LockHeldError:
@@ -210,186 +177,35 @@ def lock_plan_or_wait(
     return store.load_all()
 
 
-def save_plan(store: OffsetStore, table: str, rid: str, windows: list[Window], fingerprint: str) -> None:
-    from sncli.offsets.model import StoredOffset
-
-    for w in windows:
-        store.save(StoredOffset.new(plan_key(table, rid, w.index, w.count), w.lo_text, "", fingerprint))
-
-
-_RANGE = re.compile(r"(?P<since>[0-9]{8}T[0-9]{6})-(?P<until>[0-9]{8}T[0-9]{6})(?P<suffix>.*)")
-
-
-def unfinished_until(
-    stored: dict[str, StoredOffset], table: str, since: int, n: int, suffix: str
-) -> int | None:
-    """The ``until`` of the latest unfinished backfill of (table, since, N, output), if any."""
-    from sncli.offsets.model import parse_key
-    from sncli.source.windows import from_compact
-
-    found: list[int] = []
-    for key in stored:
-        try:
-            info = parse_key(key)
-        except ValueError:
-            continue
-        if info.kind != "backfill" or info.table != table or info.count != n or info.index != 0:
-            continue
-        rid = info.range_id or ""
-        if not rid.endswith(PLAN_SUFFIX):
-            continue
-        match = _RANGE.fullmatch(rid[: -len(PLAN_SUFFIX)])
-        if not match or match.group("suffix") != suffix or from_compact(match.group("since")) != since:
-            continue
-        until = from_compact(match.group("until"))
-        base = rid[: -len(PLAN_SUFFIX)]
-        plan = load_plan(stored, table, base, since, until, n)
-        if plan is None:
-            found.append(until)  # a plan that was never completed: no window ran, resume it anyway
-            continue
-        if not all(window_done(stored.get(window_key(table, base, w.index, n)), w) for w in plan):
-            found.append(until)
-    return max(found) if found else None
-
-
-# --------------------------------------------------------------------------- counting
-
-
-class RangeCounter:
-    """Record counts of ``[lo, hi)`` ranges of one table (``X-Total-Count`` of ``limit=1`` queries)."""
-
-    def __init__(self, client: ServiceNowClient, table: SourceTable, threads: int = 8) -> None:
-        self._client = client
-        self._table = table
-        self._threads = max(1, threads)
-
-    def _query(self, lo: int, hi: int) -> str:
-        return range_query(to_sn(lo), UpperBound(to_sn(hi), inclusive=False), ts_field=self._table.timestamp_field,
-                           base_query=self._table.query)
-
-    def count(self, lo: int, hi: int) -> int:
-        if hi <= lo:
-            return 0
-        page = self._client.list_page(self._table.name, query=self._query(lo, hi), fields=["sys_id"], limit=1,
-                                      no_count=False)
-        if page.total is None:
-            raise SncliError(f"{self._table.name}: ServiceNow sent no X-Total-Count; cannot split the range")
-        return page.total
-
-    def count_many(self, intervals: list[tuple[int, int]] | Any) -> list[int]:
-        items = list(intervals)
-        if len(items) <= 1:
-            return [self.count(lo, hi) for lo, hi in items]
-        with ThreadPoolExecutor(max_workers=min(self._threads, len(items)), thread_name_prefix="count") as pool:
-            return list(pool.map(lambda iv: self.count(*iv), items))
-
-    def first_and_clock(self, since: int) -> tuple[int | None, int | None, datetime | None]:
-        """The first and the last record at or after ``since`` (epoch seconds) and ServiceNow's clock.
-
-        Two requests at once, one round trip. The clock is the first answer's
-        ``Date`` (None when it has none): a backfill that needs "now" for its
-        upper bound gets the range's edges with it, which saves planning round trips.
-        """
-        ts = self._table.timestamp_field
-        query = and_each_clause(self._table.query, [Query().ge(ts, to_sn(since))])
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge") as pool:
-            last = pool.submit(self._edge_page, query, last=True)
-            first_page = self._edge_page(query, last=False)
-            last_page = last.result()
-        return _edge_of(first_page.records, ts), _edge_of(last_page.records, ts), first_page.server_time
-
-    def edges(self, lo: int, hi: int) -> tuple[int | None, int | None]:
-        """The timestamps of the first and the last record in ``[lo, hi)``, as epoch seconds (one round trip)."""
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edge") as pool:
-            last = pool.submit(self._edge_page, self._query(lo, hi), last=True)
-            first = self._edge_page(self._query(lo, hi), last=False)
-            ts = self._table.timestamp_field
-            return _edge_of(first.records, ts), _edge_of(last.result().records, ts)
-
-    def _edge_page(self, query: str, *, last: bool) -> Page:
-        """The first (or last) record of ``query`` in keyset order: ascending, or its exact reverse."""
-        ts = self._table.timestamp_field
-        order = f"^ORDERBYDESC{ts}^ORDERBYDESCsys_id" if last else f"^ORDERBY{ts}^ORDERBYsys_id"
-        return self._client.list_page(self._table.name, query=query + order, fields=["sys_id", ts], limit=1)
-
-
-def _edge_of(records: list[dict[str, Any]], ts: str) -> int | None:
-    if not records:
-        return None
-    try:
-        return to_epoch(field_value(records[0], ts))
-    except ValueError:
-        return None
-
-
-def make_plan(
-    counter: RangeCounter,
-    since: int,
-    until: int,
-    n: int,
-    *,
-    first: int | None = None,
-    last: int | None = None,
-    edges_known: bool = False,
-) -> list[Window]:
-    """Plan N windows: the range's first and last record (unless ``edges_known``), then the split by counts.
-
-    ``first``/``last``: the timestamps of the first record at or after ``since``
-    and of the last one, None when there is none, when the caller already knows
-    them (``edges_known``). A last record at or after ``until`` tells nothing
-    about the range's end and is not used. Refinement then starts from the
-    data's span: a table whose records end long before ``until`` (one that is no
-    longer written to, the bench's) needs two refinement levels fewer; for a
-    live table it saves nothing, and both edges cost one round trip together.
-    The range's count is asked together with the first refinement level (see
-    :func:`plan_windows`).
-    """
-    if n == 1:
-        return plan_windows(since, until, 1, counter.count_many)
-    if not edges_known:
-        first, last = counter.edges(since, until)
-    if first is None or first >= until:  # no record in the range
-        return plan_windows(since, until, n, counter.count_many, total=0)
-    return plan_windows(since, until, n, counter.count_many, first=first,
-                        last=last if last is not None and last < until else None)
-
-
 # --------------------------------------------------------------------------- progress
 
 
-class Progress:
-    """A rich progress bar on a terminal (stderr); a log line every few seconds otherwise."""
+class ProgressReport(Protocol):
+    """Where the windows' threads report records loaded (a bar on a terminal: :mod:`sncli.cli.progress`)."""
 
-    def __init__(self, label: str, total: int, *, tty: bool | None = None) -> None:
+    def add(self, records: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: Makes the run's progress report from its label and the records the windows hold.
+ProgressFactory = Callable[[str, int], ProgressReport]
+
+
+class LogProgress:
+    """A log line every :data:`PROGRESS_LOG_SECONDS` with the count, rate and ETA (and one at the end)."""
+
+    def __init__(self, label: str, total: int) -> None:
         self.label = label
         self.total = total
         self.done = 0
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._last_log = self._started
-        self._bar: Any = None
-        self._task: Any = None
-        if sys.stderr.isatty() if tty is None else tty:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            class Rate(TextColumn):
-                def render(self, task: Any) -> Any:
-                    from rich.text import Text
-
-                    return Text(f"{task.speed or 0:,.0f} rec/s")
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(""),
-                                 TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
-            self._task = self._bar.add_task(label, total=total or None)
-            self._bar.start()
 
     def add(self, records: int) -> None:
         with self._lock:
             self.done += records
-            if self._bar is not None:
-                self._bar.update(self._task, advance=records)
-                return
             now = time.monotonic()
             if now - self._last_log < PROGRESS_LOG_SECONDS:
                 return
@@ -402,10 +218,7 @@ class Progress:
         log.info("%s: %d/%d records (%.0f/s%s)", self.label, self.done, self.total, rate, eta)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-        else:
-            self._log_line(time.monotonic())
+        self._log_line(time.monotonic())
 
 
 # --------------------------------------------------------------------------- one window
@@ -439,70 +252,38 @@ def run_window(
     output: Path | None,
     stop: StopControl,
     metrics: RunMetrics,
-    progress: Progress,
+    progress: ProgressReport,
     outcome: WindowOutcome,
     producer: PageProducer | None = None,
     lock: RunLock | None = None,
 ) -> None:
-    """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing."""
-    from sncli.offsets.model import StoredOffset, check_offset
-    from sncli.source.cycle import make_fetch, make_look_past
-    from sncli.source.parquet_out import ParquetWindowWriter
+    """Load one window (resuming from its stored cursor); fills ``outcome``, raises nothing.
 
-    key = window_key(table.name, rid, window.index, window.count)
-    kafka: KafkaPageOutput | None = None
+    The window is a :class:`~sncli.source.range_run.RangeRun` with ``ts<hi``; what is
+    its own: a finished window is skipped, a Parquet window is redone from its start
+    into its file, and a window read to its end stores ``(hi, "")``.
+    """
+    run = RangeRun(settings=settings, table=table, client=client, metrics=metrics, stop=stop, outcome=outcome,
+                   key=window_key(table.name, rid, window.index, window.count), fingerprint=fingerprint,
+                   store=store, lock=lock, label=f"{table.name} window {window.label}", progress=progress.add)
     parquet: ParquetWindowWriter | None = None
-    try:
-        stored = store.load(key)
-        if stored is not None:
-            check_offset(stored, fingerprint)
-            outcome.cursor_before = Cursor(stored.timestamp, stored.sys_id)
-        outcome.cursor_after = outcome.cursor_before
-        if window_done(stored, window):
+
+    def abort() -> None:
+        if parquet is not None:
+            parquet.abort()
+
+    with run.guard(producer, on_error=abort):
+        if window_done(run.load(), window):
             outcome.done, outcome.stopped = True, "done"
             return
         hi = UpperBound(window.hi_text, inclusive=False)
-        send: Send | None = None
-        deliver: Callable[[Records, Any], int] | None = None
-        commit: Callable[[Cursor], None]
-        prepare: Callable[[Records], Any] | None = None
-        if output is None:
-            start = outcome.cursor_before or Cursor.at_start(window.lo_text)
-            kafka = KafkaPageOutput(settings, table, client, metrics, producer)
-            producer = None
-            send, prepare = kafka.send, kafka.prepare
-
-            def commit(cursor: Cursor) -> None:
-                if lock is not None:
-                    lock.ensure_held()  # an S3 lease lost meanwhile: stop without writing
-                store.save(StoredOffset.new(key, cursor.timestamp, cursor.sys_id, fingerprint))
-                outcome.cursor_after = cursor
-        else:
-            start = Cursor.at_start(window.lo_text)  # a Parquet window is redone from its start
-            writer = parquet = ParquetWindowWriter(output, table.name, window.index, window.count)
-
-            def deliver(records: Records, prepared: Any) -> int:
-                return writer.write(records)
-
-            def commit(cursor: Cursor) -> None:
-                return None
-
-        def on_page(result: Any) -> None:
-            progress.add(result.records - outcome.records)
-            outcome.records, outcome.pages, outcome.produced = result.records, result.pages, result.delivered
-            if kafka is not None:
-                outcome.dlq = dict(kafka.dead_lettered)
-            outcome.hidden = result.hidden
-
-        decoder = kafka.decoder if kafka else None
-        result = page_loop(
-            start=start,
-            start_fetch=make_fetch(client, settings, table, hi, metrics, decoder),
-            send=send, deliver=deliver, commit=commit,
-            ts_field=table.timestamp_field, page_size=settings.source.page_size, stop=stop, prepare=prepare,
-            on_page=on_page, look_past=make_look_past(client, settings, table, hi, decoder),
-        )
-        outcome.hidden = result.hidden
+        if output is not None:  # created only now: it removes the files of an earlier attempt
+            parquet = ParquetWindowWriter(output, table.name, window.index, window.count)
+        if parquet is None:
+            run.open_kafka(producer)
+            result = run.pages(hi, outcome.cursor_before or Cursor.at_start(window.lo_text))
+        else:  # a Parquet window is redone from its start (its file is only complete at the end)
+            result = run.pages(hi, Cursor.at_start(window.lo_text), deliver=_writing(parquet))
         if result.stopped is not None:
             outcome.stopped = result.stopped
             if parquet is not None:
@@ -510,37 +291,28 @@ def run_window(
             return
         if parquet is not None:
             outcome.files = [str(p) for p in parquet.finish()]
-        done = Cursor(window.hi_text, "")
-        if lock is not None:
-            lock.ensure_held()
-        store.save(StoredOffset.new(key, done.timestamp, done.sys_id, fingerprint))
-        outcome.cursor_after, outcome.done, outcome.stopped = done, True, "caught_up"
-    except Exception as exc:
-        outcome.error, outcome.exit_code = describe_error(exc)
-        if parquet is not None:
-            parquet.abort()
-        if isinstance(exc, SncliError):
-            log.error("%s window %s: %s", table.name, window.label, outcome.error, extra={"table": table.name})
-        else:
-            log.exception("%s window %s: unexpected failure", table.name, window.label, extra={"table": table.name})
-    finally:
-        if kafka is not None:
-            outcome.dlq = dict(kafka.dead_lettered)
-        if outcome.hidden:  # passed by pages that were stored, whatever happened after
-            metrics.source_hidden.labels(table=table.name).inc(outcome.hidden)
-        closing = kafka or producer
-        if closing is not None:
-            try:
-                closing.close()
-            except Exception as exc:
-                log.warning("%s window %s: closing the producer: %s", table.name, window.label, exc)
+        run.save(Cursor(window.hi_text, ""))
+        outcome.done, outcome.stopped = True, "caught_up"
+
+
+def _writing(parquet: ParquetWindowWriter) -> Deliver:
+    def deliver(records: Records, prepared: object) -> int:
+        return parquet.write(records)
+
+    return deliver
 
 
 # --------------------------------------------------------------------------- the run
 
 
-def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopControl | None = None) -> RunSummary:
-    """Run a backfill (see the module doc); a held lock gives exit code 75. Raises UsageError/ConfigError."""
+def run_backfill(
+    settings: Settings, request: BackfillRequest, *, stop: StopControl | None = None,
+    progress: ProgressFactory = LogProgress,
+) -> RunSummary:
+    """Run a backfill (see the module doc); a held lock gives exit code 75. Raises UsageError/ConfigError.
+
+    ``progress``: how the windows' records loaded are shown (the CLI passes a bar for a terminal).
+    """
     table = settings.source.table(request.table)
     check_source_settings(settings)
     if request.window is not None and request.until is None:
@@ -557,7 +329,7 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopCont
     outcome = summary.tables[table.name] = TableOutcome(table.name)
     client = make_client(settings, metrics, max(n, COUNT_THREADS // 2))
     try:
-        _run(settings, request, table, client, metrics, stop, summary, outcome)
+        _run(settings, request, table, client, metrics, stop, summary, outcome, progress)
     except LockHeldError as exc:  # another run holds a window (or the poll lock): nothing was done
         summary.error, summary.exit_code = str(exc), int(exc.exit_code)
         outcome.stopped = "locked"
@@ -577,6 +349,18 @@ def run_backfill(settings: Settings, request: BackfillRequest, *, stop: StopCont
     return summary
 
 
+@dataclass(frozen=True)
+class _Range:
+    """The range of a backfill run, and its edges when learnt with ServiceNow's clock."""
+
+    since: int
+    until: int
+    rid: str
+    first: int | None = None
+    last: int | None = None
+    edges_known: bool = False  # first/last learnt with the clock (saves a planning round trip)
+
+
 def _run(
     settings: Settings,
     request: BackfillRequest,
@@ -586,20 +370,100 @@ def _run(
     stop: StopControl,
     summary: RunSummary,
     outcome: TableOutcome,
+    make_progress: ProgressFactory,
 ) -> None:
-    from sncli.offsets.lock import run_lock
-    from sncli.offsets.model import check_offset
-    from sncli.offsets.store import open_store
-
     n = request.count
     store = open_store(settings)
     fingerprint = source_fingerprint(settings, table)
+    counter = RangeCounter(client, table, threads=COUNT_THREADS)
+    rng = _resolve_range(settings, request, table, client, store, counter)
+    rid, since, until = rng.rid, rng.since, rng.until
+    summary.extra.update(range_id=rid, since=to_sn(since), until=to_sn(until),
+                         output="kafka" if request.output is None else f"parquet:{request.output}")
+    summary.upper_bound = to_sn(until)
+    selected = [request.window[0]] if request.window else list(range(n))
+
+    held: dict[int, RunLock] = {}
+    with ExitStack() as locks:
+        if not request.dry_run:
+            for i in selected:
+                held[i] = locks.enter_context(run_lock(settings, window_key(table.name, rid, i, n)))
+            if request.set_cursor:
+                locks.enter_context(run_lock(settings, table.name))
+        if request.set_cursor:  # with the poll lock held (no poll moves the cursor meanwhile), before any work
+            check_set_cursor(poll_position(store, table, fingerprint), to_sn(since), table=table.name,
+                             parquet=request.output is not None)
+        producers: dict[int, PageProducer] = {}
+        topics: Background | None = None
+        if not request.dry_run and request.output is None:
+            producers = {i: new_producer(settings) for i in selected}  # warm up while planning
+            locks.callback(_close_all, producers)
+            topics = start_topic_check(settings, [table])  # overlaps with planning; awaited before any window
+            locks.callback(topics.settle)  # finished (topics created) even when planning fails
+        plan = _plan(settings, request, table, store, counter, rng, fingerprint, topics)
+        if topics is not None:
+            topics.wait()
+        windows = [plan[i] for i in selected]
+        counts = _window_counts(counter, windows)
+        summary.extra["windows"] = []
+        if request.dry_run:
+            summary.extra["windows"] = [
+                {"index": w.index, "lo": w.lo_text, "hi": w.hi_text, "records_in_window": c}
+                for w, c in zip(windows, counts, strict=True)
+            ]
+            outcome.stopped = "dry_run"
+            return
+        outcomes = _run_windows(settings, request, table, client, store, rid, fingerprint, windows, stop, metrics,
+                                make_progress(f"backfill {table.name}", sum(counts)), producers, held)
+        _sum_up(summary, outcome, outcomes, counts)
+        everything = store.load_all()
+        all_done = all(window_done(everything.get(window_key(table.name, rid, w.index, n)), w) for w in plan)
+        summary.extra["range_done"] = all_done
+        if request.set_cursor:
+            summary.extra["poll_cursor_set"] = False
+            if all_done:
+                summary.extra["poll_cursor_set"] = set_poll_cursor(store, table, since, until, fingerprint)
+
+
+def _run_windows(
+    settings: Settings, request: BackfillRequest, table: SourceTable, client: ServiceNowClient, store: OffsetStore,
+    rid: str, fingerprint: str, windows: list[Window], stop: StopControl, metrics: RunMetrics,
+    progress: ProgressReport, producers: dict[int, PageProducer], held: dict[int, RunLock],
+) -> list[WindowOutcome]:
+    """Each window on its own thread (:func:`run_window`), with its producer and its lock; their outcomes."""
+    outcomes = [WindowOutcome(name=w.label, window=w) for w in windows]
+    threads = [
+        threading.Thread(
+            target=run_window, name=f"backfill-{w.label}",
+            kwargs={"settings": settings, "table": table, "client": client, "store": store, "rid": rid,
+                    "window": w, "fingerprint": fingerprint, "output": request.output, "stop": stop,
+                    "metrics": metrics, "progress": progress, "outcome": o,
+                    "producer": producers.pop(w.index, None), "lock": held.get(w.index)},
+        )
+        for w, o in zip(windows, outcomes, strict=True)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    finally:
+        progress.close()
+    return outcomes
+
+
+def _resolve_range(
+    settings: Settings, request: BackfillRequest, table: SourceTable, client: ServiceNowClient,
+    store: OffsetStore, counter: RangeCounter,
+) -> _Range:
+    """``[since, until)`` of the run: as given, the unfinished one resumed, or up to ServiceNow's clock."""
+    n = request.count
     suffix = output_suffix(request.output)
     since = to_epoch(_normalize(request.since or table.start, "--since"))
-    counter = RangeCounter(client, table, threads=COUNT_THREADS)
     first: int | None = None
     last: int | None = None
-    edges_known = False  # the range's first and last record, learnt with the clock (saves a round trip)
+    edges_known = False
     if request.until is not None:
         until = to_epoch(_normalize(request.until, "--until"))
     else:
@@ -616,180 +480,69 @@ def _run(
     if until <= since:
         raise UsageError(f"--until ({to_sn(until)}) must be after --since ({to_sn(since)})")
     if request.set_cursor and request.until is not None:
-        clock = client.server_time(table.name)
-        check_until_reached(until, to_epoch(upper_bound(clock, settings.source.safety_lag_seconds).value) + 1,
-                            table=table.name)
-    rid = range_id(since, until) + suffix
-    summary.extra.update(range_id=rid, since=to_sn(since), until=to_sn(until),
-                         output="kafka" if request.output is None else f"parquet:{request.output}")
-    summary.upper_bound = to_sn(until)
-    selected = [request.window[0]] if request.window else list(range(n))
+        reached = to_epoch(upper_bound(client.server_time(table.name), settings.source.safety_lag_seconds).value) + 1
+        check_until_reached(until, reached, table=table.name)
+    return _Range(since, until, range_id(since, until) + suffix, first, last, edges_known)
 
-    held: dict[int, RunLock] = {}
-    with ExitStack() as locks:
-        if not request.dry_run:
-            for i in selected:
-                held[i] = locks.enter_context(run_lock(settings, window_key(table.name, rid, i, n)))
-            if request.set_cursor:
-                locks.enter_context(run_lock(settings, table.name))
-        if request.set_cursor:  # with the poll lock held (no poll moves the cursor meanwhile), before any work
-            check_set_cursor(_poll_position(store, table, fingerprint), to_sn(since), table=table.name,
-                             parquet=request.output is not None)
-        producers: dict[int, PageProducer] = {}
-        topics: Background | None = None
-        if not request.dry_run and request.output is None:
-            producers = {i: new_producer(settings) for i in selected}  # warm up while planning
-            locks.callback(_close_all, producers)
-            topics = start_topic_check(settings, [table])  # overlaps with planning; awaited before any window
-            locks.callback(topics.settle)  # finished (topics created) even when planning fails
-        with ExitStack() as planning:
-            stored = store.load_all()
-            if not request.dry_run and load_plan(stored, table.name, rid, since, until, n) is None:
-                stored = lock_plan_or_wait(planning, settings, store, table.name, rid, since, until, n)
-            for key, entry in stored.items():
-                if key.startswith(f"backfill/{table.name}/{rid}"):
-                    check_offset(entry, fingerprint)
-            plan = load_plan(stored, table.name, rid, since, until, n)
-            if plan is None:
-                plan = make_plan(counter, since, until, n, first=first, last=last, edges_known=edges_known)
-                if topics is not None:
-                    topics.wait()  # a topic that cannot be used stops the run before a plan is stored
-                if not request.dry_run:
-                    save_plan(store, table.name, rid, plan, fingerprint)
-                log.info("backfill %s %s: %d windows %s", table.name, rid, n,
-                         ", ".join(f"[{w.lo_text}, {w.hi_text})" for w in plan))
-            else:
-                log.info("backfill %s %s: using the stored plan of %d windows", table.name, rid, n)
+
+def _plan(
+    settings: Settings, request: BackfillRequest, table: SourceTable, store: OffsetStore, counter: RangeCounter,
+    rng: _Range, fingerprint: str, topics: Background | None,
+) -> list[Window]:
+    """The range's stored plan, else a new one stored under the plan lock (see the module doc)."""
+    n, rid = request.count, rng.rid
+    with ExitStack() as planning:
+        stored = store.load_all()
+        if not request.dry_run and load_plan(stored, table.name, rid, rng.since, rng.until, n) is None:
+            stored = lock_plan_or_wait(planning, settings, store, table.name, rid, rng.since, rng.until, n)
+        for key, entry in stored.items():
+            if key.startswith(f"backfill/{table.name}/{rid}"):
+                check_offset(entry, fingerprint)
+        plan = load_plan(stored, table.name, rid, rng.since, rng.until, n)
+        if plan is not None:
+            log.info("backfill %s %s: using the stored plan of %d windows", table.name, rid, n)
+            return plan
+        plan = make_plan(counter, rng.since, rng.until, n, first=rng.first, last=rng.last,
+                         edges_known=rng.edges_known)
         if topics is not None:
-            topics.wait()
-        windows = [plan[i] for i in selected]
-        # Counts for the progress bar: known from planning, else (a stored plan) counted now.
-        unknown = [w for w in windows if w.records is None]
-        counted = dict(zip((w.index for w in unknown), counter.count_many([(w.lo, w.hi) for w in unknown]),
-                           strict=True))
-        counts = [w.records if w.records is not None else counted[w.index] for w in windows]
-        summary.extra["windows"] = []
-        if request.dry_run:
-            summary.extra["windows"] = [
-                {"index": w.index, "lo": w.lo_text, "hi": w.hi_text, "records_in_window": c}
-                for w, c in zip(windows, counts, strict=True)
-            ]
-            outcome.stopped = "dry_run"
-            return
-        outcomes = [WindowOutcome(name=w.label, window=w) for w in windows]
-        progress = Progress(f"backfill {table.name}", sum(counts))
-        threads = [
-            threading.Thread(
-                target=run_window, name=f"backfill-{w.label}",
-                kwargs={"settings": settings, "table": table, "client": client, "store": store, "rid": rid,
-                        "window": w, "fingerprint": fingerprint, "output": request.output, "stop": stop,
-                        "metrics": metrics, "progress": progress, "outcome": o,
-                        "producer": producers.pop(w.index, None), "lock": held.get(w.index)},
-            )
-            for w, o in zip(windows, outcomes, strict=True)
-        ]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)
-        finally:
-            progress.close()
-        for o, c in zip(outcomes, counts, strict=True):
-            data = o.to_json()
-            data["records_in_window"] = c
-            summary.extra["windows"].append(data)
-        outcome.records = sum(o.records for o in outcomes)
-        outcome.pages = sum(o.pages for o in outcomes)
-        outcome.produced = sum(o.produced for o in outcomes)
-        for o in outcomes:
-            for error_class, count in o.dlq.items():
-                outcome.dlq[error_class] = outcome.dlq.get(error_class, 0) + count
-        outcome.hidden = sum(o.hidden for o in outcomes)
-        failed = [o for o in outcomes if o.error]
-        stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
-        outcome.stopped = stopped[0] if stopped else "caught_up"
-        summary.exit_code = combined_exit_code(list(outcomes))
-        if failed:
-            outcome.error = "; ".join(f"window {o.name}: {o.error}" for o in failed)
-            outcome.exit_code = summary.exit_code
-        everything = store.load_all()
-        all_done = all(window_done(everything.get(window_key(table.name, rid, w.index, n)), w) for w in plan)
-        summary.extra["range_done"] = all_done
-        if request.set_cursor:
-            summary.extra["poll_cursor_set"] = False
-            if all_done:
-                summary.extra["poll_cursor_set"] = _set_poll_cursor(store, table, since, until, fingerprint)
+            topics.wait()  # a topic that cannot be used stops the run before a plan is stored
+        if not request.dry_run:
+            save_plan(store, table.name, rid, plan, fingerprint)
+        log.info("backfill %s %s: %d windows %s", table.name, rid, n,
+                 ", ".join(f"[{w.lo_text}, {w.hi_text})" for w in plan))
+        return plan
 
 
-def check_set_cursor(poll: Cursor | None, since: str, *, table: str, parquet: bool) -> None:
-    """Refuse (UsageError, exit 2) a ``--set-cursor`` that could move the poll cursor past unexported records.
-
-    A Parquet output never reaches the topic: refused whatever the cursor.
-    ``poll``: where the next poll starts (the stored cursor, else the table's
-    start; None = not known yet, only the output is checked). Moving it to
-    ``(until, "")`` passes every record after it and before ``until``; the
-    backfill delivers only ``[since, until)`` to the topic, so the move is safe
-    only when ``since`` is at or before the cursor's second (records of that
-    second after the cursor are at or after ``since`` too).
-    """
-    if parquet:
-        raise UsageError(
-            f"--set-cursor cannot be used with --output parquet: the range goes to files, not to the topic, "
-            f"so moving the poll cursor of {table} past it would skip those records in Kafka"
-        )
-    if poll is not None and since > poll.timestamp:
-        raise UsageError(
-            f"--set-cursor: the poll cursor of {table} is at {poll.timestamp}, before --since {since}; moving it "
-            f"to --until would skip every record in between, which was never exported. Use --since {poll.timestamp} "
-            f"(or earlier), or leave out --set-cursor"
-        )
+def _window_counts(counter: RangeCounter, windows: list[Window]) -> list[int]:
+    """Records per window for the progress: known from planning, else (a stored plan) counted now."""
+    unknown = [w for w in windows if w.records is None]
+    counted = dict(zip((w.index for w in unknown), counter.count_many([(w.lo, w.hi) for w in unknown]),
+                       strict=True))
+    return [w.records if w.records is not None else counted[w.index] for w in windows]
 
 
-def check_until_reached(until: int, reached: int, *, table: str) -> None:
-    """Refuse (UsageError, exit 2) a ``--set-cursor`` whose ``--until`` is past what ServiceNow holds now.
-
-    ``reached``: the end a poll cycle started now would read to (server clock
-    minus the safety lag, + 1 s). The backfill reads only what exists now; moving
-    the poll cursor to a later ``until`` would skip every record changed between
-    now and then.
-    """
-    if until > reached:
-        raise UsageError(
-            f"--set-cursor: --until {to_sn(until)} is past what ServiceNow holds now ({to_sn(reached)}, its clock "
-            f"minus safety_lag_seconds); moving the poll cursor of {table} there would skip the records changed "
-            f"in between. Leave out --until (it then ends at {to_sn(reached)}), or leave out --set-cursor"
-        )
-
-
-def _poll_position(store: OffsetStore, table: SourceTable, fingerprint: str) -> Cursor:
-    """Where the next poll of ``table`` starts: its stored cursor, else the table's ``start``."""
-    from sncli.offsets.model import check_offset, poll_key
-
-    stored = store.load(poll_key(table.name))
-    if stored is None:
-        return Cursor.at_start(_normalize(table.start, "source.tables.start"))
-    check_offset(stored, fingerprint)
-    return Cursor(stored.timestamp, stored.sys_id)
+def _sum_up(summary: RunSummary, outcome: TableOutcome, outcomes: list[WindowOutcome], counts: list[int]) -> None:
+    """The windows' outcomes into the run's summary and the table's outcome."""
+    for o, c in zip(outcomes, counts, strict=True):
+        data = o.to_json()
+        data["records_in_window"] = c
+        summary.extra["windows"].append(data)
+    outcome.records = sum(o.records for o in outcomes)
+    outcome.pages = sum(o.pages for o in outcomes)
+    outcome.produced = sum(o.produced for o in outcomes)
+    for o in outcomes:
+        for error_class, count in o.dlq.items():
+            outcome.dlq[error_class] = outcome.dlq.get(error_class, 0) + count
+    outcome.hidden = sum(o.hidden for o in outcomes)
+    failed = [o for o in outcomes if o.error]
+    stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
+    outcome.stopped = stopped[0] if stopped else "caught_up"
+    summary.exit_code = combined_exit_code(list(outcomes))
+    if failed:
+        outcome.error = "; ".join(f"window {o.name}: {o.error}" for o in failed)
+        outcome.exit_code = summary.exit_code
 
 
 def _close_all(producers: dict[int, PageProducer]) -> None:
     for producer in producers.values():  # never handed to a window (the run stopped before)
         producer.close(0)
-
-
-def _set_poll_cursor(store: OffsetStore, table: SourceTable, since: int, until: int, fingerprint: str) -> bool:
-    """Move the poll cursor to ``(until, "")`` unless it is already there or further (checked again: never a gap)."""
-    from sncli.offsets.model import StoredOffset, poll_key
-
-    current = _poll_position(store, table, fingerprint)
-    target = Cursor(to_sn(until), "")
-    if current >= target:
-        log.info("%s: the poll cursor is already at or after %s; left as it is", table.name, target.timestamp)
-        return False
-    check_set_cursor(current, to_sn(since), table=table.name, parquet=False)
-    store.save(StoredOffset.new(poll_key(table.name), target.timestamp, target.sys_id, fingerprint))
-    log.info("%s: poll cursor moved to %s (the backfill covered everything before it)", table.name,
-             target.timestamp)
-    return True

@@ -1,6 +1,6 @@
 """One table's page loop: fetch -> deliver -> store the cursor, with the next fetches overlapped.
 
-The guarantee (DESIGN.md §4): the cursor is stored only after every record of
+The guarantee: the cursor is stored only after every record of
 a page was delivered (for Kafka: acknowledged, acks=all). A crash anywhere
 re-sends at most the page whose acknowledgement was not yet stored: page N+1
 is never sent before page N's cursor is stored.
@@ -38,7 +38,7 @@ per attempt, the retry budget per page), none by the loop.
 The end: a short page is not the end, and an empty one is not either until
 ServiceNow says nothing remains. Row ACLs are applied after ``sysparm_limit``,
 so a page whose every row is hidden comes back empty mid-table. An empty page
-goes to ``look_past`` (:func:`sncli.source.cycle.make_look_past`), which asks
+goes to ``look_past`` (:meth:`sncli.source.fetch.TableRequests.look_past`), which asks
 ServiceNow: nothing left ends the loop as "caught up"; visible rows past a
 hidden run are delivered as the next page, in this cycle; a range whose rest
 is all hidden ends the loop with the cursor moved past it. The hidden rows
@@ -75,7 +75,7 @@ class PendingFetch(Protocol):
 
 Fetch = Callable[[Cursor, int], Records]  # a plain fetch: (cursor, limit) -> the page after cursor
 StartFetch = Callable[[Cursor, int], PendingFetch]  # the same, requested now and read later
-Prepare = Callable[[Records], Any]
+MakeMessages = Callable[[Records], Any]  # a page -> what ``send``/``deliver`` take with it (its messages)
 Deliver = Callable[[Records, Any], int]  # (records, what prepare made of them or None) -> delivered
 Settle = Callable[[], int]  # waits until a sent page is delivered -> delivered; raises if it was not
 Send = Callable[[Records, Any], Settle]  # queues a page for delivery
@@ -283,7 +283,7 @@ def page_loop(
     deliver: Deliver | None = None,
     send: Send | None = None,
     budget: Budget | None = None,
-    prepare: Prepare | None = None,
+    prepare: MakeMessages | None = None,
     on_page: Callable[[LoopResult], None] | None = None,
     look_past: LookPast | None = None,
 ) -> LoopResult:
@@ -314,7 +314,7 @@ def _loop(
     commit: Commit,
     ts_field: str,
     stop: StopControl,
-    prepare: Prepare | None,
+    prepare: MakeMessages | None,
     on_page: Callable[[LoopResult], None] | None,
 ) -> LoopResult:
     result = LoopResult(cursor=start)
@@ -392,7 +392,7 @@ def _answered(request: _Request, stop: StopControl) -> bool:
     return True
 
 
-def _read(reader: _Reader, request: _Request, after: Cursor, ts_field: str, prepare: Prepare | None) -> _Next:
+def _read(reader: _Reader, request: _Request, after: Cursor, ts_field: str, prepare: MakeMessages | None) -> _Next:
     """Read the page of ``request``, request the one after it, prepare it; a failure is kept in ``error``.
 
     Reading itself may raise (ServiceNow failed for good): the caller decides when.

@@ -7,9 +7,8 @@ record as JSON anyway, the record's own bytes in the response already are that
 value. :class:`RawPage` keeps them (``msgspec.Raw`` slices of the body, no copy)
 and decodes only the few fields the source reads: ``sys_id`` (key, header,
 cursor), the cursor's timestamp field, ``sys_updated_on`` (Kafka timestamp) and
-the key strategy's fields. Measured on 1 000-record pages of ~1.2 KiB records:
-2.8 us/record (orjson loads + dumps) -> 1.3 us/record, with far fewer objects
-for the allocator and the garbage collector.
+the key strategy's fields: far less work per record, and far fewer objects for
+the allocator and the garbage collector (the README's benchmark has the figures).
 
 A value is therefore the record exactly as ServiceNow encoded it: the same JSON
 object (same fields and values), byte for byte what was received rather than
@@ -19,7 +18,7 @@ A RawPage is a ``Sequence`` of small dicts holding only the decoded fields, so
 code that walks records generically (cursor checks, counting) works on it; the
 hot paths use :meth:`RawPage.column` and :attr:`RawPage.values`. Anything that
 needs whole records (Avro, Parquet) must decode to dicts instead: it never gets
-a RawPage (see :func:`sncli.source.cycle.make_fetch`).
+a RawPage (see :class:`sncli.source.fetch.TableRequests`).
 
 msgspec is optional: without it :func:`raw_page_decoder` returns None and the
 caller keeps the dict path.
@@ -30,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import attrgetter, itemgetter
 from typing import Any, overload
+
+import orjson
 
 Decoder = Callable[[bytes], "RawPage"]
 
@@ -81,7 +82,7 @@ def raw_page_decoder(fields: Iterable[str]) -> Decoder | None:
     which the client treats as a malformed answer (retried like any other).
     """
     try:
-        import msgspec
+        import msgspec  # optional dependency: without it the dict path is used
     except ImportError:
         return None
 
@@ -135,8 +136,6 @@ def column(records: Sequence[dict[str, Any]], name: str) -> list[Any]:
 
 def decode_records(body: bytes) -> list[dict[str, Any]]:
     """A Table API body as its list of records (dicts); ValueError when it is not ``{"result": [object, ...]}``."""
-    import orjson
-
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

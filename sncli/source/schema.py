@@ -27,13 +27,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from sncli.kafka.avro_schema import merge_schemas, schema_from_dictionary, schema_from_records
+from sncli.kafka.errors import SchemaError
+from sncli.kafka.serde import AvroValueSerializer, registry_client
 from sncli.servicenow.errors import ForbiddenError, NotFoundError
 from sncli.servicenow.query import Query
 
 if TYPE_CHECKING:
     from sncli.config import Settings, SourceTable
-    from sncli.kafka.serde import AvroValueSerializer
     from sncli.servicenow.client import ServiceNowClient
 
 log = logging.getLogger("sncli.source")
@@ -98,10 +101,6 @@ def dictionary_rows(client: ServiceNowClient, table: str) -> list[dict[str, Any]
 
 def latest_schema(client: Any, subject: str) -> dict[str, Any] | None:
     """The subject's latest registered Avro schema, or None when the subject does not exist yet."""
-    from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-    from sncli.kafka.errors import SchemaError
-
     try:
         registered = client.get_latest_version(subject)
     except SchemaRegistryError as exc:
@@ -137,8 +136,6 @@ class AvroPageEncoder:
             self._dictionary_read = True
 
     def _fresh_schema(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        from sncli.kafka.avro_schema import schema_from_dictionary, schema_from_records
-
         self.prepare()
         if self._dictionary is not None:
             rows = self._dictionary
@@ -150,9 +147,6 @@ class AvroPageEncoder:
         return schema_from_records(self._table.name, records)
 
     def encode_page(self, records: Sequence[dict[str, Any]]) -> list[bytes]:
-        from sncli.kafka.avro_schema import merge_schemas
-        from sncli.kafka.serde import AvroValueSerializer, registry_client
-
         if self._serializer is None:
             client = registry_client(self._settings.kafka.schema_registry)
             schema = self._fresh_schema(records)

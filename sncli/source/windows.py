@@ -14,8 +14,8 @@ How: the windows' N-1 inner boundaries are the k/N quantiles of the record
 timestamps. They are found together by refining, level by level, only the
 intervals that contain a quantile: each such interval is cut into up to
 ``fanout`` parts and counted, with at most ``per_round`` count queries per
-level, so a level is one parallel batch and costs one round trip (this is
-what a 100 ms API latency makes count). Refinement stops at one second or when
+level, so a level is one parallel batch and costs one round trip (the API's
+latency is what the plan's time is made of). Refinement stops at one second or when
 the interval holds at most ``tolerance`` x (total / N) records, which bounds a
 window's imbalance while keeping the query count small.
 

@@ -326,9 +326,9 @@ def test_window_needs_until_and_locks_are_honoured(
 
 
 def test_progress_bar_on_a_terminal_shows_count_rate_and_eta(capfd: pytest.CaptureFixture[str]) -> None:
-    from sncli.source.backfill import Progress
+    from sncli.cli.progress import terminal_progress
 
-    progress = Progress("backfill incident", 1_000, tty=True)
+    progress = terminal_progress("backfill incident", 1_000, tty=True)
     for _ in range(10):
         progress.add(100)
     progress.close()

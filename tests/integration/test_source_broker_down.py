@@ -25,7 +25,8 @@ import orjson
 import pytest
 
 from sncli.emulator.server import ServiceNowEmulator
-from sncli.source.cycle import RunSummary, run_poll
+from sncli.source.cycle import run_poll
+from sncli.source.outcome import RunSummary
 from tests.fixtures.kafka import is_seal, read_all, seal_partitions
 from tests.fixtures.services import KafkaBroker
 from tests.integration.test_source_support import keyset, make_settings, stored_cursor

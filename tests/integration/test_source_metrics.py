@@ -54,7 +54,7 @@ def test_poll_metrics_are_pushed_and_readable(
     assert summary.exit_code == 0
 
     text = _scrape(pushgateway_url)
-    # One group per table (job, command, table): see sncli.source.cycle.finish_metrics.
+    # One group per table (job, command, table): see sncli.source.runkit.finish_metrics.
     incident = {"command": "source_poll", "table": "incident"}
     problem = {"command": "source_poll", "table": "problem"}
     assert _value(text, "bridge_source_records_total", job, **incident) == 130

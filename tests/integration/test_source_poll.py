@@ -179,9 +179,9 @@ def test_a_hidden_run_longer_than_the_look_past_may_read_fails_the_table_loudly(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sncli.source import cycle
+    from sncli.source import fetch
 
-    monkeypatch.setattr(cycle, "LOOK_PAST_MAX_ROWS", 20)  # 100 000 in the product
+    monkeypatch.setattr(fetch, "LOOK_PAST_MAX_ROWS", 20)  # 100 000 in the product
     emulator.state.generate("incident", 60, at=NOW - timedelta(hours=1), spread_seconds=60, seed=23)
     ordered = keyset(emulator.state.records("incident"))
     ts = "sys_updated_on"

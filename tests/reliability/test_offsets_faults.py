@@ -35,7 +35,8 @@ from sncli.emulator.server import ServiceNowEmulator
 from sncli.kafka.admin import existing_topics
 from sncli.offsets.file_store import FileStore
 from sncli.offsets.model import StoredOffset
-from sncli.source.cycle import RunSummary, run_poll
+from sncli.source.cycle import run_poll
+from sncli.source.outcome import RunSummary
 from tests.fixtures.kafka import read_all
 from tests.reliability.conftest import fill_up
 from tests.reliability.support import keyset, run_sncli, source_config, stored_cursor, write_config

@@ -35,7 +35,8 @@ from sncli.config import ServiceNowSettings, parse_settings
 from sncli.emulator.faults import Fault
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.servicenow.client import ServiceNowClient
-from sncli.source.cycle import RunSummary, run_poll
+from sncli.source.cycle import run_poll
+from sncli.source.outcome import RunSummary
 from tests.fixtures.kafka import read_all
 from tests.reliability.support import keyset, source_config, stored_cursor
 

@@ -8,7 +8,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from sncli.source.backfill import make_plan
+from sncli.source.backfill_plan import make_plan
 
 
 class FakeCounter:

@@ -1,11 +1,11 @@
-"""Which ServiceNow time a table's lag is measured from (sncli.source.cycle.complete_up_to)."""
+"""Which ServiceNow time a table's lag is measured from (sncli.source.outcome.complete_up_to)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from sncli.source.cursor import Cursor
-from sncli.source.cycle import TableOutcome, complete_up_to, lag_seconds
+from sncli.source.outcome import TableOutcome, complete_up_to, lag_seconds
 
 HI = "2026-01-01 12:00:00"
 START = Cursor.at_start("1970-01-01 00:00:00")

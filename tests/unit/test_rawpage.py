@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sncli.config import FieldsKey, SysIdKey
-from sncli.partition import keys_of
 from sncli.source.cursor import Cursor, CursorOrderError, advance
+from sncli.source.keys import keys_of
 from sncli.source.rawpage import RawPage, column, raw_page_decoder
 from sncli.source.record import RecordShape, TimestampCache, build_page, decoded_fields
 

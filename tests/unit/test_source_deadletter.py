@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from sncli.config import SysIdKey
 from sncli.dlq.record import parse_entry
 from sncli.kafka.errors import INVALID_RECORD, MESSAGE_TOO_LARGE, ProduceError, RecordEncodeError, Rejected
-from sncli.source.cycle import TableOutcome, combined_exit_code
 from sncli.source.deadletter import (
     Attempt,
     dlq_record,
@@ -23,6 +22,7 @@ from sncli.source.deadletter import (
     refused_at_once,
     segments,
 )
+from sncli.source.outcome import TableOutcome, combined_exit_code
 from sncli.source.record import PageMessages, RecordShape, Refusal, TimestampCache, build_page
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sncli.config import FieldsKey, SysIdKey
-from sncli.partition import fields_digest, key_of, keys_of
+from sncli.source.keys import fields_digest, key_of, keys_of
 
 SYS = SysIdKey(type="sys_id")
 A = "a" * 32

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sncli.config import FieldsKey, SysIdKey
+from sncli.source.rawpage import column
 
 KeyStrategy = SysIdKey | FieldsKey
 
@@ -53,8 +54,6 @@ def key_of(record: dict[str, Any], strategy: KeyStrategy) -> bytes:
 
 def keys_of(records: Sequence[dict[str, Any]], strategy: KeyStrategy) -> list[bytes]:
     """The keys of a page of records (dicts, or a RawPage's decoded columns), in order."""
-    from sncli.source.rawpage import column
-
     if isinstance(strategy, SysIdKey):
         return [(_plain(v) or "").encode("utf-8") for v in column(records, "sys_id")]
     if not records:
