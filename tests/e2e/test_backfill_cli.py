@@ -63,6 +63,16 @@ def _crash_and_resume(
     assert summary["tables"]["incident"]["records"] < records  # resumed, not started over
     got = read_all(bootstrap, topic, timeout=90, expected=records)
     counts = Counter((v["sys_updated_on"], v["sys_id"]) for v in (orjson.loads(r.value) for r in got))
+    missing = set(keyset(emulator.state.records("incident"))) - set(counts)
+    if missing:  # say what a post-mortem needs before failing: where the cursors stood, what went to a DLQ
+        print("missing", len(missing), "from", min(missing), "to", max(missing))
+        print("stored offsets:", json.dumps(stored_offsets(offsets), indent=1, default=str))
+        try:
+            dead = read_all(bootstrap, "servicenow.dlq", timeout=10)
+            print("servicenow.dlq holds", len(dead), "records;", sum(r.key in {m[1].encode() for m in missing}
+                                                                      for r in dead), "of the missing keys")
+        except Exception as exc:  # no DLQ topic: nothing was dead-lettered
+            print("servicenow.dlq:", exc)
     assert set(counts) == set(keyset(emulator.state.records("incident")))  # every record
     duplicates = sum(c - 1 for c in counts.values())
     assert duplicates <= kills * 4 * page_size  # at most one page per window per kill
