@@ -1,0 +1,135 @@
+"""`source poll` with `deletes: audit` on the real broker and the emulator: deletes arrive as tombstones.
+
+The emulator's clock is frozen and moved by hand, so every change has a known
+second; the cycle's upper bound is that clock minus the 1 s safety lag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sncli.emulator.server import ServiceNowEmulator
+from sncli.source.cycle import run_poll
+from sncli.source.keys import fields_digest
+from tests.fixtures.kafka import KafkaRecord, read_all
+from tests.integration.test_source_support import make_settings, stored_cursor
+
+pytestmark = pytest.mark.integration
+
+T0 = "2026-06-01 12:00:00"
+
+
+def at(seconds: int) -> str:
+    return f"2026-06-01 12:{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def latest_per_key(records: list[KafkaRecord]) -> dict[bytes, KafkaRecord]:
+    """What a compacted topic keeps: the last message of each key (records come in partition order)."""
+    latest: dict[bytes, KafkaRecord] = {}
+    for record in records:
+        assert record.key is not None
+        latest[record.key] = record
+    return latest
+
+
+def mirror(records: list[KafkaRecord]) -> dict[str, str]:
+    """sys_id -> sys_updated_on of every key whose last message is a record (tombstones remove keys)."""
+    alive = {}
+    for record in latest_per_key(records).values():
+        if record.value is not None:
+            value: dict[str, Any] = orjson.loads(record.value)
+            alive[value["sys_id"]] = value["sys_updated_on"]
+    return alive
+
+
+def table_state(emulator: ServiceNowEmulator, table: str = "incident") -> dict[str, str]:
+    return {r["sys_id"]: r["sys_updated_on"] for r in emulator.state.records(table)}
+
+
+def _settings(emulator: ServiceNowEmulator, bootstrap: str, topic: str, offsets: Path, **table: Any) -> Any:
+    entry = {"name": "incident", "topic": topic, "deletes": "audit", **table}
+    return make_settings(emulator.url, bootstrap, offsets, [entry], page_size=2)
+
+
+def test_updated_never_polled_and_restored_records_end_as_servicenow_has_them(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    state = emulator.state
+    state.clock.freeze(at(0))
+    a, b, c, d, f = (state.insert("incident", {"number": f"INC{i}"}, at=at(1))["sys_id"] for i in range(5))
+    state.clock.set(at(10))
+    offsets = tmp_path / "offsets.json"
+    settings = _settings(emulator, kafka_bootstrap, unique_topic, offsets)
+    first = run_poll(settings)
+    assert first.exit_code == 0, first.to_json()
+    assert (first.tables["incident"].records, first.tables["incident"].deletes) == (5, 0)
+
+    def change(second: int, action: Any) -> None:
+        state.clock.set(at(second))
+        action()
+
+    change(20, lambda: state.update("incident", a, {"short_description": "updated"}))
+    change(21, lambda: state.delete("incident", a))  # updated, then deleted: a tombstone
+    change(22, lambda: state.insert("incident", {"number": "INC-E"}))
+    e = state.records("incident")[-1]["sys_id"]
+    change(23, lambda: state.delete("incident", e))  # created and deleted between two cycles
+    change(24, lambda: state.delete("incident", b))
+    change(25, lambda: state.insert("incident", {"sys_id": b, "number": "INC1"}))  # deleted, then restored
+    change(26, lambda: state.update("incident", c, {"short_description": "plain update"}))
+    change(27, lambda: (state.delete("incident", f), state.insert("incident", {"sys_id": f, "number": "INC4"})))
+    state.clock.set(at(40))  # deleted and restored within one second: the record wins (it exists)
+
+    second = run_poll(settings)
+
+    t = second.tables["incident"]
+    assert second.exit_code == 0, second.to_json()
+    assert (t.records, t.deletes, t.stopped) == (3, 4, "caught_up")  # b, c, f; a, e, b, f
+    got = read_all(kafka_bootstrap, unique_topic, timeout=30, expected=12)
+    assert len(got) == 12
+    assert mirror(got) == table_state(emulator)  # the last message per key is ServiceNow's state
+    assert set(table_state(emulator)) == {b, c, d, f}
+    tombstones = [r for r in got if r.value is None]
+    assert sorted(r.key for r in tombstones) == sorted(x.encode() for x in (a, e, b, f))
+    dead = latest_per_key(got)[a.encode()]
+    assert dead.value is None and dead.timestamp_ms is not None
+    assert dead.header("sn.operation") == b"delete" and dead.header("sn.sys_id") == a.encode()
+    assert dead.header("sn.table") == b"incident"
+    assert dead.header("sn.instance") == f"127.0.0.1:{emulator.port}".encode()
+    assert (dead.header("sn.extracted_at") or b"").endswith(b"Z")
+    assert all(r.header("sn.operation") == b"upsert" for r in got if r.value is not None)
+    audit = [r for r in state.records("sys_audit_delete") if r["tablename"] == "incident"]
+    last = max((r["sys_created_on"], r["sys_id"]) for r in audit)
+    assert stored_cursor(offsets, "deletes/incident") == last
+    assert t.to_json()["deletes_cursor_after"] == {"timestamp": last[0], "sys_id": last[1]}
+
+    third = run_poll(settings)  # nothing new: nothing sent again
+    assert (third.tables["incident"].records, third.tables["incident"].deletes) == (0, 0)
+
+
+def test_a_fields_keyed_table_gets_its_tombstone_under_the_key_of_the_deleted_records_fields(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    state = emulator.state
+    state.clock.freeze(at(0))
+    keep = state.insert("incident", {"number": "INC1", "company": "acme"}, at=at(1))
+    gone = state.insert("incident", {"number": "INC2", "company": "acme & <co>"}, at=at(1))
+    state.clock.set(at(10))
+    settings = _settings(emulator, kafka_bootstrap, unique_topic, tmp_path / "o.json",
+                         key={"type": "fields", "fields": ["number", "company"]})
+    assert run_poll(settings).exit_code == 0
+    state.clock.set(at(11))
+    state.delete("incident", gone["sys_id"])
+    state.clock.set(at(20))
+
+    summary = run_poll(settings)
+
+    assert summary.exit_code == 0, summary.to_json()
+    got = read_all(kafka_bootstrap, unique_topic, timeout=30, expected=3)
+    latest = latest_per_key(got)
+    assert latest[fields_digest(["INC2", "acme & <co>"]).encode()].value is None
+    assert orjson.loads(latest[fields_digest(["INC1", "acme"]).encode()].value or b"")["sys_id"] == keep["sys_id"]
+    assert len(latest) == 2
