@@ -6,17 +6,19 @@ second; the cycle's upper bound is that clock minus the 1 s safety lag.
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from sncli.config import parse_settings
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.source.cycle import run_poll
 from sncli.source.keys import fields_digest
 from tests.fixtures.kafka import KafkaRecord, read_all
-from tests.integration.test_source_support import make_settings, stored_cursor
+from tests.integration.test_source_support import config_dict, make_settings, stored_cursor
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +135,65 @@ def test_a_fields_keyed_table_gets_its_tombstone_under_the_key_of_the_deleted_re
     assert latest[fields_digest(["INC2", "acme & <co>"]).encode()].value is None
     assert orjson.loads(latest[fields_digest(["INC1", "acme"]).encode()].value or b"")["sys_id"] == keep["sys_id"]
     assert len(latest) == 2
+
+
+def _seed_deleted(emulator: ServiceNowEmulator, count: int) -> list[str]:
+    """``count`` records inserted at second 1 and deleted at seconds 2, 3, ...; the clock left at 30."""
+    state = emulator.state
+    state.clock.freeze(at(0))
+    ids = [state.insert("incident", {"number": f"INC{i}"}, at=at(1))["sys_id"] for i in range(count)]
+    for i, sys_id in enumerate(ids):
+        state.clock.set(at(2 + i))
+        state.delete("incident", sys_id)
+    state.insert("incident", {"number": "ALIVE"}, at=at(1))
+    state.clock.set(at(30))
+    return ids
+
+
+def test_records_wait_until_the_deletes_caught_up_and_the_deletes_cursor_stops_at_what_kafka_acknowledged(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    deleted = _seed_deleted(emulator, 5)
+    offsets = tmp_path / "offsets.json"
+    settings = _settings(emulator, kafka_bootstrap, unique_topic, offsets)
+    audit = sorted((r["sys_created_on"], r["sys_id"]) for r in emulator.state.records("sys_audit_delete"))
+
+    bounded = run_poll(settings, max_records=3)  # the budget ends inside the deletes: no record may be sent
+
+    t = bounded.tables["incident"]
+    assert (bounded.exit_code, t.deletes, t.records, t.stopped) == (0, 3, 0, "max_records")
+    assert stored_cursor(offsets, "deletes/incident") == audit[2]
+    assert stored_cursor(offsets, "incident") is None
+    sent = read_all(kafka_bootstrap, unique_topic, timeout=30, expected=3)
+    assert sorted(r.key for r in sent) == sorted(x.encode() for x in deleted[:3])
+
+    entry = {"name": "incident", "topic": unique_topic, "deletes": "audit"}
+    config = config_dict(emulator.url, "127.0.0.1:1", offsets, [entry], page_size=2,
+                         kafka_client={"message.timeout.ms": 1500, "socket.timeout.ms": 1000})
+    config["kafka"]["topics"]["create"] = False
+    failed = run_poll(parse_settings(config, environ={}))  # Kafka unreachable: nothing acknowledged, no cursor moves
+    assert failed.exit_code == 1, failed.to_json()
+    assert stored_cursor(offsets, "deletes/incident") == audit[2]
+    assert stored_cursor(offsets, "incident") is None
+
+    rest = run_poll(settings)
+    assert (rest.exit_code, rest.tables["incident"].deletes, rest.tables["incident"].records) == (0, 2, 1)
+    assert stored_cursor(offsets, "deletes/incident") == audit[-1]
+    got = read_all(kafka_bootstrap, unique_topic, timeout=30, expected=6)
+    assert mirror(got) == table_state(emulator)
+    assert sorted(r.key for r in got if r.value is None) == sorted(x.encode() for x in deleted)
+
+
+def test_deletes_are_counted_in_their_own_pushed_counter(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, pushgateway_url: str, unique_topic: str, tmp_path: Path
+) -> None:
+    _seed_deleted(emulator, 4)
+    job = f"deletes-{unique_topic}"
+    entry = {"name": "incident", "topic": unique_topic, "deletes": "audit"}
+    config = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json", [entry], pushgateway=pushgateway_url)
+    config["metrics"]["job"] = job
+    assert run_poll(parse_settings(config, environ={})).exit_code == 0
+    text = urllib.request.urlopen(f"{pushgateway_url}/metrics", timeout=10).read().decode()
+    lines = [line for line in text.splitlines() if line.startswith("sncli_source_deletes_total{")
+             and f'job="{job}"' in line and 'table="incident"' in line]
+    assert len(lines) == 1 and float(lines[0].rsplit(" ", 1)[1]) == 4.0
