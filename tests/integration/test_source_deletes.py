@@ -15,6 +15,8 @@ import pytest
 
 from sncli.config import parse_settings
 from sncli.emulator.server import ServiceNowEmulator
+from sncli.sink.drain import run_drain
+from sncli.sink.job import DrainOptions
 from sncli.source.cycle import run_poll
 from sncli.source.keys import fields_digest
 from tests.fixtures.kafka import KafkaRecord, read_all
@@ -197,3 +199,45 @@ def test_deletes_are_counted_in_their_own_pushed_counter(
     lines = [line for line in text.splitlines() if line.startswith("sncli_source_deletes_total{")
              and f'job="{job}"' in line and 'table="incident"' in line]
     assert len(lines) == 1 and float(lines[0].rsplit(" ", 1)[1]) == 4.0
+
+
+def test_a_round_trip_to_another_table_carries_the_deletes(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    state = emulator.state
+    state.clock.freeze(at(0))
+    a, b, c, d = (state.insert("incident", {"number": f"INC{i}", "short_description": f"v{i}"}, at=at(1))["sys_id"]
+                  for i in range(4))
+    state.clock.set(at(10))
+    entry = {"name": "incident", "topic": unique_topic, "deletes": "audit"}
+    config = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json", [entry], page_size=2)
+    config["kafka"]["client"] = {"session.timeout.ms": 6000}
+    config["sink"] = {"group_id": f"g-{unique_topic}", "dlq_topic": f"{unique_topic}-dlq", "workers": 2,
+                      "dlq_signing_key": "test-dlq-signing-key-0123456789abcdef",
+                      "topics": [{"topic": unique_topic, "table": "incident_copy", "delete_on_tombstone": True}]}
+    settings = parse_settings(config, environ={})
+
+    def poll_and_drain() -> None:
+        assert run_poll(settings).exit_code == 0
+        drained = run_drain(settings, DrainOptions(max_seconds=60))
+        assert drained.exit_code == 0, drained.to_json()
+
+    poll_and_drain()
+    assert set(table_state(emulator, "incident_copy")) == {a, b, c, d}
+    for second, action in [
+        (11, lambda: state.update("incident", a, {"short_description": "changed"})),
+        (12, lambda: state.delete("incident", a)),
+        (13, lambda: state.delete("incident", b)),
+        (14, lambda: state.update("incident", c, {"short_description": "kept"})),
+        (15, lambda: state.delete("incident", d)),
+        (16, lambda: state.insert("incident", {"sys_id": d, "number": "INC3", "short_description": "back"})),
+    ]:
+        state.clock.set(at(second))
+        action()
+    state.clock.set(at(30))
+
+    poll_and_drain()
+
+    copy = {r["sys_id"]: r["short_description"] for r in state.records("incident_copy")}
+    assert copy == {r["sys_id"]: r["short_description"] for r in state.records("incident")}
+    assert copy == {c: "kept", d: "back"}
