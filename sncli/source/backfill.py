@@ -56,6 +56,7 @@ from sncli.metrics import RunMetrics
 from sncli.offsets.lock import run_lock
 from sncli.offsets.model import StoredOffset, check_offset, normalize_timestamp
 from sncli.offsets.store import open_store
+from sncli.source.backfill_deletes import check_deletes_request, deletes_before_records
 from sncli.source.backfill_plan import (
     COUNT_THREADS,
     RangeCounter,
@@ -109,6 +110,7 @@ class BackfillRequest:
     output: Path | None = None  # None = Kafka
     set_cursor: bool = False
     dry_run: bool = False
+    deletes: bool = False  # the range's deletes as tombstones first (sncli.source.backfill_deletes)
 
     @property
     def count(self) -> int:
@@ -321,6 +323,8 @@ def run_backfill(
         raise UsageError("use --parallel or --window, not both")
     if request.set_cursor and request.output is not None:
         check_set_cursor(None, "", table=table.name, parquet=True)  # before any request
+    if request.deletes:
+        check_deletes_request(parquet=request.output is not None, window=request.window is not None)
     n = request.count
     stop = StopControl(parent=stop)
     started = time.monotonic()
@@ -412,6 +416,11 @@ def _run(
                 for w, c in zip(windows, counts, strict=True)
             ]
             outcome.stopped = "dry_run"
+            return
+        if request.deletes and not deletes_before_records(
+            settings, table, client, store, rid=rid, since=to_sn(since), until=to_sn(until), stop=stop,
+            metrics=metrics, summary=summary, locks=locks,
+        ):
             return
         outcomes = _run_windows(settings, request, table, client, store, rid, fingerprint, windows, stop, metrics,
                                 make_progress(f"backfill {table.name}", sum(counts)), producers, held)

@@ -15,8 +15,10 @@ import pytest
 
 from sncli.config import parse_settings
 from sncli.emulator.server import ServiceNowEmulator
+from sncli.errors import UsageError
 from sncli.sink.drain import run_drain
 from sncli.sink.job import DrainOptions
+from sncli.source.backfill import BackfillRequest, run_backfill
 from sncli.source.cycle import run_poll
 from sncli.source.keys import fields_digest
 from tests.fixtures.kafka import KafkaRecord, read_all
@@ -241,3 +243,35 @@ def test_a_round_trip_to_another_table_carries_the_deletes(
     copy = {r["sys_id"]: r["short_description"] for r in state.records("incident_copy")}
     assert copy == {r["sys_id"]: r["short_description"] for r in state.records("incident")}
     assert copy == {c: "kept", d: "back"}
+
+
+def test_backfill_with_deletes_rebuilds_a_topic_that_mirrors_the_table(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    state = emulator.state
+    state.clock.freeze(at(0))
+    ids = [state.insert("incident", {"number": f"INC{i}"}, at=at(1))["sys_id"] for i in range(6)]
+    for second, action in [
+        (5, lambda: state.delete("incident", ids[0])),
+        (6, lambda: state.delete("incident", ids[1])),
+        (7, lambda: state.insert("incident", {"sys_id": ids[1], "number": "INC1"})),  # restored
+        (8, lambda: state.update("incident", ids[2], {"short_description": "x"})),
+    ]:
+        state.clock.set(at(second))
+        action()
+    state.delete("problem", state.insert("problem", {"number": "PRB1"})["sys_id"])  # another table's delete
+    state.clock.set(at(59))
+    offsets = tmp_path / "o.json"
+    settings = _settings(emulator, kafka_bootstrap, unique_topic, offsets)
+    request = BackfillRequest(table="incident", since=at(0), until=at(50), parallel=2, deletes=True)
+
+    summary = run_backfill(settings, request)
+
+    assert summary.exit_code == 0, summary.to_json()
+    assert summary.extra["deletes"]["tombstones"] == 2
+    got = read_all(kafka_bootstrap, unique_topic, timeout=30, expected=7)
+    assert len(got) == 7  # 2 tombstones, then the 5 records alive
+    assert mirror(got) == table_state(emulator)
+    assert run_backfill(settings, request).extra["deletes"]["tombstones"] == 0  # the range's deletes are done
+    with pytest.raises(UsageError):
+        run_backfill(settings, BackfillRequest(table="incident", until=at(50), window=(0, 2), deletes=True))
