@@ -16,6 +16,7 @@ import pytest
 from sncli.config import parse_settings
 from sncli.emulator.server import ServiceNowEmulator
 from sncli.errors import UsageError
+from sncli.kafka.admin import topic_configs
 from sncli.sink.drain import run_drain
 from sncli.sink.job import DrainOptions
 from sncli.source.backfill import BackfillRequest, run_backfill
@@ -98,6 +99,10 @@ def test_updated_never_polled_and_restored_records_end_as_servicenow_has_them(
     assert len(got) == 12
     assert mirror(got) == table_state(emulator)  # the last message per key is ServiceNow's state
     assert set(table_state(emulator)) == {b, c, d, f}
+    # sncli created the topic compacted (kafka.topics.retention: mirror), so what compaction keeps
+    # (the latest message per key, no key whose latest is a tombstone) is the table.
+    configs = topic_configs(settings.kafka, [unique_topic])[unique_topic]
+    assert isinstance(configs, dict) and configs["cleanup.policy"] == "compact"
     tombstones = [r for r in got if r.value is None]
     assert sorted(r.key for r in tombstones) == sorted(x.encode() for x in (a, e, b, f))
     dead = latest_per_key(got)[a.encode()]
@@ -139,6 +144,8 @@ def test_a_fields_keyed_table_gets_its_tombstone_under_the_key_of_the_deleted_re
     assert latest[fields_digest(["INC2", "acme & <co>"]).encode()].value is None
     assert orjson.loads(latest[fields_digest(["INC1", "acme"]).encode()].value or b"")["sys_id"] == keep["sys_id"]
     assert len(latest) == 2
+    configs = topic_configs(settings.kafka, [unique_topic])[unique_topic]  # shared keys: never compacted
+    assert isinstance(configs, dict) and configs["cleanup.policy"] == "delete" and configs["retention.ms"] == "-1"
 
 
 def _seed_deleted(emulator: ServiceNowEmulator, count: int) -> list[str]:
