@@ -282,3 +282,34 @@ def test_backfill_with_deletes_rebuilds_a_topic_that_mirrors_the_table(
     assert run_backfill(settings, request).extra["deletes"]["tombstones"] == 0  # the range's deletes are done
     with pytest.raises(UsageError):
         run_backfill(settings, BackfillRequest(table="incident", until=at(50), window=(0, 2), deletes=True))
+
+
+def test_a_delete_whose_key_cannot_be_made_goes_to_the_source_dlq_and_the_stream_moves_on(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    state = emulator.state
+    state.clock.freeze(at(0))
+    good = state.insert("incident", {"number": "INC1"}, at=at(1))
+    broken = {"tablename": "incident", "documentkey": "f" * 32, "payload": "<record_update"}  # not XML
+    state.insert("sys_audit_delete", broken, at=at(2))
+    state.clock.set(at(3))
+    state.delete("incident", good["sys_id"])
+    state.clock.set(at(20))
+    offsets = tmp_path / "o.json"
+    entry = {"name": "incident", "topic": unique_topic, "deletes": "audit",
+             "key": {"type": "fields", "fields": ["number"]}}
+    config = config_dict(emulator.url, kafka_bootstrap, offsets, [entry])
+    config["source"]["dlq_topic"] = f"{unique_topic}-dlq"
+    config["sink"] = {"dlq_signing_key": "test-dlq-signing-key-0123456789abcdef"}
+
+    summary = run_poll(parse_settings(config, environ={}))
+
+    t = summary.tables["incident"]
+    assert (summary.exit_code, t.deletes, t.dlq, t.stopped) == (3, 1, {"encode": 1}, "caught_up"), summary.to_json()
+    audit = max((r["sys_created_on"], r["sys_id"]) for r in state.records("sys_audit_delete"))
+    assert stored_cursor(offsets, "deletes/incident") == audit
+    (dead,) = read_all(kafka_bootstrap, f"{unique_topic}-dlq", timeout=30, expected=1)
+    assert dead.value is None and dead.header("sn.operation") == b"delete"
+    assert dead.header("sn.sys_id") == b"f" * 32 and dead.header("sncli.error.class") == b"encode"
+    tombstones = [r for r in read_all(kafka_bootstrap, unique_topic, timeout=30) if r.value is None]
+    assert [r.key for r in tombstones] == [fields_digest(["INC1"]).encode()]

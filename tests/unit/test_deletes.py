@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sncli.config import FieldsKey, SysIdKey, parse_settings
+from sncli.config import FieldsKey, SysIdKey, deletes_fingerprint, parse_settings
 from sncli.emulator.audit import audit_row
-from sncli.offsets.admin import keys_to_reset
+from sncli.offsets.admin import FINGERPRINT_MISMATCH, FINGERPRINT_OK, keys_to_reset, offset_rows
 from sncli.offsets.model import StoredOffset, deletes_key, parse_key
 from sncli.source.deletes import PayloadError, audit_table, build_tombstones, payload_fields
 from sncli.source.keys import fields_digest, key_of
@@ -84,3 +84,19 @@ def test_the_deletes_cursor_has_its_own_key_reset_with_the_table() -> None:
     stored = {k: offset for k in ("incident", "deletes/incident", "deletes/incident/r1", "deletes/problem")}
     assert keys_to_reset(stored, "incident", backfill=False) == ["deletes/incident", "incident"]
     assert keys_to_reset(stored, "incident", backfill=True) == ["deletes/incident", "deletes/incident/r1", "incident"]
+
+
+def test_offsets_show_checks_a_deletes_cursor_against_the_deletes_fingerprint() -> None:
+    settings = parse_settings({
+        "servicenow": {"instance_url": "https://x.service-now.com",
+                       "auth": {"type": "basic", "username": "u", "password": "p"}},
+        "source": {"tables": [{"name": "incident", "topic": "t", "deletes": "audit"}]},
+    }, environ={})
+    table = settings.source.tables[0]
+    stored = {
+        "deletes/incident": StoredOffset.new("deletes/incident", "2026-01-01 00:00:00", A,
+                                             deletes_fingerprint(settings, table)),
+        "incident": StoredOffset.new("incident", "2026-01-01 00:00:00", A, deletes_fingerprint(settings, table)),
+    }
+    rows = {r.key: r.fingerprint for r in offset_rows(settings, stored, None, datetime(2026, 1, 2, tzinfo=UTC))}
+    assert rows == {"deletes/incident": FINGERPRINT_OK, "incident": FINGERPRINT_MISMATCH}
