@@ -56,7 +56,7 @@ from sncli.metrics import RunMetrics
 from sncli.offsets.lock import run_lock
 from sncli.offsets.model import StoredOffset, check_offset, normalize_timestamp
 from sncli.offsets.store import open_store
-from sncli.source.backfill_deletes import check_deletes_request, deletes_before_records
+from sncli.source.backfill_deletes import check_deletes_request, deletes_before_records, move_deletes_cursor
 from sncli.source.backfill_plan import (
     COUNT_THREADS,
     RangeCounter,
@@ -323,8 +323,9 @@ def run_backfill(
         raise UsageError("use --parallel or --window, not both")
     if request.set_cursor and request.output is not None:
         check_set_cursor(None, "", table=table.name, parquet=True)  # before any request
-    if request.deletes:
-        check_deletes_request(parquet=request.output is not None, window=request.window is not None)
+    if request.deletes or (request.set_cursor and table.deletes == "audit"):
+        check_deletes_request(parquet=request.output is not None, window=request.window is not None,
+                              set_cursor_without=request.set_cursor and not request.deletes)
     n = request.count
     stop = StopControl(parent=stop)
     started = time.monotonic()
@@ -432,6 +433,8 @@ def _run(
             summary.extra["poll_cursor_set"] = False
             if all_done:
                 summary.extra["poll_cursor_set"] = set_poll_cursor(store, table, since, until, fingerprint)
+                if request.deletes and table.deletes == "audit":
+                    move_deletes_cursor(settings, store, table, to_sn(until))
 
 
 def _run_windows(

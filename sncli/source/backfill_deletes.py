@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sncli.config.fingerprints import deletes_fingerprint
 from sncli.errors import UsageError
 from sncli.offsets.lock import run_lock
-from sncli.offsets.model import deletes_key
+from sncli.offsets.model import StoredOffset, check_offset, deletes_key
 from sncli.source.cursor import Cursor, UpperBound
 from sncli.source.outcome import RunSummary, TableOutcome, cursor_json
 from sncli.source.range_run import RangeRun
@@ -37,8 +37,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("sncli.source")
 
 
-def check_deletes_request(*, parquet: bool, window: bool) -> None:
-    """UsageError for the combinations ``--deletes`` refuses (module doc)."""
+def check_deletes_request(*, parquet: bool, window: bool, set_cursor_without: bool = False) -> None:
+    """UsageError for the combinations ``--deletes`` refuses (module doc).
+
+    ``set_cursor_without``: ``--set-cursor`` on a ``deletes: audit`` table without
+    ``--deletes``: the poll's deletes would then send the range's older tombstones
+    after its records (a restored record would end deleted), so it is refused.
+    """
+    if set_cursor_without:
+        raise UsageError("--set-cursor on a table with deletes: audit needs --deletes: the poll's deletes cursor "
+                         "moves with its records cursor, so the range's deletes must be sent by the backfill")
     if parquet:
         raise UsageError("--deletes needs Kafka output: a tombstone has no Parquet row")
     if window:
@@ -76,4 +84,21 @@ def deletes_before_records(
         log.info("%s: backfill stopped by %s in the deletes, before the records", table.name, outcome.stopped,
                  extra={"table": table.name})
         return False
+    return True
+
+
+def move_deletes_cursor(settings: Settings, store: OffsetStore, table: SourceTable, until: str) -> bool:
+    """With ``--set-cursor --deletes``: the poll's deletes cursor to ``(until, "")`` too, never backwards.
+
+    Called with the poll lock held, once the range's deletes and records are all in Kafka.
+    """
+    key, fingerprint = deletes_key(table.name), deletes_fingerprint(settings, table)
+    stored = store.load(key)
+    target = Cursor(until, "")
+    if stored is not None:
+        check_offset(stored, fingerprint)
+        if Cursor(stored.timestamp, stored.sys_id) >= target:
+            return False
+    store.save(StoredOffset.new(key, target.timestamp, target.sys_id, fingerprint))
+    log.info("%s: deletes cursor moved to %s with the poll cursor", table.name, until, extra={"table": table.name})
     return True

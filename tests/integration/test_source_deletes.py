@@ -313,3 +313,30 @@ def test_a_delete_whose_key_cannot_be_made_goes_to_the_source_dlq_and_the_stream
     assert dead.header("sn.sys_id") == b"f" * 32 and dead.header("sncli.error.class") == b"encode"
     tombstones = [r for r in read_all(kafka_bootstrap, unique_topic, timeout=30) if r.value is None]
     assert [r.key for r in tombstones] == [fields_digest(["INC1"]).encode()]
+
+
+def test_backfill_set_cursor_moves_the_deletes_cursor_too_so_the_poll_sends_no_older_tombstone(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    state = emulator.state
+    state.clock.freeze(at(0))
+    x = state.insert("incident", {"number": "INC1"}, at=at(1))["sys_id"]
+    state.clock.set(at(5))
+    state.delete("incident", x)
+    state.clock.set(at(6))
+    state.insert("incident", {"sys_id": x, "number": "INC1"})  # restored
+    state.clock.set(at(59))
+    offsets = tmp_path / "o.json"
+    settings = _settings(emulator, kafka_bootstrap, unique_topic, offsets, start=at(0))
+    with pytest.raises(UsageError, match="--deletes"):
+        run_backfill(settings, BackfillRequest(table="incident", since=at(0), until=at(50), set_cursor=True))
+
+    done = run_backfill(settings, BackfillRequest(table="incident", since=at(0), until=at(50), set_cursor=True,
+                                                  deletes=True))
+
+    assert done.exit_code == 0 and done.extra["poll_cursor_set"] is True, done.to_json()
+    assert stored_cursor(offsets, "deletes/incident") == (at(50), "")
+    poll = run_poll(settings)
+    assert (poll.tables["incident"].deletes, poll.tables["incident"].records) == (0, 0)
+    got = read_all(kafka_bootstrap, unique_topic, timeout=30, expected=2)
+    assert mirror(got) == table_state(emulator) == {x: at(6)}
