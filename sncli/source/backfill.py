@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sncli.config import source_fingerprint
-from sncli.errors import LockHeldError, SncliError, UsageError
+from sncli.errors import ExitCode, LockHeldError, SncliError, UsageError
 from sncli.metrics import RunMetrics
 from sncli.offsets.lock import run_lock
 from sncli.offsets.model import StoredOffset, check_offset, normalize_timestamp
@@ -550,6 +550,8 @@ def _sum_up(summary: RunSummary, outcome: TableOutcome, outcomes: list[WindowOut
     stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
     outcome.stopped = stopped[0] if stopped else "caught_up"
     summary.exit_code = combined_exit_code(list(outcomes))
+    if summary.exit_code == ExitCode.OK and outcome.dlq:  # deletes dead-lettered before the windows
+        summary.exit_code = int(ExitCode.PARTIAL)
     if failed:
         outcome.error = "; ".join(f"window {o.name}: {o.error}" for o in failed)
         outcome.exit_code = summary.exit_code

@@ -75,6 +75,7 @@ def deletes_before_records(
     summary.extra["deletes"] = {"tombstones": outcome.deletes or 0, "dlq": dict(outcome.dlq),
                                 "cursor_after": cursor_json(outcome.deletes_cursor),
                                 "stopped": outcome.stopped, "error": outcome.error}
+    summary.tables[table.name].dlq.update(outcome.dlq)  # counted with the windows' (exit 3)
     if outcome.error is not None:
         summary.exit_code = outcome.exit_code
         summary.tables[table.name].error, summary.tables[table.name].exit_code = outcome.error, outcome.exit_code

@@ -340,3 +340,24 @@ def test_backfill_set_cursor_moves_the_deletes_cursor_too_so_the_poll_sends_no_o
     assert (poll.tables["incident"].deletes, poll.tables["incident"].records) == (0, 0)
     got = read_all(kafka_bootstrap, unique_topic, timeout=30, expected=2)
     assert mirror(got) == table_state(emulator) == {x: at(6)}
+
+
+def test_a_backfill_whose_deletes_were_dead_lettered_exits_3(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    state = emulator.state
+    state.clock.freeze(at(0))
+    state.insert("incident", {"number": "INC1"}, at=at(1))
+    state.insert("sys_audit_delete", {"tablename": "incident", "documentkey": "f" * 32, "payload": "x"}, at=at(2))
+    state.clock.set(at(59))
+    entry = {"name": "incident", "topic": unique_topic, "deletes": "audit",
+             "key": {"type": "fields", "fields": ["number"]}}
+    config = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json", [entry])
+    config["source"]["dlq_topic"] = f"{unique_topic}-dlq"
+    config["sink"] = {"dlq_signing_key": "test-dlq-signing-key-0123456789abcdef"}
+    request = BackfillRequest(table="incident", since=at(0), until=at(50), deletes=True)
+
+    summary = run_backfill(parse_settings(config, environ={}), request)
+
+    assert summary.exit_code == 3, summary.to_json()
+    assert summary.extra["deletes"]["dlq"] == {"encode": 1} and summary.tables["incident"].records == 1
