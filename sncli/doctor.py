@@ -24,6 +24,7 @@ from typing import Any, Literal
 import requests
 
 from sncli.config import SN_DATETIME_FORMAT, BasicAuth, OAuthAuth, Settings, SourceTable
+from sncli.config.fingerprints import AUDIT_DELETE_TABLE
 from sncli.errors import ExitCode
 from sncli.kafka.admin import existing_topics, kafka_reachable, topic_configs
 from sncli.kafka.retention import deletion_risks, risk_hint
@@ -264,7 +265,29 @@ def _table_checks(settings: Settings, client: ServiceNowClient, table: SourceTab
         except ServiceNowError:
             known = None
     checks.extend(table_sample_checks(table, sample, known))
+    if table.deletes == "audit":
+        checks.append(_deletes_check(client, table))
     return checks
+
+
+def _deletes_check(client: ServiceNowClient, table: SourceTable) -> Check:
+    """``deletes: audit`` reads ``sys_audit_delete`` (sncli.source.deletes): readable, and is the table audited?"""
+    name = f"table {table.name} deletes"
+    try:
+        page = client.list_page(AUDIT_DELETE_TABLE, query=f"tablename={table.name}", fields=["sys_id"], limit=1,
+                                no_count=False)
+    except ForbiddenError:
+        return Check(name, "fail", f"403: the integration user cannot read {AUDIT_DELETE_TABLE}",
+                     f"grant the user read access to {AUDIT_DELETE_TABLE}, or set deletes: none")
+    recorded = "readable" if page.total is None else f"{page.total} delete(s) recorded"
+    if page.total and not page.records:
+        return Check(name, "warn", f"{AUDIT_DELETE_TABLE}: {recorded}, but its ACLs hide them from the user",
+                     f"grant the user read access to the {AUDIT_DELETE_TABLE} rows of {table.name}")
+    if table.name.startswith("sys_"):
+        return Check(name, "warn", f"{AUDIT_DELETE_TABLE} {recorded}; deletes of most sys_* tables are not "
+                     "recorded there", f"add {table.name} to glide.ui.audit_deleted_tables, or its deletes never "
+                     "reach Kafka (sncli verify finds them)")
+    return Check(name, "ok", f"{AUDIT_DELETE_TABLE} {recorded} (only deletes of audited tables are recorded)")
 
 
 def _kafka_checks(settings: Settings) -> list[Check]:

@@ -84,6 +84,12 @@ class RunMetrics:
             ["table"],
             registry=r,
         )
+        self.source_deletes = Counter(
+            "sncli_source_deletes",
+            "Deletes read from sys_audit_delete whose tombstones Kafka acknowledged (deletes: audit).",
+            ["table"],
+            registry=r,
+        )
         self.sn_api_latency = Histogram(
             "bridge_sn_api_latency_seconds",
             "ServiceNow API call latency.",

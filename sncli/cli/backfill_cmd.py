@@ -23,6 +23,8 @@ def backfill(
     output: str = typer.Option("kafka", "--output", "-o", help="kafka or parquet:PATH"),
     set_cursor: bool = typer.Option(False, "--set-cursor", help="Move the poll cursor to the end when done."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan the windows and count, load nothing."),
+    deletes: bool = typer.Option(False, "--deletes", help="Send the range's deletes (sys_audit_delete) as "
+                                 "tombstones before its records."),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Load a time range of one table with keyset paging; resumable per window.
@@ -49,7 +51,8 @@ def backfill(
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return BackfillRequest(table=table, since=since, until=until, parallel=parallel, window=spec,
-                               output=parse_output(output), set_cursor=set_cursor, dry_run=dry_run)
+                               output=parse_output(output), set_cursor=set_cursor, dry_run=dry_run,
+                               deletes=deletes)
 
     request = guard(build)
     settings = state.settings()

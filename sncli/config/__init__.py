@@ -17,7 +17,7 @@ from sncli.config.bounded_yaml import (
     YamlLimitError,
     load_yaml_bounded,
 )
-from sncli.config.fingerprints import source_fingerprint, table_fingerprint
+from sncli.config.fingerprints import deletes_fingerprint, source_fingerprint, table_fingerprint
 from sncli.config.loading import (
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,
@@ -85,6 +85,7 @@ __all__ = [
     "TopicDefaults",
     "YamlLimitError",
     "client_key_role",
+    "deletes_fingerprint",
     "expand_references",
     "field_role",
     "format_validation_error",

@@ -19,3 +19,14 @@ def table_fingerprint(instance_url: str, table: str, base_query: str | None, tim
 
 def source_fingerprint(settings: Settings, table: SourceTable) -> str:
     return table_fingerprint(settings.servicenow.instance_url, table.name, table.query, table.timestamp_field)
+
+
+#: Where ServiceNow records deletes, and the time its rows are ordered by (sncli.source.deletes).
+AUDIT_DELETE_TABLE = "sys_audit_delete"
+AUDIT_DELETE_TIME = "sys_created_on"
+
+
+def deletes_fingerprint(settings: Settings, table: SourceTable) -> str:
+    """What the cursor of a table's deletes is valid for: its instance and ``sys_audit_delete`` rows of the table."""
+    return table_fingerprint(settings.servicenow.instance_url, AUDIT_DELETE_TABLE, f"tablename={table.name}",
+                             AUDIT_DELETE_TIME)

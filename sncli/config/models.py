@@ -263,6 +263,8 @@ class SourceTable(_Model):
     key: Annotated[SysIdKey | FieldsKey, Field(discriminator="type")] = SysIdKey(type="sys_id")
     start: str = "1970-01-01 00:00:00"
     partitions: int | None = Field(default=None, ge=1)  # for topic creation; default kafka.topics
+    # audit: deletes recorded in sys_audit_delete become tombstones on the topic (sncli.source.deletes)
+    deletes: Literal["audit", "none"] = "none"
 
     @field_validator("name")
     @classmethod

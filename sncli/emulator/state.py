@@ -9,7 +9,7 @@ System tables are ordinary tables: ``sys_user`` (the integration user, with
 its ``time_zone``), ``sys_dictionary`` (one row per column of every other
 table: name, element, internal_type, max_length, reference), ``sys_db_object``
 (one row per table: name, label, super_class, always empty here) and
-``sys_audit_delete`` (one row per deleted record: tablename, documentkey).
+``sys_audit_delete`` (one row per deleted record: tablename, documentkey, payload: :mod:`sncli.emulator.audit`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from sncli.emulator.audit import AUDIT_DELETE, audit_row
 from sncli.emulator.auth import Credentials, TokenStore
 from sncli.emulator.clock import EmulatorClock, format_time, parse_time
 from sncli.emulator.faults import FaultInjector
@@ -34,7 +35,6 @@ from sncli.emulator.store import Record, Table
 
 RESERVED = frozenset(c.element for c in SYS_COLUMNS)
 DICTIONARY = "sys_dictionary"
-AUDIT_DELETE = "sys_audit_delete"
 USERS = "sys_user"
 DB_OBJECT = "sys_db_object"
 _DICTIONARY_COLUMNS = (
@@ -56,6 +56,7 @@ _AUDIT_COLUMNS = (
     Column("tablename", "string", 80),
     Column("documentkey", "GUID", 32),
     Column("display_value", "string", 255),
+    Column("payload", "string", 4_000_000),
 )
 _DB_OBJECT_COLUMNS = (
     Column("name", "string", 80),
@@ -541,18 +542,11 @@ class EmulatorState:
 
     def _delete(self, table_name: str, sys_id: str, user: str) -> bool:
         table = self._tables.get(table_name)
-        if table is None or table.remove(sys_id) is None:
+        removed = table.remove(sys_id) if table is not None else None
+        if removed is None:
             return False
         if table_name != AUDIT_DELETE:
             stamp = self.clock.stamp()
-            audit = self._table(AUDIT_DELETE)
-            row = self._system_fields(
-                {"tablename": table_name, "documentkey": sys_id, "display_value": sys_id},
-                uuid.uuid4().hex,
-                stamp,
-                stamp,
-                user,
-                "0",
-            )
-            audit.add(Record(row))
+            row = self._system_fields(audit_row(table_name, removed.fields), uuid.uuid4().hex, stamp, stamp, user, "0")
+            self._table(AUDIT_DELETE).add(Record(row))
         return True

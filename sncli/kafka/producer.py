@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError as RdKafkaError
@@ -169,10 +170,10 @@ class PageProducer:
     def send_page(
         self,
         topic: str,
-        keys: list[bytes],
-        values: list[bytes],
-        headers: list[Headers],
-        timestamps: list[int],
+        keys: Sequence[bytes],
+        values: Sequence[bytes | None],
+        headers: Sequence[Headers],
+        timestamps: Sequence[int],
     ) -> list[Rejected]:
         """Queue a page given as parallel lists (what :func:`sncli.source.record.build_page` makes).
 

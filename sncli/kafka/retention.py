@@ -18,7 +18,10 @@ broker's defaults (``kafka.topics.retention``):
   version of every record forever and drops superseded ones; a tombstone for a
   deleted record (value null, same key) removes the key after
   ``delete.retention.ms``. That is a mirror of the table, and stays right when
-  deletes arrive as tombstones. Every other topic sncli creates (a source topic
+  deletes arrive as tombstones (``deletes: audit``, :mod:`sncli.source.deletes`).
+  A consumer must read past a tombstone within ``delete.retention.ms`` (Kafka's
+  default: one day) or it misses that delete: raise it for consumers that may
+  stop longer. Every other topic sncli creates (a source topic
   keyed by ``fields``, whose keys are shared by many records, and the DLQ) keeps
   every record: ``cleanup.policy=delete`` with ``retention.ms=-1``.
 - ``keep_all``: every topic keeps every record (and every version of it):

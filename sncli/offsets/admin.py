@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sncli.config import Settings, source_fingerprint
+from sncli.config import Settings, deletes_fingerprint, source_fingerprint
 from sncli.errors import UsageError
 from sncli.offsets.bridge_import import BridgeFormatError, parse_bridge_offsets
 from sncli.offsets.lock import run_lock
@@ -24,6 +24,7 @@ from sncli.offsets.model import (
     StoredOffset,
     backfill_prefix,
     check_sys_id,
+    deletes_key,
     normalize_timestamp,
     parse_key,
     poll_key,
@@ -39,7 +40,10 @@ FINGERPRINT_MISMATCH = "mismatch"
 NOT_IN_CONFIG = "not in config"
 
 
-def current_fingerprint(settings: Settings, table: str) -> str:
+def current_fingerprint(settings: Settings, table: str, *, deletes: bool = False) -> str:
+    """The fingerprint a table's poll cursor (or, with ``deletes``, its deletes cursor) is valid for."""
+    if deletes:
+        return deletes_fingerprint(settings, settings.source.table(table))
     return source_fingerprint(settings, settings.source.table(table))
 
 
@@ -91,7 +95,9 @@ def offset_rows(
             continue
         if info.table not in configured:
             status = NOT_IN_CONFIG
-        elif offset.version != OFFSET_VERSION or offset.fingerprint != current_fingerprint(settings, info.table):
+        elif offset.version != OFFSET_VERSION or offset.fingerprint != current_fingerprint(
+            settings, info.table, deletes=info.kind == "deletes"
+        ):
             status = FINGERPRINT_MISMATCH
         else:
             status = FINGERPRINT_OK
@@ -134,9 +140,17 @@ def set_offset(
 
 
 def keys_to_reset(stored: dict[str, StoredOffset], table: str, *, backfill: bool) -> list[str]:
-    """The poll cursor of ``table`` and, with ``backfill``, its backfill windows (that are stored)."""
+    """The poll and deletes cursors of ``table`` and, with ``backfill``, its backfill windows (that are stored)."""
     prefix = backfill_prefix(table)
-    return sorted(k for k in stored if k == poll_key(table) or (backfill and k.startswith(prefix)))
+    mine = {poll_key(table), deletes_key(table)}
+    return sorted(
+        k for k in stored if k in mine or (backfill and (k.startswith(prefix) or _backfill_deletes(k, table)))
+    )
+
+
+def _backfill_deletes(key: str, table: str) -> bool:
+    info = parse_key(key)
+    return info.kind == "deletes" and info.table == table and info.range_id is not None
 
 
 def reset_offsets(

@@ -24,6 +24,7 @@ _SYS_ID = re.compile(r"[0-9a-f]{32}")
 _TABLE = re.compile(r"[a-z0-9_]+")
 _RANGE_ID = re.compile(r"[A-Za-z0-9._:+-]+")
 _BACKFILL_KEY = re.compile(r"backfill/(?P<table>[a-z0-9_]+)/(?P<range>[^/]+)/(?P<i>[0-9]+)of(?P<n>[0-9]+)")
+_DELETES_KEY = re.compile(r"deletes/(?P<table>[a-z0-9_]+)(?:/(?P<range>[A-Za-z0-9._:+-]+))?")
 
 
 # --------------------------------------------------------------------------- errors
@@ -160,7 +161,7 @@ def check_offset(stored: StoredOffset, expected_fingerprint: str) -> StoredOffse
 
 @dataclass(frozen=True)
 class KeyInfo:
-    kind: Literal["poll", "backfill"]
+    kind: Literal["poll", "backfill", "deletes"]
     table: str
     range_id: str | None = None
     index: int | None = None
@@ -184,6 +185,19 @@ def backfill_key(table: str, range_id: str, index: int, count: int) -> str:
     return f"backfill/{table}/{range_id}/{index}of{count}"
 
 
+def deletes_key(table: str, range_id: str | None = None) -> str:
+    """``deletes/<table>``: the cursor of a table's deletes (``sys_audit_delete``), beside its poll cursor.
+
+    With ``range_id``: ``deletes/<table>/<range-id>``, the deletes of one backfill range.
+    """
+    poll_key(table)
+    if range_id is None:
+        return f"deletes/{table}"
+    if not _RANGE_ID.fullmatch(range_id):
+        raise ValueError(f"range id must match [A-Za-z0-9._:+-]+, got {range_id!r}")
+    return f"deletes/{table}/{range_id}"
+
+
 def backfill_prefix(table: str) -> str:
     """Every backfill key of ``table`` starts with this."""
     return f"backfill/{poll_key(table)}/"
@@ -201,6 +215,9 @@ def parse_key(key: str) -> KeyInfo:
         )
     if _TABLE.fullmatch(key):
         return KeyInfo(kind="poll", table=key)
+    match = _DELETES_KEY.fullmatch(key)
+    if match:
+        return KeyInfo(kind="deletes", table=match.group("table"), range_id=match.group("range"))
     raise ValueError(f"not an offset key: {key!r}")
 
 

@@ -51,11 +51,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sncli.config import source_fingerprint
-from sncli.errors import LockHeldError, SncliError, UsageError
+from sncli.errors import ExitCode, LockHeldError, SncliError, UsageError
 from sncli.metrics import RunMetrics
 from sncli.offsets.lock import run_lock
 from sncli.offsets.model import StoredOffset, check_offset, normalize_timestamp
 from sncli.offsets.store import open_store
+from sncli.source.backfill_deletes import check_deletes_request, deletes_before_records, move_deletes_cursor
 from sncli.source.backfill_plan import (
     COUNT_THREADS,
     RangeCounter,
@@ -109,6 +110,7 @@ class BackfillRequest:
     output: Path | None = None  # None = Kafka
     set_cursor: bool = False
     dry_run: bool = False
+    deletes: bool = False  # the range's deletes as tombstones first (sncli.source.backfill_deletes)
 
     @property
     def count(self) -> int:
@@ -321,6 +323,9 @@ def run_backfill(
         raise UsageError("use --parallel or --window, not both")
     if request.set_cursor and request.output is not None:
         check_set_cursor(None, "", table=table.name, parquet=True)  # before any request
+    if request.deletes or (request.set_cursor and table.deletes == "audit"):
+        check_deletes_request(parquet=request.output is not None, window=request.window is not None,
+                              set_cursor_without=request.set_cursor and not request.deletes)
     n = request.count
     stop = StopControl(parent=stop)
     started = time.monotonic()
@@ -413,6 +418,11 @@ def _run(
             ]
             outcome.stopped = "dry_run"
             return
+        if request.deletes and not deletes_before_records(
+            settings, table, client, store, rid=rid, since=to_sn(since), until=to_sn(until), stop=stop,
+            metrics=metrics, summary=summary, locks=locks,
+        ):
+            return
         outcomes = _run_windows(settings, request, table, client, store, rid, fingerprint, windows, stop, metrics,
                                 make_progress(f"backfill {table.name}", sum(counts)), producers, held)
         _sum_up(summary, outcome, outcomes, counts)
@@ -423,6 +433,8 @@ def _run(
             summary.extra["poll_cursor_set"] = False
             if all_done:
                 summary.extra["poll_cursor_set"] = set_poll_cursor(store, table, since, until, fingerprint)
+                if request.deletes and table.deletes == "audit":
+                    move_deletes_cursor(settings, store, table, to_sn(until))
 
 
 def _run_windows(
@@ -538,6 +550,8 @@ def _sum_up(summary: RunSummary, outcome: TableOutcome, outcomes: list[WindowOut
     stopped = sorted({o.stopped for o in outcomes if o.stopped not in (None, "done", "caught_up")})
     outcome.stopped = stopped[0] if stopped else "caught_up"
     summary.exit_code = combined_exit_code(list(outcomes))
+    if summary.exit_code == ExitCode.OK and outcome.dlq:  # deletes dead-lettered before the windows
+        summary.exit_code = int(ExitCode.PARTIAL)
     if failed:
         outcome.error = "; ".join(f"window {o.name}: {o.error}" for o in failed)
         outcome.exit_code = summary.exit_code

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -109,17 +110,34 @@ def poll_table(
             result = run.pages(hi, start, deliver=_count)
         else:
             run.open_kafka(producer)
-            result = run.pages(hi, start, gate=None if topics is None else topics.wait)
+            gate = None if topics is None else topics.wait
+            if table.deletes == "audit" and not _deletes_caught_up(run, hi, gate):
+                return  # records never run ahead of the deletes (sncli.source.deletes: order per key)
+            result = run.pages(hi, start, gate=gate)
             if topics is not None:
                 topics.wait()
         outcome.stopped = result.stopped or "caught_up"
         log.info(
-            "%s: %d records in %d pages%s%s; cursor %s",
+            "%s: %d records in %d pages%s%s%s; cursor %s",
             table.name, result.records, result.pages,
+            "" if outcome.deletes is None else f", {outcome.deletes} deletes before them",
             "" if result.stopped is None else f", stopped by {result.stopped}",
             f", {result.hidden} rows hidden by ACLs passed" if result.hidden else "",
             show(outcome.cursor_after), extra={"table": table.name},
         )
+
+
+def _deletes_caught_up(run: RangeRun, hi: UpperBound, gate: Callable[[], None] | None) -> bool:
+    """The table's deletes up to ``hi``, before its records; False (``outcome.stopped`` set) when stopped early."""
+    table, outcome = run.table, run.outcome
+    run.deletes_key = offsets_model.deletes_key(table.name)
+    result = run.deletes(hi, Cursor.at_start(table.start), gate=gate)
+    if result.stopped is None:
+        return True
+    outcome.stopped = result.stopped
+    log.info("%s: %d deletes, stopped by %s before the records; deletes cursor %s", table.name, result.delivered,
+             result.stopped, show(outcome.deletes_cursor), extra={"table": table.name})
+    return False
 
 
 def _count(records: Records, prepared: object) -> int:

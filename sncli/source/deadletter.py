@@ -128,7 +128,8 @@ def page_indices(rejected: Sequence[Rejected], msgs: PageMessages, batch: Sequen
     wanted: dict[tuple[bytes | None, bytes | None], Rejected] = {(r.key, r.value): r for r in rejected}
     found: dict[int, Rejected] = {}
     for index in batch:
-        match = wanted.get((bytes(msgs.keys[index]), bytes(msgs.values[index])))  # a RawPage value is a Raw
+        value = msgs.values[index]
+        match = wanted.get((bytes(msgs.keys[index]), None if value is None else bytes(value)))  # a RawPage's is a Raw
         if match is not None:
             found[index] = match
     return found
@@ -143,7 +144,8 @@ def dlq_record(
     """Key, value and headers of the DLQ record of a refused source record (module doc)."""
     failure = DeadLetterReason(refused.error_class, refused.message, table=table)
     headers = dlq_headers(msgs.headers[refused.index], failure, Origin(topic, NOT_IN_KAFKA, NOT_IN_KAFKA), now=now)
-    value = None if refused.omit_value else bytes(msgs.values[refused.index])
+    original = msgs.values[refused.index]  # None: a tombstone
+    value = None if refused.omit_value or original is None else bytes(original)
     return msgs.keys[refused.index], value, headers
 
 

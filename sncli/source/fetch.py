@@ -51,12 +51,16 @@ class TableRequests:
         hi: UpperBound,
         metrics: RunMetrics,
         decoder: RawDecoder | None = None,
+        *,
+        deletes_of: str | None = None,
     ) -> None:
+        """``deletes_of``: ``table`` is the ``sys_audit_delete`` stream of this table (:mod:`sncli.source.deletes`):
+        its rows are read as stored (no display values) and not counted as the table's records."""
         self._client = client
         self._table = table
         self._hi = hi
-        self._display_value = settings.source.display_value
-        self._fetched = metrics.source_records.labels(table=table.name)
+        self._display_value = settings.source.display_value if deletes_of is None else "false"
+        self._fetched = metrics.source_records.labels(table=table.name) if deletes_of is None else None
         self._fields = list(table.fields) if table.fields is not None else None
         self._decode: Callable[[bytes], Records] = decoder if decoder is not None else decode_records
 
@@ -143,7 +147,7 @@ def _warn_hidden(table: str, hidden: int, cursor: Cursor, where: str) -> None:
 class _Counted:
     """A page request whose records are counted in ``bridge_source_records_total`` once read."""
 
-    def __init__(self, pending: PendingPage[DecodedPage[Records]], counter: Counter) -> None:
+    def __init__(self, pending: PendingPage[DecodedPage[Records]], counter: Counter | None) -> None:
         self._pending = pending
         self._counter = counter
 
@@ -155,7 +159,8 @@ class _Counted:
 
     def result(self) -> Records:
         records = self._pending.result().records
-        self._counter.inc(len(records))
+        if self._counter is not None:
+            self._counter.inc(len(records))
         return records
 
     def cancel(self) -> None:

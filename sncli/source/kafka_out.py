@@ -17,6 +17,7 @@ from sncli.dlq.signing import DlqSigner
 from sncli.kafka.errors import ProduceError
 from sncli.metrics import RunMetrics
 from sncli.source.deadletter import Attempt, SourceDeadLetters, isolate, page_indices, refused_at_once
+from sncli.source.deletes import build_tombstones
 from sncli.source.poller import Records, Settle
 from sncli.source.rawpage import raw_page_decoder
 from sncli.source.record import (
@@ -87,6 +88,10 @@ class KafkaPageOutput:
     def prepare(self, records: Records) -> PageMessages:
         return build_page(records, self._shape, extracted_at=datetime.now(UTC), cache=self._cache,
                           encode_page=self._encode_page)
+
+    def prepare_tombstones(self, rows: Records) -> PageMessages:
+        """A page of ``sys_audit_delete`` rows as tombstones (:mod:`sncli.source.deletes`), ready for ``send``."""
+        return build_tombstones(rows, self._shape, extracted_at=datetime.now(UTC), cache=self._cache)
 
     def send(self, records: Records, prepared: PageMessages | None) -> Settle:
         """Queue the page; the returned call waits for its acknowledgements (see :mod:`sncli.source.poller`)."""

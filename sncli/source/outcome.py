@@ -33,8 +33,17 @@ class TableOutcome:
     exit_code: int = 0
     dlq: dict[str, int] = field(default_factory=dict)  # records dead-lettered instead of produced, per class
     hidden: int = 0  # rows hidden by ACLs that the cursor passed (see sncli.source.fetch.TableRequests.look_past)
+    deletes: int | None = None  # tombstones acknowledged (None: the table's deletes were not read)
+    deletes_cursor: Cursor | None = None  # the deletes cursor stored last (sncli.source.deletes)
 
     def to_json(self) -> dict[str, Any]:
+        data = self._json()
+        if self.deletes is not None:
+            data["deletes"] = self.deletes
+            data["deletes_cursor_after"] = cursor_json(self.deletes_cursor)
+        return data
+
+    def _json(self) -> dict[str, Any]:
         return {
             "records": self.records,
             "pages": self.pages,

@@ -27,10 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sncli.config.fingerprints import deletes_fingerprint
 from sncli.errors import SncliError
 from sncli.metrics import RunMetrics
 from sncli.offsets.model import StoredOffset, check_offset
 from sncli.source.cursor import Cursor, UpperBound
+from sncli.source.deletes import audit_table
 from sncli.source.fetch import TableRequests
 from sncli.source.kafka_out import KafkaPageOutput
 from sncli.source.outcome import TableOutcome, describe_error
@@ -64,6 +66,7 @@ class RangeRun:
     budget: Budget | None = None
     progress: Callable[[int], None] | None = None  # told the records of each page stored
     output: KafkaPageOutput | None = None  # set by open_kafka; closed by guard
+    deletes_key: str | None = None  # the offset key of the range's deletes cursor (sncli.source.deletes)
 
     def load(self) -> StoredOffset | None:
         """The range's stored cursor (checked against the fingerprint), also recorded in the outcome."""
@@ -81,11 +84,48 @@ class RangeRun:
 
     def save(self, cursor: Cursor) -> None:
         """Store ``cursor`` under the range's key, only while its lock is still held."""
+        self._store(self.key, cursor, self.fingerprint)
+        self.outcome.cursor_after = cursor
+
+    def _store(self, key: str, cursor: Cursor, fingerprint: str) -> None:
         if self.lock is not None:
             self.lock.ensure_held()  # an S3 lease lost meanwhile: stop without writing
         assert self.store is not None  # a dry run never stores
-        self.store.save(StoredOffset.new(self.key, cursor.timestamp, cursor.sys_id, self.fingerprint))
-        self.outcome.cursor_after = cursor
+        self.store.save(StoredOffset.new(key, cursor.timestamp, cursor.sys_id, fingerprint))
+
+    def deletes(self, hi: UpperBound, start: Cursor, *, gate: Callable[[], None] | None = None) -> LoopResult:
+        """The range's deletes from their stored cursor (else ``start``) up to ``hi``, as tombstones to Kafka.
+
+        The page loop over ``sys_audit_delete`` (:mod:`sncli.source.deletes`); each
+        page's cursor is stored under :attr:`deletes_key` once Kafka acknowledged it.
+        Needs :meth:`open_kafka` first.
+        """
+        output, key = self.output, self.deletes_key
+        assert output is not None and key is not None and self.store is not None
+        fingerprint = deletes_fingerprint(self.settings, self.table)
+        stored = self.store.load(key)
+        if stored is not None:
+            check_offset(stored, fingerprint)
+            start = Cursor(stored.timestamp, stored.sys_id)
+        self.outcome.deletes, self.outcome.deletes_cursor = 0, start
+        audit = audit_table(self.table)
+        requests = TableRequests(self.client, self.settings, audit, hi, self.metrics, deletes_of=self.table.name)
+        counter = self.metrics.source_deletes.labels(table=self.table.name)
+
+        def commit(cursor: Cursor) -> None:
+            self._store(key, cursor, fingerprint)
+            self.outcome.deletes_cursor = cursor
+
+        def on_page(result: LoopResult) -> None:
+            counter.inc(result.delivered - (self.outcome.deletes or 0))
+            self.outcome.deletes = result.delivered
+
+        return page_loop(
+            start=start, start_fetch=requests.start, look_past=requests.look_past,
+            send=output.send if gate is None else _after(gate, output.send), commit=commit,
+            ts_field=audit.timestamp_field, page_size=self.settings.source.page_size, stop=self.stop,
+            budget=self.budget, prepare=output.prepare_tombstones, on_page=on_page,
+        )
 
     def pages(self, hi: UpperBound, start: Cursor, *, deliver: Deliver | None = None,
               gate: Callable[[], None] | None = None) -> LoopResult:

@@ -13,7 +13,8 @@ fallbacks handle ``display_value=all`` (fields as objects) and odd values.
 - timestamp: the record's ``sys_updated_on`` in ms (falls back to the table's
   timestamp field when ``sys_updated_on`` is not among the fetched fields; 0 = let
   the producer stamp it, only when neither parses)
-- headers: ``sn.table``, ``sn.instance``, ``sn.sys_id``, ``sn.extracted_at``
+- headers: ``sn.table``, ``sn.instance``, ``sn.sys_id``, ``sn.extracted_at``, ``sn.operation: upsert``
+  (a delete's tombstone says ``delete``: :mod:`sncli.source.deletes`)
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ Header = tuple[str, bytes]
 Encoder = Callable[[dict[str, Any]], bytes]
 PageEncoder = Callable[[Sequence[dict[str, Any]]], list[bytes]]
 KAFKA_TIMESTAMP_FIELD = "sys_updated_on"
+OPERATION_HEADER = "sn.operation"
+OPERATION_UPSERT = b"upsert"
+OPERATION_DELETE = b"delete"
 
 
 def instance_name(instance_url: str) -> str:
@@ -136,7 +140,7 @@ class PageMessages:
     """
 
     keys: list[bytes]
-    values: list[bytes]
+    values: Sequence[bytes | None]  # None: a tombstone
     headers: list[list[Header]]
     timestamps: list[int]
     refused: list[Refusal] = field(default_factory=list)
@@ -180,7 +184,8 @@ def build_page(
     table_h = ("sn.table", shape.table.encode())
     instance_h = ("sn.instance", shape.instance.encode())
     extracted_h = ("sn.extracted_at", iso_millis(extracted_at).encode())
-    headers = [[table_h, instance_h, ("sn.sys_id", sid), extracted_h] for sid in sys_ids]
+    operation_h = (OPERATION_HEADER, OPERATION_UPSERT)
+    headers = [[table_h, instance_h, ("sn.sys_id", sid), extracted_h, operation_h] for sid in sys_ids]
     ts_name = KAFKA_TIMESTAMP_FIELD if not records or KAFKA_TIMESTAMP_FIELD in records[0] else shape.ts_field
     timestamps = cache.millis_many(column(records, ts_name))
     return PageMessages(keys, values, headers, timestamps, refused)

@@ -155,3 +155,40 @@ def test_urls_and_expanded_values_are_shown_masked_in_json_and_in_the_table(
         assert "pg-user:***@" in output and "sr-user:***@" in output
         for secret in (*canaries.values(), seeded.url):
             assert secret not in output
+
+
+@pytest.mark.parametrize(("table", "hidden", "status", "words"), [
+    ("incident", False, "ok", "1 delete(s) recorded"),
+    ("incident", True, "warn", "hide"),
+    ("sys_user", False, "warn", "sys_* tables are not recorded"),
+])
+def test_deletes_audit_checks_sys_audit_delete_and_warns_about_unaudited_tables(
+    tmp_path: Path, seeded: ServiceNowEmulator, kafka_bootstrap: str, table: str, hidden: bool, status: str,
+    words: str,
+) -> None:
+    victim = seeded.state.insert(table, {"name": "gone"})
+    seeded.state.delete(table, victim["sys_id"])
+    if hidden:
+        seeded.state.update_settings(hidden_rows={"sys_audit_delete": "tablenameISNOTEMPTY"})
+    path = write_config(tmp_path, seeded, kafka_bootstrap, None)
+    config = yaml.safe_load(path.read_text())
+    config["source"]["tables"] = [{"name": table, "topic": "doctor.t", "deletes": "audit"}]
+    path.write_text(yaml.safe_dump(config))
+    code, report = doctor(path)
+    check = by_name(report)[f"table {table} deletes"]
+    assert check["status"] == status and words in check["detail"], check
+    assert code == (0 if status == "ok" else 3), report
+
+
+def test_an_integration_user_who_cannot_read_sys_audit_delete_fails_the_deletes_check(
+    tmp_path: Path, seeded: ServiceNowEmulator, kafka_bootstrap: str
+) -> None:
+    seeded.state.update_settings(denied_tables={"sys_audit_delete"})
+    path = write_config(tmp_path, seeded, kafka_bootstrap, None)
+    config = yaml.safe_load(path.read_text())
+    config["source"]["tables"][0]["deletes"] = "audit"
+    path.write_text(yaml.safe_dump(config))
+    code, report = doctor(path)
+    check = by_name(report)["table incident deletes"]
+    assert check["status"] == "fail" and "sys_audit_delete" in check["hint"]
+    assert code == 1

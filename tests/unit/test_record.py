@@ -40,6 +40,7 @@ def test_build_page_keys_values_headers_timestamps() -> None:
         ("sn.instance", b"dev1.service-now.com"),
         ("sn.sys_id", A.encode()),
         ("sn.extracted_at", b"2024-05-01T12:00:00.123Z"),
+        ("sn.operation", b"upsert"),
     ]
     assert dict(msgs.headers[1])["sn.sys_id"] == B.encode()
 
