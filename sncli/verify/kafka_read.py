@@ -28,6 +28,9 @@ from sncli.verify.view import DELETED, KafkaLatest
 
 GROUP_ID = "sncli-verify"  # never joined nor committed: the partitions are assigned
 BATCH = 10_000
+#: consume() returns after BATCH messages or this long: short, so the last batch of a partition
+#: (and a small topic) does not wait a whole second for messages that will not come.
+CONSUME_WAIT_SECONDS = 0.05
 STALL_SECONDS = 60.0
 METADATA_TIMEOUT_SECONDS = 10.0
 SYS_ID_HEADER = "sn.sys_id"
@@ -84,7 +87,7 @@ def _drain(
     last_seen = time.monotonic()
     eof = KafkaError._PARTITION_EOF
     while len(ended) < partitions:
-        batch = consumer.consume(BATCH, 1.0)
+        batch = consumer.consume(BATCH, CONSUME_WAIT_SECONDS)
         now = time.monotonic()
         if not batch:
             if now - last_seen > stall_seconds:

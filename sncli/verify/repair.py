@@ -54,17 +54,16 @@ def repair_table(settings: Settings, client: ServiceNowClient, metrics: RunMetri
 def _resend(settings: Settings, client: ServiceNowClient, metrics: RunMetrics, table: SourceTable,
             side: ServiceNowSide, wanted: list[str], done: Repair) -> None:
     fields = list(table.fields) if table.fields is not None else None
-    records = side.records(wanted, fields=fields, display_value=settings.source.display_value)
-    done.vanished = len(wanted) - len(records)
     output = KafkaPageOutput(settings, table, client, metrics)
     try:
-        page = max(1, settings.source.page_size)
-        for start in range(0, len(records), page):
-            chunk = records[start:start + page]
-            settle = output.send(chunk, output.prepare(chunk))
-            done.resent += settle()  # waits for every acknowledgement, or raises
+        # A batch at a time (fetched, produced, acknowledged): memory stays bounded, and a repair
+        # killed midway has delivered whole batches.
+        for records in side.record_batches(wanted, fields=fields, display_value=settings.source.display_value):
+            if records:
+                done.resent += output.send(records, output.prepare(records))()  # waits for every ack, or raises
     finally:
         output.close()
+    done.vanished = len(wanted) - done.resent
 
 
 def tombstone_headers(table: str, sys_id: str, instance: str, now: datetime) -> list[Header]:

@@ -14,7 +14,7 @@ Every request is counted (``requests``), so a run reports what it cost.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -82,13 +82,16 @@ class ServiceNowSide:
 
     def records(self, sys_ids: Sequence[str], *, fields: list[str] | None,
                 display_value: str = "false") -> list[dict[str, Any]]:
-        """The records of ``sys_ids`` that exist (and match the table's base query), in batches."""
-        out: list[dict[str, Any]] = []
+        """The records of ``sys_ids`` that exist (and match the table's base query)."""
+        return [r for batch in self.record_batches(sys_ids, fields=fields, display_value=display_value) for r in batch]
+
+    def record_batches(self, sys_ids: Sequence[str], *, fields: list[str] | None,
+                       display_value: str = "false") -> Iterator[list[dict[str, Any]]]:
+        """:meth:`records` a batch (one request of :data:`LOOKUP_BATCH` sys_ids) at a time."""
         for start in range(0, len(sys_ids), LOOKUP_BATCH):
             batch = sorted(sys_ids[start:start + LOOKUP_BATCH])
             query = and_each_clause(self._table.query, [Query().in_("sys_id", batch)])
             self._count_request()
             page = self._client.list_page(self._table.name, query=query, fields=fields, limit=len(batch),
                                           display_value=display_value)  # type: ignore[arg-type]
-            out.extend(page.records)
-        return out
+            yield page.records
