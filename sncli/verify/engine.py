@@ -175,9 +175,11 @@ def _compare(settings: Settings, table: SourceTable, since: int, bound: Bound, p
     report.windows = result.visited
     report.sn_records = sum(v.sn for v in result.top())
     sides = OneSided()
-    for leaf in result.leaves:
-        progress.update(name, "diffing windows by sys_id", side.requests)
-        diff_leaf(side.listing(leaf.span) if leaf.sn else {}, index.within(leaf.span), sides)
+    leaves = result.leaves
+    progress.update(name, "diffing windows by sys_id", len(leaves))
+    listings = iter(side.listing_many([leaf.span for leaf in leaves if leaf.sn]))
+    for leaf in leaves:
+        diff_leaf(next(listings) if leaf.sn else {}, index.within(leaf.span), sides)
     found, unexplained = classify(sides, index.latest_of)
     in_sn = side.timestamps(sorted(unexplained)) if unexplained else {}
     report.findings = resolve(found, unexplained, in_sn, bound)

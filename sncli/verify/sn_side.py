@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sncli.servicenow.client import ServiceNowClient
 
 COUNT_THREADS = 16
+LIST_THREADS = 4  # listings are heavier than counts: fewer at once
 LOOKUP_BATCH = 100
 LIST_PAGE = 10_000
 
@@ -56,6 +57,13 @@ class ServiceNowSide:
             return [self.count(s) for s in spans]
         with ThreadPoolExecutor(max_workers=min(COUNT_THREADS, len(spans)), thread_name_prefix="verify-count") as pool:
             return list(pool.map(self.count, spans))
+
+    def listing_many(self, spans: Sequence[Span]) -> list[dict[str, int]]:
+        """:meth:`listing` of each span, several at once (each one pages in order)."""
+        if len(spans) <= 1:
+            return [self.listing(s) for s in spans]
+        with ThreadPoolExecutor(max_workers=min(LIST_THREADS, len(spans)), thread_name_prefix="verify-list") as pool:
+            return list(pool.map(self.listing, spans))
 
     def listing(self, span: Span) -> dict[str, int]:
         """Every record of ``span``: sys_id -> timestamp (epoch seconds)."""

@@ -15,6 +15,7 @@ from sncli.source.cycle import run_poll
 from sncli.source.keys import fields_digest
 from sncli.verify.engine import VerifyRequest, run_verify
 from sncli.verify.report import TableReport
+from sncli.verify.search import SearchPolicy
 from tests.fixtures.kafka import read_all
 from tests.integration.test_source_support import make_settings, stored_cursor
 
@@ -187,3 +188,18 @@ def test_what_cannot_be_verified_exits_1_with_the_reason(
     emulator.state.update_settings(hidden_rows={"incident": "number=INC0000001"})
     hidden = _verify(settings)
     assert hidden.exit_code == 1 and hidden.error is not None and "403" in hidden.error
+
+
+def test_exact_finds_a_missing_and_an_extra_that_cancel_out_in_one_window(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    records = _seed(emulator)
+    settings = _polled(emulator, kafka_bootstrap, unique_topic, tmp_path)
+    emulator.state.delete("incident", records[5]["sys_id"])
+    stamp = _at(records[3], 0)
+    emulator.state.insert("incident", {"sys_id": "e" * 32, "sys_created_on": stamp, "sys_updated_on": stamp})
+    counted = _verify(settings)  # equal counts in their window: counting alone may not see them
+    assert set(counted.findings.missing) <= {"e" * 32} and set(counted.findings.extra) <= {records[5]["sys_id"]}
+    exact = run_verify(settings, VerifyRequest(tables=["incident"], policy=SearchPolicy(exact=True)))
+    found = exact.tables["incident"].findings
+    assert (found.missing, found.extra) == (["e" * 32], [records[5]["sys_id"]])
