@@ -30,12 +30,14 @@ def _journal_size(ctx: Context) -> int:
     return len(ctx.emulator.journal())
 
 
-def _verify(ctx: Context, run: Any, *args: str) -> tuple[Any, float, int]:
-    """(the JSON report, wall seconds, ServiceNow requests the emulator saw)."""
+def _verify(ctx: Context, run: Any, *args: str, rss: list[float] | None = None) -> tuple[Any, float, int]:
+    """(the JSON report, wall seconds, ServiceNow requests the emulator saw); its peak RSS added to ``rss``."""
     ctx.emulator.clear_journal()
     result = sncli(run, "--json", "verify", *args)
     if result.returncode not in (0, 3):
         raise ScenarioError(result.describe_failure())
+    if rss is not None:
+        rss.append(round(result.peak_rss_mb, 1))
     return result.json(), result.seconds, _journal_size(ctx)
 
 
@@ -69,7 +71,7 @@ def _scenario(ctx: Context, n: int, in_sync: Row, requests: Row, found: Row, rep
         log(f"polled {n:,} records into {run.topic} in {polled.seconds:.1f}s")
 
         def verify_step(i: int) -> None:
-            report, seconds, sent = _verify(ctx, run)
+            report, seconds, sent = _verify(ctx, run, rss=in_sync.extra.setdefault("peak_rss_mb", []))
             table = report["tables"][TABLE]
             if report["exit_code"] != 0:
                 raise ScenarioError(f"verify of the table in sync exited {report['exit_code']}: {table}")
