@@ -139,7 +139,8 @@ def _windows_table(console: Console, t: TableReport) -> None:
     grid = Table(title=f"{t.table}: windows compared", show_lines=False)
     for column in ("window", "ServiceNow", "Kafka", "result"):
         grid.add_column(column, justify="right" if column in ("ServiceNow", "Kafka") else "left")
-    shown = [w for w in t.windows if w.depth == 0 or w.verdict != "same"]
+    shown = sorted((w for w in t.windows if w.depth == 0 or w.verdict != "same"),
+                   key=lambda w: (w.span.lo, w.depth, w.span.hi))  # each cut window above its parts
     for w in shown[:60]:
         result = {"same": "same", "cut": "differs: cut", "diff": "differs: diffed by sys_id"}[w.verdict]
         grid.add_row(("  " * w.depth) + w.span.label, f"{w.sn:,}", f"{w.kafka:,}", result)
