@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from sncli.emulator import control
+from sncli.emulator import aggregate, control
 from sncli.emulator.auth import Credentials, parse_basic, parse_bearer, token_grant
 from sncli.emulator.faults import Fault
 from sncli.emulator.render import (
@@ -371,9 +371,10 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ Table API
 
     def _api(self, method: str, path: str, params: dict[str, str], body: bytes) -> None:
-        match = _TABLE_PATH.match(path)
+        stats = aggregate.STATS_PATH.match(path)  # the Aggregate API: same auth, faults and journal
+        match = stats or _TABLE_PATH.match(path)
         table = match.group(1) if match else None
-        sys_id = match.group(2) if match else None
+        sys_id = match.group(2) if match and stats is None else None
         auth, user = self._authenticate()
         fault = self.state.faults.pick(method, path, table)
         fault_name = fault.kind if fault else None
@@ -397,6 +398,8 @@ class _Handler(BaseHTTPRequestHandler):
                 403,
                 error_body("User Not Authorized", f"Insufficient rights to access records of table {table}"),
             )
+        elif stats is not None:
+            status, out = aggregate.answer(self.state, method, table, params)
         else:
             short = fault.records if fault is not None and fault.kind == "short_page" else None
             short_page = fault is not None and fault.kind == "short_page"

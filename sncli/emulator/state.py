@@ -18,7 +18,7 @@ import dataclasses
 import random
 import threading
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -384,6 +384,34 @@ class EmulatorState:
             if record is not None and not self._readable(table, target, record):
                 record = None  # ServiceNow answers 404 for a row its ACLs hide
             return Selection([record] if record else [], None, frozenset(target.columns), dict(target.references), True)
+
+    # ------------------------------------------------------------------ Aggregate API (sncli.emulator.aggregate)
+
+    def any_hidden(self, table: str) -> bool:
+        """True when the row ACLs hide at least one record of ``table`` from the API user."""
+        with self._lock:
+            target = self._tables.get(table)
+            rule = self.settings.hidden_rows.get(table)
+            if target is None or not rule:
+                return False
+            return bool(target.select(rule, limit=1, offset=0, want_count=False)[0])
+
+    def count_matching(self, table: str, query: str) -> int:
+        """How many records of ``table`` match ``query`` (what ``sysparm_count`` answers)."""
+        with self._lock:
+            target = self._tables.get(table)
+            if target is None:
+                return 0
+            return target.select(query, limit=0, offset=0, want_count=True)[1] or 0
+
+    def group_counts(self, table: str, query: str, fields: list[str]) -> dict[tuple[str, ...], int]:
+        """Records of ``table`` matching ``query``, counted by the values of ``fields``."""
+        with self._lock:
+            target = self._tables.get(table)
+            if target is None:
+                return {}
+            rows = [r.fields for r in target.select(query, limit=len(target), offset=0, want_count=False)[0]]
+        return dict(Counter(tuple(row.get(f, "") for f in fields) for row in rows))
 
     def _readable(self, table: str, target: Table, record: Record) -> bool:
         rule = self.settings.hidden_rows.get(table)

@@ -35,6 +35,7 @@ from urllib.parse import urlencode, urlsplit
 
 from sncli.config import BasicAuth, ServiceNowSettings
 from sncli.metrics import RunMetrics
+from sncli.servicenow import stats as agg
 from sncli.servicenow import table as tbl
 from sncli.servicenow.auth import OAUTH_ENDPOINT, Authenticator, BasicAuthenticator, OAuthAuthenticator
 from sncli.servicenow.backoff import BackoffPolicy, parse_http_date, parse_retry_after
@@ -253,6 +254,11 @@ class ServiceNowClient:
             )
         except NotFoundError:
             return None
+
+    def count(self, table: str, query: str, *, cancel: threading.Event | None = None) -> int:
+        """How many records of ``table`` match ``query``: the Aggregate API (``sysparm_count=true``)."""
+        return self._call("GET", agg.stats_path(table), endpoint=agg.stats_endpoint(table),
+                          params=agg.count_params(query), parse=agg.parse_count, cancel=cancel)
 
     def insert(self, table: str, body: dict[str, Any], *, cancel: threading.Event | None = None) -> dict[str, Any]:
         """``POST`` a new record; never retried once it may have reached ServiceNow (see policy.py)."""

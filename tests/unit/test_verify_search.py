@@ -1,0 +1,216 @@
+"""Finding differences (sncli.verify.search, view, sn_side) against a model: every case, any data.
+
+ServiceNow is the emulator's state read through the same queries the product
+sends (counts, keyset listings, sys_id look-ups), without HTTP; Kafka is a
+:class:`KafkaLatest` fed message by message. The expected answer is computed
+by brute force from both sides' full contents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sncli.config import SourceTable
+from sncli.emulator.state import EmulatorState
+from sncli.servicenow.table import Page
+from sncli.source.windows import to_sn
+from sncli.verify.search import (
+    Findings,
+    OneSided,
+    SearchPolicy,
+    Stale,
+    classify,
+    diff_leaf,
+    judge,
+    resolve,
+    search,
+)
+from sncli.verify.sn_side import ServiceNowSide
+from sncli.verify.spans import Bound, Span, cut, whole
+from sncli.verify.view import DELETED, KafkaLatest
+
+T0 = 1_700_000_000
+TABLE = SourceTable(name="incident", topic="t")
+
+
+class FakeClient:
+    """The two calls ServiceNowSide makes, answered by an EmulatorState."""
+
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+        self.calls = 0
+
+    def count(self, table: str, query: str) -> int:
+        self.calls += 1
+        return self.state.count_matching(table, query)
+
+    def list_page(self, table: str, *, query: str, fields: list[str] | None, limit: int, **_: Any) -> Page:
+        self.calls += 1
+        rows = self.state.select(table, query, limit=limit, offset=0, want_count=False).records
+        return Page([{f: r.fields[f] for f in (fields or r.fields)} for r in rows], None, None)
+
+
+def sid(n: int) -> str:
+    return f"{n:032x}"
+
+
+@dataclass
+class World:
+    sn: dict[str, int]  # sys_id -> timestamp
+    kafka: dict[str, int]  # sys_id -> timestamp of the latest message, DELETED for a tombstone
+
+
+def run(world: World, since: int, bound: Bound, policy: SearchPolicy) -> tuple[Findings, int]:
+    state = EmulatorState()
+    state.bulk_insert("incident", [{"sys_id": s, "sys_updated_on": to_sn(t)} for s, t in world.sn.items()])
+    latest = KafkaLatest()
+    for s, t in world.kafka.items():
+        latest.record(s.encode(), s.encode(), 0 if t == DELETED else t * 1000, t != DELETED)
+    index = latest.index()
+    client = FakeClient(state)
+    side = ServiceNowSide(client, TABLE, page_size=3)  # type: ignore[arg-type]
+    first = cut(whole(since, bound), index.times, policy.first_windows)
+    result = search(first, index.count, side.count_many, lambda s: cut(s, index.times, policy.fanout), policy)
+    sides = OneSided()
+    for leaf in result.leaves:
+        diff_leaf(side.listing(leaf.span) if leaf.sn else {}, index.within(leaf.span), sides)
+    found, unexplained = classify(sides, index.latest_of)
+    found = resolve(found, unexplained, side.timestamps(sorted(unexplained)), bound)
+    return found, client.calls
+
+
+def expected(world: World, since: int, bound: Bound) -> Findings:
+    def inside(s: str, t: int) -> bool:
+        return t >= since and bound.admits(t, s)
+
+    alive = {s: t for s, t in world.kafka.items() if t != DELETED}
+    out = Findings()
+    for s, t in world.sn.items():
+        if inside(s, t):
+            if s not in alive:
+                out.missing.append(s)
+            elif alive[s] != t:
+                out.stale.append(Stale(s, alive[s], t))
+    for s, t in alive.items():
+        if not inside(s, t):
+            continue
+        if s not in world.sn:
+            out.extra.append(s)
+        elif not bound.admits(world.sn[s], s):
+            out.pending.append(s)
+        elif not inside(s, world.sn[s]) and world.sn[s] != t:
+            out.stale.append(Stale(s, t, world.sn[s]))
+    return out.sort()
+
+
+worlds = st.integers(0, 40).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(0, 30), min_size=n, max_size=n),  # ServiceNow timestamps
+    st.lists(st.sampled_from(["same", "missing", "older", "newer", "tombstone"]), min_size=n, max_size=n),
+    st.lists(st.integers(0, 30), max_size=6),  # extras in Kafka
+    st.lists(st.integers(0, 30), max_size=3),  # tombstones of records gone from both sides
+))
+
+
+def build(data: tuple[list[int], list[str], list[int], list[int]]) -> World:
+    times, fates, extras, gone = data
+    world = World({}, {})
+    for i, (t, fate) in enumerate(zip(times, fates, strict=True)):
+        world.sn[sid(i)] = T0 + t
+        if fate == "same":
+            world.kafka[sid(i)] = T0 + t
+        elif fate in ("older", "newer"):
+            world.kafka[sid(i)] = T0 + t + (-3 if fate == "older" else 3)
+        elif fate == "tombstone":
+            world.kafka[sid(i)] = DELETED
+    for j, t in enumerate(extras):
+        world.kafka[sid(1000 + j)] = T0 + t
+    for j, _t in enumerate(gone):
+        world.kafka[sid(2000 + j)] = DELETED
+    return world
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=worlds, since=st.integers(-2, 10), end=st.integers(5, 35), tail=st.integers(-1, 45),
+       windows=st.integers(1, 5), fanout=st.integers(2, 4), leaf=st.integers(1, 6))
+def test_exact_mode_finds_exactly_what_brute_force_finds(
+    data: tuple[list[int], list[str], list[int], list[int]], since: int, end: int, tail: int, windows: int,
+    fanout: int, leaf: int,
+) -> None:
+    world = build(data)
+    bound = Bound(T0 + end, sid(tail) if tail >= 0 else "")
+    policy = SearchPolicy(first_windows=windows, fanout=fanout, leaf_records=leaf, exact=True)
+    found, _ = run(world, T0 + since, bound, policy)
+    assert found == expected(world, T0 + since, bound)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=worlds, end=st.integers(5, 35), windows=st.integers(1, 5), leaf=st.integers(1, 6))
+def test_counting_mode_reports_nothing_false_and_finds_a_lone_missing_or_extra(
+    data: tuple[list[int], list[str], list[int], list[int]], end: int, windows: int, leaf: int,
+) -> None:
+    world = build(data)
+    bound = Bound(T0 + end)
+    policy = SearchPolicy(first_windows=windows, fanout=2, leaf_records=leaf)
+    found, _ = run(world, T0, bound, policy)
+    truth = expected(world, T0, bound)
+    assert set(found.missing) <= set(truth.missing)
+    assert set(found.extra) <= set(truth.extra)
+    assert {s.sys_id for s in found.stale} <= {s.sys_id for s in truth.stale}
+    # A lone difference cannot be cancelled by another in its window: it is always found.
+    if len(truth.missing) + len(truth.extra) == 1 and not truth.stale:
+        assert (found.missing, found.extra) == (truth.missing, truth.extra)
+
+
+def test_in_sync_costs_one_count_per_first_window_and_nothing_else() -> None:
+    world = World({sid(i): T0 + i // 10 for i in range(500)}, {})
+    world.kafka = dict(world.sn)
+    found, calls = run(world, T0, Bound(T0 + 100), SearchPolicy(first_windows=16))
+    assert found == Findings()
+    assert calls == 16
+
+
+def test_one_missing_record_among_many_is_found_with_few_requests() -> None:
+    world = World({sid(i): T0 + i // 10 for i in range(5000)}, {})
+    world.kafka = dict(world.sn)
+    del world.kafka[sid(1234)]
+    found, calls = run(world, T0, Bound(T0 + 1000), SearchPolicy(first_windows=16, fanout=4, leaf_records=50))
+    assert found.missing == [sid(1234)] and not found.extra and not found.stale
+    assert calls <= 16 + 4 * 4 + 4  # the first level, a few cut levels, one listing
+
+
+def test_judge() -> None:
+    policy = SearchPolicy(leaf_records=10)
+    assert judge(Span(0, 100), 5, 5, policy) == "same"
+    assert judge(Span(0, 100), 0, 0, SearchPolicy(exact=True)) == "same"
+    assert judge(Span(0, 100), 5, 5, SearchPolicy(exact=True)) == "diff"
+    assert judge(Span(0, 100), 11, 12, policy) == "cut"
+    assert judge(Span(0, 100), 500, 0, policy) == "diff"  # one side empty: list it at once
+    assert judge(Span(0, 1), 500, 499, policy) == "diff"  # one second cannot be cut
+    with pytest.raises(ValueError):
+        SearchPolicy(fanout=1)
+
+
+def test_fields_keyed_latest_is_the_newest_timestamp_and_a_tombstone_wins_a_tie() -> None:
+    latest = KafkaLatest(by_time=True)
+    latest.record(b"a", b"k2", 5000, True)  # a newer version read first (another partition)
+    latest.record(b"a", b"k1", 3000, True)
+    latest.record(b"b", b"k1", 3000, True)
+    latest.record(b"b", b"k1", 3000, False)
+    latest.record(None, b"k9", 1000, True)
+    index = latest.index()
+    assert index.latest_of("a") == 5 and index.key_of("a") == b"k2"
+    assert index.latest_of("b") is None
+    assert (latest.messages, latest.unidentified, len(index)) == (5, 1, 1)
+
+
+def test_sys_id_keyed_latest_is_the_last_read() -> None:
+    latest = KafkaLatest()
+    latest.record(b"a", b"a", 5000, True)
+    latest.record(b"a", b"a", 3000, True)  # re-sent later with an older timestamp: still the latest
+    assert latest.index().latest_of("a") == 3
+    assert latest.index().key_of("a") == b"a"
