@@ -5,7 +5,7 @@ time per write, at most 8 transactions at once (429 past that, Retry-After 1 s).
 20,000 PATCHes over 2,000 keys, 8 updates per key interleaved.
 
 - baseline: today's single-call path (``write_mode: single``, ``concurrency:
-  fixed``) at the best of a few worker counts, on a 2,000-message slice (at
+  fixed``) at the best of 4, 8, 12 workers, on a 1,000-message slice (at
   ~145 writes/s the full 20,000 would take minutes; the rate is what counts),
   beside its theoretical ceiling ``8 / (50 ms + 5 ms)``;
 - measured: ``write_mode: batch`` with 8 workers on all 20,000; target >= 5x
@@ -30,13 +30,18 @@ from bench_scenarios import Context, ScenarioError, _check_ok, _sink_messages, _
 RTT_MS, WRITE_MS, SLOTS = 50, 5, 8
 CEILING = SLOTS / ((RTT_MS + WRITE_MS) / 1000)  # the single-call path's best: ~145 writes/s
 SERVER_LIMIT = SLOTS / (WRITE_MS / 1000)  # 1,600 writes/s
-MESSAGES, KEYS, BASELINE_MESSAGES = 20_000, 2_000, 2_000
+MESSAGES, KEYS, BASELINE_MESSAGES = 20_000, 2_000, 1_000
 BATCH_SIZE = 100
-BASELINE_WORKERS = (4, 8, 16)
+BASELINE_WORKERS = (4, 8, 12)
 
 
-def _drain(ctx: Context, keys: list[str], count: int, *, workers: int, sink: dict[str, Any]) -> dict[str, Any]:
-    """One drain of ``count`` interleaved PATCHes; returns its figures, order and counts checked."""
+def _drain(ctx: Context, keys: list[str], count: int, *, workers: int, sink: dict[str, Any],
+           partial_ok: bool = False) -> dict[str, Any]:
+    """One drain of ``count`` interleaved PATCHes; returns its figures, order and counts checked.
+
+    ``partial_ok``: a run that dead-lettered records (today's path against 429s) still gives a figure:
+    the records it wrote per second.
+    """
     tag = f"b{uuid.uuid4().hex[:6]}"
     topic = f"bench.batch.{uuid.uuid4().hex[:8]}"
     messages = _sink_messages(keys, count, tag)
@@ -47,19 +52,19 @@ def _drain(ctx: Context, keys: list[str], count: int, *, workers: int, sink: dic
     run.config.write_text(text.replace("sink:\n", "sink:\n" + extra, 1))
     ctx.emulator.clear_journal()
     result = sncli(run, "--json", "sink", "drain", "--workers", str(workers), marks=["assigned"])
-    summary = _check_ok(result)
+    summary = result.json() if partial_ok and result.returncode == 3 else _check_ok(result)
     written = sum(summary.get("written", {}).values())
-    if written != count:
+    if written != count and not partial_ok:
         raise ScenarioError(f"sink wrote {written} of {count} messages: {summary}")
     joined = result.marks.get("assigned") or 0.0
     journal = ctx.emulator.journal(path_prefix="/api/now/")
     exchanges = [e for e in journal if e["path"] == "/api/now/v1/batch" or e["fault"] == "concurrency"
                  or (sink.get("write_mode") != "batch" and e["path"].startswith("/api/now/table/"))]
     refused = sum(1 for e in journal if e["status"] == 429)
-    order = _verify_sink_order(ctx, messages, tag)
+    order = _verify_sink_order(ctx, messages, tag) if written == count else f"{count - written} not written"
     delete_topics(ctx.services.kafka_bootstrap, [topic, f"{topic}.dlq"])
-    return {"rate": count / (result.seconds - joined), "calls": len(exchanges), "refused": refused,
-            "order": order, "summary": summary.get("servicenow", {})}
+    return {"rate": written / (result.seconds - joined), "calls": len(exchanges), "refused": refused,
+            "order": order, "summary": summary.get("servicenow", {}), "dlq": summary.get("dlq_total", 0)}
 
 
 def scenario_batch(ctx: Context) -> list[Row]:
@@ -82,8 +87,11 @@ def scenario_batch(ctx: Context) -> list[Row]:
         best: dict[int, float] = {}
         for workers in BASELINE_WORKERS:
             got = _drain(ctx, keys, base_messages, workers=workers,
-                         sink={"write_mode": "single", "concurrency": "fixed"})
+                         sink={"write_mode": "single", "concurrency": "fixed"}, partial_ok=True)
             best[workers] = got["rate"]
+            if got["dlq"]:
+                row.notes.append(f"single calls, {workers} workers: {got['dlq']} records dead-lettered after "
+                                 f"their retries met 429s ({got['refused']} answers 429)")
         top = max(best, key=lambda w: best[w])
         row.baseline_runs.append(best[top])
         row.notes.append(f"single calls (concurrency fixed, today's path), {base_messages:,} messages: "

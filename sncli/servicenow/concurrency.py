@@ -12,7 +12,7 @@ controller finds the number the instance accepts and stays there:
   (the answers of calls sent before a decrease say nothing about the new limit);
 - **remembered ceiling**: a refusal at ``n`` calls in flight remembers ``n - 1``
   as the ceiling. Up to it the limit regrows at the additive pace; above it the
-  controller probes only after ``probe_windows`` (4) rounds of success, and every
+  controller probes only after ``probe_windows`` (32) rounds of success, and every
   refusal at the same ceiling doubles that wait (up to ``MAX_PROBE_WINDOWS``).
   A run against a fixed semaphore therefore sees a handful of 429s, not one per
   few dozen calls as plain AIMD's sawtooth would give.
@@ -33,7 +33,7 @@ INITIAL_LIMIT = 4
 LATENCY_TOLERANCE = 3.0
 #: Smoothing of the latency signal (one slow answer is noise, a trend is not).
 LATENCY_SMOOTHING = 0.2
-MAX_PROBE_WINDOWS = 64
+MAX_PROBE_WINDOWS = 256
 
 
 @dataclass
@@ -45,7 +45,7 @@ class AimdController:
     decrease: float = 0.75
     limit: int = 0
     ceiling: int | None = None  # the last level the instance refused above, minus one
-    probe_windows: int = 4  # rounds of success before probing above the ceiling; doubles per refusal there
+    probe_windows: int = 32  # rounds of success before probing above the ceiling; doubles per refusal there
     epoch: int = 0  # bumped by every decrease: calls sent before it do not count against the new limit
     overloads: int = 0
     _credit: float = 0.0
