@@ -160,7 +160,11 @@ class Batcher:
                 self._gate.release(ticket, status=status, headers=answer.headers if answer else None,
                                    size=len(batch))
             if answer is not None:
-                self._distribute(batch, answer)
+                try:
+                    self._distribute(batch, answer)
+                except Exception as exc:  # a bug here must not leave writers waiting forever
+                    log.exception("distributing a batch answer failed")
+                    self._fail_all([item for item in batch if not item.done.is_set()], exc)
 
     def _take(self) -> list[_Item]:
         """Up to ``size`` queued items, waiting at most ``max_wait`` after the first for more."""
