@@ -147,7 +147,7 @@ class Batcher:
                 continue
             batch = self._take()
             if not batch:
-                self._gate.release(ticket, status=None)
+                self._gate.release(ticket, status=None, sent=False)
                 continue
             status: int | None = None
             answer: Answer | None = None

@@ -81,16 +81,19 @@ class Gate:
                 pause = self.controller.paused_for(now)
                 if pause <= 0 and self._in_flight < self.controller.limit:
                     self._in_flight += 1
-                    self._calls += 1
                     return Ticket(self.controller.epoch, self._in_flight, now)
                 self._cond.wait(min(0.1, pause) if pause > 0 else 0.1)
 
     def release(self, ticket: Ticket, *, status: int | None, headers: Mapping[str, str] | None = None,
-                size: int = 1) -> None:
-        """The call is over: ``status`` None = no answer (a transport failure, no signal either way)."""
+                size: int = 1, sent: bool = True) -> None:
+        """The call is over: ``status`` None = no answer (a transport failure, no signal either way).
+
+        ``sent`` False: the ticket was not used (a batch sender found nothing to send).
+        """
         now = self._clock()
         with self._cond:
             self._in_flight -= 1
+            self._calls += 1 if sent else 0
             if status in OVERLOAD_STATUSES:
                 self._refused += 1
                 if self.adaptive:
