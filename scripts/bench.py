@@ -15,7 +15,9 @@ Scenarios: 1 source poll vs a raw requests loop, 2 source poll vs dlt's rest_api
 source, 3 backfill --parallel 8 vs 1 at 100 ms read latency, 4 sink drain
 throughput at 20 ms write latency, 5 peak RSS of a 1 M record backfill (Kafka
 and Parquet), 6 start-up time, 7 verify of a 1 M record table in sync and with 100 missing
-(scripts/bench_verify.py). ``--quick`` runs them on small sizes in about a
+(scripts/bench_verify.py), 8 sink drain in batch mode vs single calls against an instance of
+50 ms round trip, 5 ms per write and 8 transaction slots (scripts/bench_batch.py). ``--quick`` runs
+them on small sizes in about a
 minute (a smoke run: its figures are not the targets' sizes).
 
 Run it with the project's virtualenv: .venv/bin/python scripts/bench.py
@@ -43,15 +45,17 @@ sys.path.insert(0, str(_HERE))
 from bench_env import DEFAULT_PORT_BASE, ROOT, Emulator, Services, log, machine, work_dir  # noqa: E402
 from bench_report import Row, Target, note_lines, table_lines  # noqa: E402
 from bench_scenarios import FULL, QUICK, SCENARIOS, Context, ScenarioError  # noqa: E402
+from bench_batch import scenario_batch  # noqa: E402
 from bench_verify import scenario_verify  # noqa: E402
 
-SCENARIOS[7] = scenario_verify
+SCENARIOS[7] = scenario_verify  # issue 17: verify in sync and with records missing
+SCENARIOS[8] = scenario_batch  # issue 18: batch vs single calls against the instance's physics
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a ~1 minute smoke run")
-    parser.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated scenario numbers (default all)")
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6,7,8", help="comma-separated scenario numbers (default all)")
     parser.add_argument("--runs", type=int, default=None, help="runs per scenario (default 3; 1 with --quick)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results.json", help="results JSON file")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the README)")

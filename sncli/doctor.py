@@ -35,6 +35,7 @@ from sncli.offsets.store import open_store
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import ForbiddenError, ServiceNowError
 from sncli.servicenow.query import Query
+from sncli.sink.calls import describe_limits
 from sncli.source.runkit import source_mirror_topics
 from sncli.transport_security import plain_http_off_host
 
@@ -372,11 +373,23 @@ def _offsets_checks(settings: Settings) -> list[Check]:
                   f"{store.location}: {len(stored)} cursor(s), conditional write (If-None-Match) works")]
 
 
+def limits_check(settings: Settings) -> Check:
+    """What the configured limits allow a drain (write mode, calls in flight, client rate limit); config only."""
+    detail = "; ".join(describe_limits(settings, settings.sink.workers))
+    if settings.servicenow.rate_limit is not None:
+        return Check("sink limits", "warn", detail,
+                     "a client rate limit caps every drain at that pace even when the instance could take more; "
+                     "remove it (rate_limit: null) to let adaptive concurrency follow the instance's 429s")
+    return Check("sink limits", "ok", detail)
+
+
 def run_doctor(settings: Settings) -> list[Check]:
     """Every check, in the order an operator would fix things."""
     checks = [Check("config", "ok", f"{len(settings.source.tables)} source table(s), "
                                     f"{len(settings.sink.topics)} sink topic(s)")]
     checks.extend(transport_checks(settings))
+    if settings.sink.topics:
+        checks.append(limits_check(settings))
     with ServiceNowClient(settings.servicenow) as client:
         reach = _safe("servicenow reachable", lambda: _servicenow_checks(settings, client),
                       "check servicenow.instance_url, the network path, tls.ca_bundle and proxy")

@@ -65,31 +65,32 @@ def emulator(
         3600, "--seed-spread", min=0, help="Spread seeded records' sys_updated_on over this many seconds."
     ),
     record_bytes: int = typer.Option(1024, "--record-bytes", min=0, help="Approximate JSON size of a seeded record."),
+    round_trip_ms: int = typer.Option(0, "--round-trip-ms", min=0, help="Network round trip paid per HTTP exchange."),
+    write_time_ms: int = typer.Option(0, "--write-time-ms", min=0, help="Server time per write (batch items too)."),
+    max_concurrent: int = typer.Option(
+        0, "--max-concurrent", min=0, help="API transactions at once; past it 429 with Retry-After (0 = no limit)."
+    ),
+    batch_budget_ms: int = typer.Option(
+        0, "--batch-budget-ms", min=0, help="Batch API time budget; items past it come back unserviced (0 = none)."
+    ),
 ) -> None:
     """Run the ServiceNow emulator (Table API, OAuth, faults, journal, control API) until SIGTERM/SIGINT."""
     # Lazy: the emulator's HTTP server and state cost about as much as the rest of start-up, and no
     # other command needs them.
+    from sncli.emulator.auth import Credentials
     from sncli.emulator.server import ServiceNowEmulator
+    from sncli.emulator.state import EmulatorSettings, EmulatorState
 
-    if not is_loopback(host):
-        if not allow_remote:
-            error_line(f"refusing to listen on {host}: the emulator's control API has no authentication and "
-                       f"its default login is admin/admin; use a loopback address, or --allow-remote to expose "
-                       f"it anyway")
-            exit_with(ExitCode.USAGE)
-        default_login = " with the default login admin/admin" if (user, password) == ("admin", "admin") else ""
-        log.warning("listening on %s%s: anyone who can reach it can use the unauthenticated control API "
-                    "under /__emulator/ (add records, faults, users); this is a test tool", host, default_login)
+    _check_bind(host, allow_remote, default_login=(user, password) == ("admin", "admin"))
     seeds = [_parse_seed(s) for s in seed]
+    # The physics are part of the initial settings, so a control-API reset keeps them.
+    physics = EmulatorSettings(token_ttl_seconds=token_ttl, user_time_zone=time_zone, round_trip_ms=round_trip_ms,
+                               write_time_ms=write_time_ms, max_concurrent=max_concurrent,
+                               batch_budget_ms=batch_budget_ms)
     emu = ServiceNowEmulator(
         host,
         port,
-        username=user,
-        password=password,
-        client_id=client_id,
-        client_secret=client_secret,
-        token_ttl_seconds=token_ttl,
-        user_time_zone=time_zone,
+        state=EmulatorState(credentials=Credentials(user, password, client_id, client_secret), settings=physics),
     )
     for table, count in seeds:
         emu.state.generate(table, count, spread_seconds=seed_spread, record_bytes=record_bytes)
@@ -107,3 +108,16 @@ def emulator(
             pass
         emu.stop()
     log.info("emulator stopped")
+
+
+def _check_bind(host: str, allow_remote: bool, *, default_login: bool) -> None:
+    """Refuse a non-loopback address unless --allow-remote; warn when it is allowed."""
+    if not is_loopback(host):
+        if not allow_remote:
+            error_line(f"refusing to listen on {host}: the emulator's control API has no authentication and "
+                       f"its default login is admin/admin; use a loopback address, or --allow-remote to expose "
+                       f"it anyway")
+            exit_with(ExitCode.USAGE)
+        login = " with the default login admin/admin" if default_login else ""
+        log.warning("listening on %s%s: anyone who can reach it can use the unauthenticated control API "
+                    "under /__emulator/ (add records, faults, users); this is a test tool", host, login)

@@ -129,5 +129,10 @@ def render_summary(summary: DrainSummary, *, json_output: bool, command: str = "
     for topic_name, parts in sorted(summary.committed.items()):
         shown = ", ".join(f"[{p}]={o}" for p, o in sorted(parts.items(), key=lambda kv: int(kv[0])))
         console.print(f"  committed {topic_name}: {shown}", highlight=False, markup=False)
+    rate = (summary.servicenow or {}).get("rate_limit") or {}
+    if rate.get("bound_the_run"):
+        console.print(f"  note: servicenow.rate_limit ({rate['requests_per_second']:g} calls/s) bounded this run "
+                      f"({rate['waits']} calls waited for it); remove it (null) or raise it to go faster",
+                      highlight=False, markup=False)
     if summary.error:
         console.print(f"  error: {summary.error}", highlight=False, markup=False)

@@ -119,7 +119,9 @@ class ServiceNowSettings(_Model):
     instance_url: Annotated[str, EXPANDS]
     auth: Annotated[BasicAuth | OAuthAuth, Field(discriminator="type")]
     timeout_seconds: float = Field(default=30.0, gt=0)
-    rate_limit: RateLimit | None = RateLimit()
+    # No fixed default: a sink adapts its calls in flight to what the instance accepts (sink.concurrency).
+    # A configured limit is reported by a drain when it is what bounds the run, and by doctor.
+    rate_limit: RateLimit | None = None
     retry: Retry = Retry()
     tls: Tls = Tls()
     proxy: Annotated[str | None, EXPANDS] = None
@@ -394,6 +396,12 @@ class SinkSettings(_Model):
     group_id: str = "sncli-sink"
     workers: int = Field(default=8, ge=1, le=256)
     max_pending: int = Field(default=10_000, ge=1)
+    # single: one Table API call per write; batch: writes carried in Batch API calls (POST /api/now/v1/batch).
+    write_mode: Literal["single", "batch"] = "single"
+    batch_size: int = Field(default=50, ge=1, le=1000)  # writes per Batch API call at most
+    batch_max_wait_ms: int = Field(default=20, ge=0, le=10_000)  # how long a batch waits to fill
+    # adaptive: calls in flight follow what the instance accepts (AIMD, at most workers); fixed: workers.
+    concurrency: Literal["adaptive", "fixed"] = "adaptive"
     dlq_topic: str = "servicenow.dlq"
     # HMAC key for DLQ records (``${VAR}`` / ``${file:...}``): replay trusts only what it signed.
     dlq_signing_key: SecretStr | None = None

@@ -33,7 +33,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from sncli.emulator import aggregate, control
+from sncli.emulator import batch as batch_api
+from sncli.emulator import aggregate, control, physics
 from sncli.emulator.auth import Credentials, parse_basic, parse_bearer, token_grant
 from sncli.emulator.faults import Fault
 from sncli.emulator.render import (
@@ -371,6 +372,27 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ Table API
 
     def _api(self, method: str, path: str, params: dict[str, str], body: bytes) -> None:
+        """An API exchange: it takes a transaction slot for its whole duration, or is answered 429."""
+        settings = self.state.settings
+        slots = self.server.emulator.slots
+        if not slots.enter(settings.max_concurrent):
+            match = _TABLE_PATH.match(path)
+            self._answer_at += settings.round_trip_ms / 1000
+            status, out, headers = physics.overloaded(settings)
+            self._journal(method, path, params, status, body if method in _WRITE_METHODS else None,
+                          self._authenticate()[0], table=match.group(1) if match else None,
+                          sys_id=match.group(2) if match else None, fault="concurrency")
+            self._respond(status, out, headers)
+            return
+        try:
+            if path in physics.BATCH_PATHS:
+                self._batch(method, path, params, body)
+            else:
+                self._table_api(method, path, params, body)
+        finally:
+            slots.leave()
+
+    def _table_api(self, method: str, path: str, params: dict[str, str], body: bytes) -> None:
         stats = aggregate.STATS_PATH.match(path)  # the Aggregate API: same auth, faults and journal
         match = stats or _TABLE_PATH.match(path)
         table = match.group(1) if match else None
@@ -381,34 +403,100 @@ class _Handler(BaseHTTPRequestHandler):
         journal_body = body if method in _WRITE_METHODS else None
         extra = {"table": table, "sys_id": sys_id, "fault": fault_name, "user": user}
         early = self._before(fault, method)
+        self._answer_at += physics.exchange_seconds(self.state.settings, 1 if method in _WRITE_METHODS else 0)
         if early == "reset":
             self._journal(method, path, params, 0, journal_body, auth, **extra)
+            self._reset_connection()
+            return
+        status, out, headers = self._answer_for(
+            method, path, params, body, user, early if isinstance(early, tuple) else None, fault
+        )
+        # Journal first: a client that reads the journal right after its answer must find the entry.
+        self._journal(method, path, params, _seen_status(fault, status), journal_body, auth, **extra)
+        self._send_with_after(fault, status, out, headers)
+
+    def _answer_for(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        body: bytes,
+        user: str | None,
+        early: tuple[int, bytes, Headers] | None,
+        fault: Fault | None,
+    ) -> tuple[int, bytes, Headers]:
+        """What the Table API answers to one request (an injected status answer wins)."""
+        stats = aggregate.STATS_PATH.match(path)
+        match = stats or _TABLE_PATH.match(path)
+        table = match.group(1) if match else None
+        if early is not None:
+            return early
+        if match is None or table is None:
+            return 400, error_body("Requested URI does not represent any resource", None), []
+        if user is None:
+            return (401, error_body("User Not Authenticated", "Required to provide Auth information"),
+                    [("WWW-Authenticate", 'BASIC realm="Service-now"')])
+        if table in self.state.settings.denied_tables:
+            return 403, error_body("User Not Authorized", f"Insufficient rights to access records of table {table}"), []
+        if stats is not None:
+            status, out = aggregate.answer(self.state, method, table, params)
+            return status, out, []
+        short = fault.records if fault is not None and fault.kind == "short_page" else None
+        short_page = fault is not None and fault.kind == "short_page"
+        return self._table_request(method, path, table, match.group(2), params, body, user, short_page, short)
+
+    # ------------------------------------------------------------------ Batch API
+
+    def _batch(self, method: str, path: str, params: dict[str, str], body: bytes) -> None:
+        """``POST /api/now/v1/batch``: every item through :meth:`_answer_for`, in order, within the budget."""
+        settings = self.state.settings
+        auth, user = self._authenticate()
+        fault = self.state.faults.pick(method, path, None)
+        early = self._before(fault, method)
+        self._answer_at += physics.exchange_seconds(settings, 0)
+        if early == "reset":
+            self._journal(method, path, params, 0, None, auth, fault="reset", user=user)
             self._reset_connection()
             return
         headers: Headers = []
         if isinstance(early, tuple):
             status, out, headers = early
-        elif match is None or table is None:
-            status, out = 400, error_body("Requested URI does not represent any resource", None)
+        elif method != "POST":
+            status, out = 405, error_body("Method not Supported", "the Batch API takes POST")
         elif user is None:
             status, out = 401, error_body("User Not Authenticated", "Required to provide Auth information")
             headers = [("WWW-Authenticate", 'BASIC realm="Service-now"')]
-        elif table in self.state.settings.denied_tables:
-            status, out = (
-                403,
-                error_body("User Not Authorized", f"Insufficient rights to access records of table {table}"),
-            )
-        elif stats is not None:
-            status, out = aggregate.answer(self.state, method, table, params)
         else:
-            short = fault.records if fault is not None and fault.kind == "short_page" else None
-            short_page = fault is not None and fault.kind == "short_page"
-            status, out, headers = self._table_request(
-                method, path, table, sys_id, params, body, user, short_page, short
-            )
-        # Journal first: a client that reads the journal right after its answer must find the entry.
-        self._journal(method, path, params, _seen_status(fault, status), journal_body, auth, **extra)
+            try:
+                batch_id, items = batch_api.parse_request(body)
+            except batch_api.BadBatch as exc:
+                status, out = 400, error_body("Invalid batch request", str(exc))
+            else:
+                serviced, unserviced = batch_api.run_batch(
+                    items, lambda item: self._batch_item(item, auth, user),
+                    lambda index: physics.served_within_budget(index, settings),
+                )
+                writes = sum(1 for item, _ in serviced if item.method in _WRITE_METHODS)
+                self._answer_at += writes * settings.write_time_ms / 1000
+                status, out = 200, batch_api.answer_body(batch_id, serviced, unserviced)
+        self._journal(method, path, params, _seen_status(fault, status), None, auth,
+                      fault=fault.kind if fault else None, user=user)
         self._send_with_after(fault, status, out, headers)
+
+    def _batch_item(self, item: batch_api.BatchItem, auth: str, user: str) -> batch_api.ItemAnswer:
+        """One item of a batch, as the Table API would answer it alone (a status fault applies to it)."""
+        split = urlsplit(item.url)
+        path, params = split.path, dict(parse_qsl(split.query, keep_blank_values=True))
+        match = _TABLE_PATH.match(path)
+        table = match.group(1) if match else None
+        fault = self.state.faults.pick(item.method, path, table)
+        early = self._fault_answer(fault) if fault is not None and fault.kind == "status" else None
+        status, out, headers = self._answer_for(item.method, path, params, item.body, user, early, fault)
+        write = item.method in _WRITE_METHODS
+        self._journal(item.method, path, params, status, item.body if write else None, auth, table=table,
+                      sys_id=match.group(2) if match else None, fault=fault.kind if fault else None, user=user)
+        return batch_api.ItemAnswer(status, _reason(status), [("Content-Type", _JSON), *headers], out,
+                                    self.state.settings.write_time_ms if write else 0)
 
     def _table_request(
         self,
@@ -600,6 +688,7 @@ class ServiceNowEmulator:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.slots = physics.Slots()  # the API transactions in progress (settings.max_concurrent)
 
     @property
     def port(self) -> int:

@@ -86,6 +86,13 @@ class EmulatorSettings:
     # list applies sysparm_limit/offset first and drops hidden rows after (a page comes back short,
     # or empty while later rows exist); X-Total-Count and Link still count them; a GET of one is 404.
     hidden_rows: dict[str, str] = field(default_factory=dict)
+    # The instance's physics (see sncli.emulator.physics): round trip per exchange, server time per
+    # write, API transactions at once (0 = no limit; past it 429), a Batch API call's time budget.
+    round_trip_ms: int = 0
+    write_time_ms: int = 0
+    max_concurrent: int = 0
+    concurrency_retry_after: float = 1.0
+    batch_budget_ms: int = 0
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Assigning a setting directly (emu.state.settings.user_time_zone = "X") must take effect

@@ -39,6 +39,8 @@ from sncli.servicenow import stats as agg
 from sncli.servicenow import table as tbl
 from sncli.servicenow.auth import OAUTH_ENDPOINT, Authenticator, BasicAuthenticator, OAuthAuthenticator
 from sncli.servicenow.backoff import BackoffPolicy, parse_http_date, parse_retry_after
+from sncli.servicenow.batching import BATCH_PATH, Batcher
+from sncli.servicenow.concurrency import AimdController
 from sncli.servicenow.errors import (
     AmbiguousWriteError,
     AuthError,
@@ -51,6 +53,7 @@ from sncli.servicenow.errors import (
     parse_error_body,
 )
 from sncli.servicenow.failures import FAILURE_TEXT, classify_exception, describe_exception, is_transport_failure
+from sncli.servicenow.gate import Gate
 from sncli.servicenow.policy import AttemptFailure, Decision, decide_failure, decide_status
 from sncli.servicenow.proxied import ProxiedTransport
 from sncli.servicenow.ratelimit import TokenBucket
@@ -66,6 +69,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 USER_AGENT = "sncli"
+_BATCHED_METHODS = frozenset({"POST", "PATCH", "DELETE"})
 
 
 @dataclass(slots=True)
@@ -100,8 +104,12 @@ class ServiceNowClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        gate: Gate | None = None,
     ) -> None:
+        """``gate``: bounds the calls in flight (adaptive concurrency, :mod:`sncli.servicenow.gate`)."""
         self.settings = settings
+        self.gate = gate
+        self._batcher: Batcher | None = None
         self.base_url = settings.instance_url.rstrip("/")
         self._metrics = metrics
         self._clock = clock
@@ -132,7 +140,27 @@ class ServiceNowClient:
 
     # ---------------------------------------------------------------- lifecycle
 
+    def use_batches(self, *, size: int, max_wait: float, senders: int) -> Batcher:
+        """Carry Table API writes (POST / PATCH / DELETE) in Batch API exchanges from now on.
+
+        Each write is still its own call here (retries, judgement, errors unchanged);
+        only its attempts travel in shared exchanges (:mod:`sncli.servicenow.batching`).
+        """
+        if self.gate is None:
+            self.gate = Gate(AimdController(senders), adaptive=False)
+        self._batcher = Batcher(self.send_batch, self.gate, size=size, max_wait=max_wait, senders=senders)
+        return self._batcher
+
+    def send_batch(self, body: bytes) -> Answer:
+        """One ``POST /api/now/v1/batch`` attempt, never retried here: its items are judged one by one."""
+        call = _Call(method="POST", url=self.base_url + BATCH_PATH, endpoint="batch", policy_method="POST",
+                     params=None, data=body, headers=dict(tbl.JSON_HEADERS), authenticate=True,
+                     answer_statuses=frozenset(), cancel=None, started=self._clock())
+        return self._attempt(call, None, gated=False)
+
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
         self._proxied.close()
         if self._connections is not None:
             self._connections.close()
@@ -145,6 +173,16 @@ class ServiceNowClient:
 
     def __repr__(self) -> str:
         return f"ServiceNowClient({self.base_url!r})"
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The Batch API transport of the writes, once :meth:`use_batches` was called."""
+        return self._batcher
+
+    @property
+    def rate_bucket(self) -> TokenBucket | None:
+        """The client-side rate limit (``servicenow.rate_limit``), None when there is none."""
+        return self._bucket
 
     # ---------------------------------------------------------------- Table API
 
@@ -372,8 +410,41 @@ class ServiceNowClient:
                     continue
             self._judge_error_answer(call, answer)  # raises, or has waited for the retry
 
-    def _attempt(self, call: _Call, sent: SentRequest | None) -> Answer:
-        """One attempt: its answer, or the transport's exception; observed in the latency metric either way."""
+    def _attempt(self, call: _Call, sent: SentRequest | None, *, gated: bool = True) -> Answer:
+        """One attempt: its answer, or the transport's exception; observed in the latency metric either way.
+
+        A write with batches on goes to the batcher (which takes the rate-limit token and
+        the gate's ticket per exchange); any other attempt passes the gate, if there is one.
+        """
+        batched = self._batched_url(call)
+        if sent is None and batched is not None:
+            assert self._batcher is not None
+            call.used_auth = self.auth.authorization()
+            if call.cancel is not None and call.cancel.is_set():
+                raise CallAbandoned(f"{call.method} {call.endpoint}: given up before attempt {call.attempts}")
+            return self._batcher.exchange(call.method, batched, call.data, call.headers, call.cancel)
+        if self.gate is None or not gated or sent is not None:
+            return self._send_attempt(call, sent)
+        ticket = self.gate.acquire(call.cancel)
+        answer: Answer | None = None
+        try:
+            answer = self._send_attempt(call, sent)
+            return answer
+        finally:
+            self.gate.release(ticket, status=answer.status_code if answer else None,
+                              headers=answer.headers if answer else None)
+
+    def _batched_url(self, call: _Call) -> str | None:
+        """The instance-relative URL of a write that travels in a batch, or None (sent on its own)."""
+        if self._batcher is None or call.method not in _BATCHED_METHODS or not call.authenticate:
+            return None
+        prefix = self.base_url + "/api/now/table/"
+        if not call.url.startswith(prefix):
+            return None
+        path = call.url[len(self.base_url):]
+        return path + ("?" + urlencode(call.params) if call.params else "")
+
+    def _send_attempt(self, call: _Call, sent: SentRequest | None) -> Answer:
         if sent is None:
             self._take_token()
             call.used_auth = self.auth.authorization() if call.authenticate else None

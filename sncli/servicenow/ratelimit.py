@@ -37,6 +37,9 @@ class TokenBucket:
         self._lock = threading.Lock()
         self._tokens = float(burst)
         self._updated = clock()
+        self.taken = 0  # tokens handed out
+        self.waits = 0  # of them, how many had to wait
+        self.waited_seconds = 0.0  # summed over the callers (they wait in parallel)
 
     def reserve(self, tokens: float = 1.0) -> float:
         """Take ``tokens`` now (on credit if need be); return how long the caller must wait."""
@@ -46,9 +49,13 @@ class TokenBucket:
             self._updated = now
             self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
             self._tokens -= tokens
+            self.taken += 1
             if self._tokens >= 0:
                 return 0.0
-            return -self._tokens / self.rate
+            wait = -self._tokens / self.rate
+            self.waits += 1
+            self.waited_seconds += wait
+            return wait
 
     def acquire(self, tokens: float = 1.0) -> float:
         """Block until ``tokens`` are available; return the time waited."""

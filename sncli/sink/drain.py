@@ -52,6 +52,7 @@ from sncli.metrics import RunMetrics, push_per_table
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import CallAbandoned
 from sncli.sink.assignment import Assignment, HoldUntilEnds, RunHooks
+from sncli.sink.calls import calls_report, describe_limits, open_client, pool_threads
 from sncli.sink.decode import make_decoder
 from sncli.sink.job import DrainOptions, DrainSummary, Job, Prepare, Tally, record_of, select_topics, sink_tables
 from sncli.sink.partitions import Partitions, TopicPart
@@ -213,10 +214,13 @@ class SinkRun:
                                       request_timeout=self.settings.servicenow.timeout_seconds, hooks=hooks)
         try:
             if not self.options.dry_run:
-                self._client = ServiceNowClient(self.settings.servicenow, metrics=self.metrics, pool_size=self.workers)
+                for line in describe_limits(self.settings, self.workers):
+                    log.info("sink: %s", line)
+                self._client = open_client(self.settings, self.workers, self.metrics)
                 self._dlq_writer = DlqWriter(self.settings.kafka, self.settings.sink.dlq_topic,
                                              signer=DlqSigner.of(self.settings.sink))
-                self._pool = KeyedPool(self.workers, self.settings.sink.max_pending, self._write, name="sink-worker")
+                self._pool = KeyedPool(pool_threads(self.settings, self.workers), self.settings.sink.max_pending,
+                                       self._write, name="sink-worker")
             self.assignment.start(wanted, present, self.mode)
             join_timeout = max(60.0, 2.5 * session_ms / 1000.0)
             stopped_by = self._loop(started, join_timeout=join_timeout)
@@ -230,6 +234,7 @@ class SinkRun:
         finally:
             self._close()
         self.summary.duration_seconds = time.monotonic() - started
+        self.summary.servicenow = calls_report(self._client, self.summary.duration_seconds)
         return self.summary
 
     def _loop(self, started: float, *, join_timeout: float) -> str:

@@ -49,6 +49,7 @@ class DrainSummary:
     carried_forward: int = 0  # dlq replay: records not selected, re-queued unchanged at the DLQ's end
     refused: dict[str, int] = field(default_factory=dict)  # dlq replay: not written, by reason (unsigned, ...)
     plan: list[dict[str, Any]] | None = None
+    servicenow: dict[str, Any] | None = None  # the run's calls: count, 429s, concurrency, rate limit (calls.py)
 
     def add_plan(self, job: Job, plan: Plan | None, error: RecordError | None) -> None:
         """A dry run's entry for one record: what it would do (or why it would go to the DLQ)."""
@@ -90,6 +91,8 @@ class DrainSummary:
             data["refused"] = dict(sorted(self.refused.items()))
         if self.plan is not None:
             data["plan"] = self.plan
+        if self.servicenow is not None:
+            data["servicenow"] = self.servicenow
         return data
 
 

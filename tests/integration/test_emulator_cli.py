@@ -141,3 +141,19 @@ def test_allow_remote_binds_every_interface_and_warns() -> None:
             proc.kill()
             proc.communicate(timeout=10)
     assert "default login admin/admin" in err and "unauthenticated control API" in err
+
+
+def test_the_instance_physics_come_from_the_command_line_and_survive_a_reset() -> None:
+    proc, url = start("--round-trip-ms", "7", "--write-time-ms", "3", "--max-concurrent", "5",
+                      "--batch-budget-ms", "40")
+    try:
+        wanted = {"round_trip_ms": 7, "write_time_ms": 3, "max_concurrent": 5, "batch_budget_ms": 40}
+        settings = requests.get(f"{url}/__emulator/settings", timeout=5).json()["result"]
+        assert {k: settings[k] for k in wanted} == wanted
+        requests.post(f"{url}/__emulator/reset", timeout=5)
+        settings = requests.get(f"{url}/__emulator/settings", timeout=5).json()["result"]
+        assert {k: settings[k] for k in wanted} == wanted
+        assert requests.get(f"{url}/api/now/table/incident", auth=("admin", "admin"), timeout=5).status_code == 200
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
