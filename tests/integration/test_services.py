@@ -158,6 +158,15 @@ def test_a_missing_pushgateway_is_named_and_left_out_of_all(selftest_env: dict[s
     assert "pushgateway  absent" in status.stdout
 
 
+def test_a_missing_prometheus_is_named_and_left_out_of_all(selftest_env: dict[str, str]) -> None:
+    env = dict(selftest_env, SNCLI_PROMETHEUS_BIN="/nonexistent/prometheus")
+    explicit = run_services("start", "prometheus", env=env)
+    assert explicit.returncode == 3
+    assert "prometheus is not installed" in explicit.stderr
+    status = run_services("status", "all", env=env)
+    assert "prometheus   absent" in status.stdout
+
+
 def test_bad_arguments_exit_2(selftest_env: dict[str, str]) -> None:
     assert run_services("start", "zookeeper", env=selftest_env).returncode == 2
     assert run_services("launch", env=selftest_env).returncode == 2
