@@ -9,7 +9,7 @@ cd "$root"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*" >&2; "$@"; }
 
-step "Set up (.venv, Tansu broker, Pushgateway)"
+step "Set up (.venv, Tansu broker, Pushgateway, Prometheus)"
 bash scripts/setup.sh
 
 # The same port rules as scripts/services.sh.
@@ -17,14 +17,17 @@ base="${SNCLI_PORT_BASE:-}"
 kafka_port="${SNCLI_KAFKA_PORT:-${base:+$((base + 0))}}"; kafka_port="${kafka_port:-19092}"
 push_port="${SNCLI_PUSHGATEWAY_PORT:-${base:+$((base + 1))}}"; push_port="${push_port:-19091}"
 snow_port="${SNCLI_SNOW_PORT:-${base:+$((base + 4))}}"; snow_port="${snow_port:-18080}"
+prom_port="${SNCLI_PROMETHEUS_PORT:-${base:+$((base + 6))}}"; prom_port="${prom_port:-19090}"
 bootstrap="127.0.0.1:$kafka_port"
 snow="http://127.0.0.1:$snow_port"
 pushgateway="http://127.0.0.1:$push_port"
+prometheus="http://127.0.0.1:$prom_port"
 
 step "Start the local services (all on 127.0.0.1)"
 bash scripts/services.sh start all
 bash scripts/services.sh status all || true
 if curl -fsS -o /dev/null "$pushgateway/-/ready" 2>/dev/null; then push_url="$pushgateway"; else push_url=""; fi
+if [ -n "$push_url" ] && curl -fsS -o /dev/null "$prometheus/-/ready" 2>/dev/null; then prom_url="$prometheus"; else prom_url=""; fi
 
 work="${SNCLI_SERVICES_DIR:-$root/.services}/demo"
 rm -rf "$work" && mkdir -p "$work"
@@ -115,6 +118,15 @@ if [ -n "$push_url" ]; then
     | grep 'job="sncli-demo"' | head -12
 fi
 
+if [ -n "$prom_url" ]; then
+  step "Alerts on Prometheus ($prom_url, rules deploy/prometheus/sncli-alerts.yml)"
+  .venv/bin/python scripts/demo_alerts.py --prometheus "$prom_url" --pushgateway "$push_url" --job sncli-demo \
+    || echo "(could not read the alerts from $prom_url)"
+fi
+
 step "Done"
+echo "Pushgateway: ${push_url:-not running (prometheus-pushgateway not installed)}   metrics: ${push_url:+$push_url/metrics}"
+echo "Prometheus:  ${prom_url:-not running (prometheus not installed)}   alerts: ${prom_url:+$prom_url/alerts}   graph: ${prom_url:+$prom_url/graph}"
+echo "Grafana dashboard to import: deploy/grafana/sncli.json   Alert rules: deploy/prometheus/sncli-alerts.yml"
 echo "Logs: $work/*.log   Config: $work/sncli.yaml   Stop the services: scripts/services.sh stop all"
 [ "$updated" -eq 150 ] && [ "$created" -eq 50 ] && [ "$drain_code" -eq 3 ] || { echo "demo: unexpected result" >&2; exit 1; }

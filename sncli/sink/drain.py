@@ -48,7 +48,7 @@ from sncli.kafka.admin import existing_topics
 from sncli.kafka.conf import consumer_config
 from sncli.kafka.consumer import EndTracker, Polled, reset_policy, track
 from sncli.kafka.errors import KafkaError
-from sncli.metrics import RunMetrics, push_per_table
+from sncli.metrics import RunMetrics, push_per_table, push_started
 from sncli.servicenow.client import ServiceNowClient
 from sncli.servicenow.errors import CallAbandoned
 from sncli.sink.assignment import Assignment, HoldUntilEnds, RunHooks
@@ -182,13 +182,15 @@ class SinkRun:
     def run_and_push(self, command: str, tables: list[str]) -> DrainSummary:
         """Run, then push the metrics, one group per table (a dry run pushes nothing: it did nothing)."""
         exit_code = int(ExitCode.FAILED)
+        metrics = self.settings.metrics
+        if not self.options.dry_run:
+            push_started(metrics.pushgateway, metrics.job, command, tables)
         try:
             summary = self.run()
             exit_code = summary.exit_code
             return summary
         finally:
             if not self.options.dry_run:
-                metrics = self.settings.metrics
                 push_per_table(metrics.pushgateway, metrics.job, self.metrics, command,
                                dict.fromkeys(tables, exit_code), exit_code)
 

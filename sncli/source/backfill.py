@@ -78,6 +78,7 @@ from sncli.source.runkit import (
     finish_metrics,
     make_client,
     new_producer,
+    start_metrics,
     start_topic_check,
 )
 from sncli.source.set_cursor import check_set_cursor, check_until_reached, poll_position, set_poll_cursor
@@ -349,9 +350,14 @@ def run_backfill(
     summary.duration_seconds = time.monotonic() - started
     # The pods of an Indexed Job (--window i/N) run at once: one group each, so that no two
     # of them carry the same group's counters forward concurrently (sncli.metrics).
-    window = {"window": f"{request.window[0]}of{request.window[1]}"} if request.window else None
-    finish_metrics(settings, metrics, "backfill", {table.name: summary.exit_code}, summary.exit_code, window)
+    finish_metrics(settings, metrics, "backfill", {table.name: summary.exit_code}, summary.exit_code,
+                   _window_key(request))
     return summary
+
+
+def _window_key(request: BackfillRequest) -> dict[str, str] | None:
+    """The Pushgateway grouping key a ``--window`` pod adds: one group per pod (see run_backfill)."""
+    return {"window": f"{request.window[0]}of{request.window[1]}"} if request.window else None
 
 
 @dataclass(frozen=True)
@@ -395,6 +401,7 @@ def _run(
                 held[i] = locks.enter_context(run_lock(settings, window_key(table.name, rid, i, n)))
             if request.set_cursor:
                 locks.enter_context(run_lock(settings, table.name))
+            start_metrics(settings, "backfill", [table.name], _window_key(request))
         if request.set_cursor:  # with the poll lock held (no poll moves the cursor meanwhile), before any work
             check_set_cursor(poll_position(store, table, fingerprint), to_sn(since), table=table.name,
                              parquet=request.output is not None)

@@ -59,6 +59,7 @@ from sncli.source.runkit import (
     make_client,
     new_producer,
     select_tables,
+    start_metrics,
     start_topic_check,
 )
 
@@ -168,6 +169,8 @@ def run_poll(
     try:
         with ExitStack() as stack:
             locks = {} if dry_run else _lock_all(stack, settings, names)
+            if not dry_run:  # with the locks held: a run the lock refuses never overwrites the holder's start
+                start_metrics(settings, "source_poll", names)
             _run_tables(settings, selected, locks, summary, metrics, stop, Budget(max_records), dry_run)
             summary.exit_code = combined_exit_code(list(summary.tables.values()))
             summary.duration_seconds = time.monotonic() - started

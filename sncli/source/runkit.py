@@ -20,7 +20,7 @@ from sncli.errors import ConfigError
 from sncli.kafka import admin
 from sncli.kafka.producer import PageProducer
 from sncli.kafka.retention import mirror_topics
-from sncli.metrics import RunMetrics, push_per_table
+from sncli.metrics import RunMetrics, push_per_table, push_started
 from sncli.servicenow.client import ServiceNowClient
 from sncli.source.poller import StopControl
 
@@ -35,6 +35,11 @@ def stop_on_signals(stop: StopControl) -> Iterator[None]:
     """SIGTERM/SIGINT -> stop at the next page boundary (:func:`sncli.signals.stop_on_signals`)."""
     with signals.stop_on_signals(lambda: stop.request("signal"), then="stopping at the next page boundary"):
         yield
+
+
+def start_metrics(settings: Settings, command: str, tables: list[str], extra_key: dict[str, str] | None = None) -> None:
+    """Mark the run as started in each table's Pushgateway group (:func:`sncli.metrics.push_started`)."""
+    push_started(settings.metrics.pushgateway, settings.metrics.job, command, tables, extra_key)
 
 
 def finish_metrics(

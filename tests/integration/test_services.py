@@ -24,6 +24,7 @@ from tests.fixtures.services import (
     KafkaBroker,
     kafka_ready,
     port_open,
+    prometheus_installed,
     pushgateway_installed,
     run_services,
     service_port,
@@ -31,7 +32,7 @@ from tests.fixtures.services import (
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ["kafka", "pushgateway", "s3", "registry", "snow"]
+SERVICES = ["kafka", "pushgateway", "s3", "registry", "snow", "prometheus"]
 SELFTEST_OFFSET = 10
 SELFTEST_DEFAULT_BASE = 19100  # free of every default port (18080-19092)
 
@@ -41,6 +42,7 @@ def selftest_env() -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in {var for var, _, _ in PORTS.values()}}
     env.pop("SNCLI_KAFKA_STORAGE", None)
     env.pop("SNCLI_PUSHGATEWAY_BIN", None)
+    env.pop("SNCLI_PROMETHEUS_BIN", None)
     base = os.environ.get("SNCLI_PORT_BASE")
     env["SNCLI_PORT_BASE"] = str(int(base) + SELFTEST_OFFSET if base else SELFTEST_DEFAULT_BASE)
     env["SNCLI_SERVICES_DIR"] = str(Path(os.environ.get("SNCLI_SERVICES_DIR") or ROOT / ".services") / "selftest")
@@ -51,7 +53,8 @@ def selftest_env() -> Iterator[dict[str, str]]:
 
 
 def expected_services(env: dict[str, str]) -> list[str]:
-    return [s for s in SERVICES if s != "pushgateway" or pushgateway_installed(env)]
+    return [s for s in SERVICES if (s != "pushgateway" or pushgateway_installed(env))
+            and (s != "prometheus" or prometheus_installed(env))]
 
 
 def pids(env: dict[str, str]) -> dict[str, int]:
@@ -153,6 +156,15 @@ def test_a_missing_pushgateway_is_named_and_left_out_of_all(selftest_env: dict[s
     assert "not installed" in explicit.stderr
     status = run_services("status", "all", env=env)
     assert "pushgateway  absent" in status.stdout
+
+
+def test_a_missing_prometheus_is_named_and_left_out_of_all(selftest_env: dict[str, str]) -> None:
+    env = dict(selftest_env, SNCLI_PROMETHEUS_BIN="/nonexistent/prometheus")
+    explicit = run_services("start", "prometheus", env=env)
+    assert explicit.returncode == 3
+    assert "prometheus is not installed" in explicit.stderr
+    status = run_services("status", "all", env=env)
+    assert "prometheus   absent" in status.stdout
 
 
 def test_bad_arguments_exit_2(selftest_env: dict[str, str]) -> None:
