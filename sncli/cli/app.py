@@ -22,6 +22,7 @@ from sncli.cli import (
     offsets_cmd,
     sink_cmd,
     source_cmd,
+    status_cmd,
 )
 from sncli.cli.common import AppState
 from sncli.cli.render import stderr_console
@@ -77,6 +78,7 @@ app.add_typer(offsets_cmd.app, name="offsets")
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")
 app.command("emulator")(emulator_cmd.emulator)
+app.command("status")(status_cmd.status)
 
 
 def main() -> None:
