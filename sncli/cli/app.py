@@ -22,6 +22,7 @@ from sncli.cli import (
     offsets_cmd,
     sink_cmd,
     source_cmd,
+    status_cmd,
     verify_cmd,
 )
 from sncli.cli.common import AppState
@@ -79,6 +80,7 @@ app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")
 app.command("emulator")(emulator_cmd.emulator)
 app.command("verify")(verify_cmd.verify)
+app.command("status")(status_cmd.status)
 
 
 def main() -> None:

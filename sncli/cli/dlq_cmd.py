@@ -163,13 +163,18 @@ def replay(
     state = state_of(ctx, config)
     settings = state.settings()
     filters = _filters(table, error_class, since, topic)
+    from sncli.cli.progress import counter_total, drain_backlog, watch_progress
+    from sncli.dlq.select import replay_group
+    from sncli.metrics import RunMetrics
     from sncli.sink.replay import run_replay
 
     stop = threading.Event()
-    with stop_on_signals(stop):
+    metrics = RunMetrics()
+    total = drain_backlog(settings.kafka, replay_group(settings.sink.group_id, group), [settings.sink.dlq_topic])
+    with stop_on_signals(stop), watch_progress("dlq replay", total, lambda: counter_total(metrics.sink_records)):
         summary = guard(
             lambda: run_replay(settings, filters, group_id=group, dry_run=dry_run, workers=workers, stop=stop,
-                               trust_unsigned=trust_unsigned, drop_unsigned=drop_unsigned)
+                               trust_unsigned=trust_unsigned, drop_unsigned=drop_unsigned, metrics=metrics)
         )
     render_summary(summary, json_output=state.json_output, command="dlq replay")
     exit_with(summary.exit_code)

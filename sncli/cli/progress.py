@@ -1,19 +1,32 @@
-"""The backfill's progress on a terminal: a rich bar on stderr (count, rate, ETA).
+"""Progress of long work, on stderr: a rich bar on a terminal, JSON lines off one.
 
-Imported only by the ``backfill`` command when it runs, so rich's import cost
-is not paid by ``--help`` or by other commands. Off a terminal the run logs a
-line every few seconds instead (:class:`sncli.source.backfill.LogProgress`).
+``backfill`` reports through :func:`terminal_progress` (off a terminal its log
+line, :class:`sncli.source.backfill.LogProgress`). ``source poll``, ``sink drain``
+and ``dlq replay`` use :func:`watch_progress`, which samples the run's own
+counters (its RunMetrics) from a thread, so the engines need no hook: records,
+rate, and a total with ETA where one is known (a poll's backlog from
+``X-Total-Count``, a drain's from the partitions' high watermarks minus the
+group's commits). Imported only by those commands when they run, so rich's
+import cost is not paid by ``--help``.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
+import orjson
+from prometheus_client import Counter
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from sncli.config import KafkaSettings, Settings
 from sncli.source.backfill import LogProgress, ProgressReport
 
 
@@ -45,3 +58,142 @@ def terminal_progress(label: str, total: int, *, tty: bool | None = None) -> Pro
     if sys.stderr.isatty() if tty is None else tty:
         return BarProgress(label, total)
     return LogProgress(label, total)
+
+
+# --------------------------------------------------------------------------- long runs: poll, drain, replay
+
+#: Seconds between two JSON progress lines off a terminal (env ``SNCLI_PROGRESS_SECONDS``; 0 turns them off).
+PROGRESS_SECONDS_ENV = "SNCLI_PROGRESS_SECONDS"
+DEFAULT_PROGRESS_SECONDS = 5.0
+_TICK_SECONDS = 0.25  # how often the count is sampled (a terminal display refreshes at this pace)
+
+
+def progress_interval(environ: Mapping[str, str] | None = None) -> float:
+    """The JSON line interval: ``SNCLI_PROGRESS_SECONDS`` when it is a number >= 0, else the default."""
+    text = (os.environ if environ is None else environ).get(PROGRESS_SECONDS_ENV, "")
+    try:
+        value = float(text)
+    except ValueError:
+        return DEFAULT_PROGRESS_SECONDS
+    return value if value >= 0 and math.isfinite(value) else DEFAULT_PROGRESS_SECONDS
+
+
+def progress_line(label: str, done: int, total: int | None, elapsed: float) -> dict[str, object]:
+    """One JSON progress line (pure): count, rate, and the total with its ETA when known."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    line: dict[str, object] = {"progress": label, "done": done, "total": total,
+                               "rate_per_second": round(rate, 1), "elapsed_seconds": round(elapsed, 1)}
+    if total is not None and rate > 0:
+        line["eta_seconds"] = round(max(0, total - done) / rate, 1)
+    return line
+
+
+def counter_total(counter: Counter) -> int:
+    """The sum of a labelled counter's ``_total`` samples (what a run counted so far, from any thread)."""
+    return int(sum(s.value for family in counter.collect() for s in family.samples if s.name.endswith("_total")))
+
+
+class _Watch:
+    """A daemon thread sampling ``count()`` into a rich bar (terminal) or JSON lines on stderr (otherwise)."""
+
+    def __init__(self, label: str, total: int | None, count: Callable[[], int], tty: bool, interval: float) -> None:
+        self._label, self._total, self._count, self._interval = label, total, count, interval
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self._bar: Progress | None = None
+        if tty:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(""),
+                                 TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
+            self._task = self._bar.add_task(label, total=total)
+            self._bar.start()
+        self._thread = threading.Thread(target=self._run, name=f"progress-{label}", daemon=True)
+        self._thread.start()
+
+    def _emit(self, done: int) -> None:
+        line = progress_line(self._label, done, self._total, time.monotonic() - self._started)
+        sys.stderr.write(orjson.dumps(line).decode() + "\n")
+        sys.stderr.flush()
+
+    def _run(self) -> None:
+        last_line = time.monotonic()
+        while not self._stop.wait(_TICK_SECONDS):
+            done = self._count()
+            if self._bar is not None:
+                self._bar.update(self._task, completed=done)
+            elif self._interval > 0 and time.monotonic() - last_line >= self._interval:
+                last_line = time.monotonic()
+                self._emit(done)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * _TICK_SECONDS + 1)  # bounded: the loop wakes every tick
+        done = self._count()
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done)
+            self._bar.stop()
+        elif self._interval > 0:
+            self._emit(done)
+
+
+@contextmanager
+def watch_progress(
+    label: str, total: int | None, count: Callable[[], int], *, tty: bool | None = None,
+    interval: float | None = None,
+) -> Iterator[None]:
+    """Show ``count()`` growing while the block runs: a bar on a terminal, else a JSON line every ``interval``.
+
+    Both go to stderr, so a ``--json`` result on stdout is untouched. Off a terminal the
+    lines say a Kubernetes log's job is alive and how far it is (``SNCLI_PROGRESS_SECONDS``).
+    """
+    watch = _Watch(label, total, count, sys.stderr.isatty() if tty is None else tty,
+                   progress_interval() if interval is None else interval)
+    try:
+        yield
+    finally:
+        watch.close()
+
+
+def drain_backlog(kafka: KafkaSettings, group: str, topics: list[str]) -> int | None:
+    """A drain's total: the partitions' true high watermarks minus the group's commits; None if unknown."""
+    from sncli.errors import SncliError
+    from sncli.kafka.lag import group_lag
+
+    try:
+        lags = [lag.lag for lag in group_lag(kafka, group, topics, timeout=5.0)]
+    except (SncliError, OSError):
+        return None
+    return None if any(v is None for v in lags) else sum(v for v in lags if v is not None)
+
+
+def poll_backlog(settings: Settings, tables: list[str]) -> int | None:
+    """A poll's total: the records after each table's stored cursor, up to now (``X-Total-Count``); None if unknown.
+
+    One ``sysparm_limit=1`` count per table, the same keyset query the poll's pages use
+    (so the base query and the cursor's second are counted as the poll reads them).
+    """
+    from datetime import UTC, datetime
+
+    from sncli.errors import SncliError
+    from sncli.offsets.model import poll_key
+    from sncli.offsets.store import open_store
+    from sncli.servicenow.client import ServiceNowClient
+    from sncli.source.cursor import Cursor, page_query, upper_bound
+
+    total = 0
+    once = settings.servicenow.retry.model_copy(update={"max_attempts": 1})  # a count never delays the run
+    try:
+        store = open_store(settings)
+        with ServiceNowClient(settings.servicenow.model_copy(update={"retry": once})) as client:
+            for name in tables or settings.source.table_names():
+                table = settings.source.table(name)
+                stored = store.load(poll_key(name))
+                cursor = Cursor(stored.timestamp, stored.sys_id) if stored else Cursor.at_start(table.start)
+                query = page_query(cursor, upper_bound(datetime.now(UTC), 0), ts_field=table.timestamp_field,
+                                   base_query=table.query)
+                page = client.list_page(name, query=query, fields=["sys_id"], limit=1, no_count=False)
+                if page.total is None:
+                    return None
+                total += page.total
+    except (SncliError, OSError, ValueError):
+        return None
+    return total

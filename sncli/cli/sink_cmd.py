@@ -78,7 +78,14 @@ def drain(
     stop = threading.Event()
 
     def cycle(current: Settings) -> int:
-        summary = guard(lambda: run_drain(current, options, stop=stop))
+        from sncli.cli.progress import counter_total, drain_backlog, watch_progress
+        from sncli.metrics import RunMetrics
+
+        metrics = RunMetrics()
+        total = drain_backlog(current.kafka, current.sink.group_id,
+                              options.topics or [t.topic for t in current.sink.topics])
+        with watch_progress("sink drain", total, lambda: counter_total(metrics.sink_records)):
+            summary = guard(lambda: run_drain(current, options, stop=stop, metrics=metrics))
         render_summary(summary, json_output=state.json_output)
         return summary.exit_code
 

@@ -46,8 +46,14 @@ def poll(
     stop = StopControl()
 
     def cycle(current: Settings) -> int:
-        summary = guard(lambda: run_poll(current, tables=table, max_records=max_records,
-                                         max_seconds=max_seconds, dry_run=dry_run, stop=stop))
+        from sncli.cli.progress import counter_total, poll_backlog, watch_progress
+        from sncli.metrics import RunMetrics
+
+        metrics = RunMetrics()
+        total = poll_backlog(current, table)
+        with watch_progress("source poll", total, lambda: counter_total(metrics.source_records)):
+            summary = guard(lambda: run_poll(current, tables=table, max_records=max_records,
+                                             max_seconds=max_seconds, dry_run=dry_run, stop=stop, metrics=metrics))
         _render(summary, json_output=state.json_output)
         return summary.exit_code
 

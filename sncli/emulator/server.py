@@ -37,6 +37,7 @@ from sncli.emulator import batch as batch_api
 from sncli.emulator import aggregate, control, physics
 from sncli.emulator.auth import Credentials, parse_basic, parse_bearer, token_grant
 from sncli.emulator.faults import Fault
+from sncli.emulator.limits import rate_limit_headers
 from sncli.emulator.render import (
     error_body,
     http_date,
@@ -84,6 +85,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # a 400 to a malformed request line still gets a status line
     server_version = "ServiceNowEmulator"
     sys_version = ""
     disable_nagle_algorithm = True
@@ -108,7 +110,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.command = None  # type: ignore[assignment]  # the base class checks these on errors
         self.request_version = version = self.default_request_version
         self.close_connection = True
-        words = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n").split()
+        # send_error logs the request line: without it a bad request or an unsupported method
+        # (HEAD, OPTIONS) crashed the handler and the client saw the connection dropped.
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
         if len(words) != 3 or not words[2].startswith("HTTP/1."):
             self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request line {self.raw_requestline[:80]!r}")
             return False
@@ -313,6 +318,8 @@ class _Handler(BaseHTTPRequestHandler):
                 headers.append(("Retry-After", http_date(moment)))
             else:
                 headers.append(("Retry-After", str(int(fault.retry_after))))
+        if status == 429:
+            headers.extend(rate_limit_headers(self.state.clock.now()))
         if status == 401:
             headers.append(("WWW-Authenticate", 'BASIC realm="Service-now"'))
             return status, error_body("User Not Authenticated", "Required to provide Auth information"), headers

@@ -28,6 +28,7 @@ import orjson
 
 from sncli.emulator.audit import AUDIT_DELETE, audit_row
 from sncli.emulator.auth import Credentials, TokenStore
+from sncli.emulator.catalogue import OUT_OF_BOX_TABLES
 from sncli.emulator.clock import EmulatorClock, format_time, parse_time
 from sncli.emulator.faults import FaultInjector
 from sncli.emulator.generate import SYS_COLUMNS, Column, columns_for, generate_rows, new_sys_id
@@ -79,7 +80,7 @@ class EmulatorSettings:
     refresh_token_ttl_seconds: int = 8_640_000
     denied_tables: set[str] = field(default_factory=set)
     user_time_zone: str = "UTC"
-    strict_tables: bool = False  # unknown table -> 400 "Invalid table" (else an empty result)
+    strict_tables: bool = True  # unknown table -> 400 "Invalid table", as the service (False: an empty result)
     default_limit: int = 10000
     journal_size: int = 100_000
     # Row ACLs: table -> encoded query of the rows the API user may not read. As on ServiceNow, a
@@ -369,8 +370,9 @@ class EmulatorState:
     # ------------------------------------------------------------------ Table API (used by the server)
 
     def has_table(self, table: str) -> bool:
+        """Declared here, or one every instance has (see :mod:`sncli.emulator.catalogue`)."""
         with self._lock:
-            return table in self._tables
+            return table in self._tables or table in OUT_OF_BOX_TABLES
 
     def select(self, table: str, query: str, *, limit: int, offset: int, want_count: bool) -> Selection:
         with self._lock:
@@ -431,6 +433,8 @@ class EmulatorState:
             built = self._build(target, body, None, user, trusted=False)
             self._check_new_ids(target, [built["sys_id"]])
             self._ensure_columns(target, [built])
+            for column in target.columns:  # the service stores (and answers) every column, empty if unset
+                built.setdefault(column, "")
             record = Record(built)
             target.add(record)
             return Selection([record], None, frozenset(target.columns), dict(target.references), True)

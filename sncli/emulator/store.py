@@ -209,6 +209,7 @@ class Table:
             return cached[1]
         full = list(self._scan(ranges))
         if not in_index_order:
+            full.sort(key=_sys_id_of)  # the base order of ties and of a query without ORDERBY
             full = sort_records(full, compiled.order, self.columns, lambda r: r.fields)
         self._results[query_text] = (self.version, full)
         if len(self._results) > _RESULT_CACHE_SIZE:
@@ -238,10 +239,21 @@ class Table:
         return out
 
 
+def _sys_id_of(record: Record) -> str:
+    return record.key[1]
+
+
 def index_ordered(order: Sequence[OrderBy]) -> bool:
-    """True when the requested order is (a refinement-free prefix of) the index order."""
+    """True when the requested order is (a refinement-free prefix of) the index order.
+
+    Not when no order is asked: ServiceNow promises no order then (the database's, which
+    changes with plans and caches). The emulator answers such a list in sys_id order,
+    as a scan of the primary key would, and never in ``sys_updated_on`` order, so a
+    client that forgets its ORDERBY is not rescued by a convenient default. Ties of an
+    ORDERBY on other fields fall back to sys_id order the same way.
+    """
     if not order:
-        return True
+        return False
     if order[0] != OrderBy(TS, False):
         return False
     return len(order) == 1 or order[1] == OrderBy(ID, False)

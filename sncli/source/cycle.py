@@ -156,13 +156,14 @@ def run_poll(
     max_seconds: float | None = None,
     dry_run: bool = False,
     stop: StopControl | None = None,
+    metrics: RunMetrics | None = None,
 ) -> RunSummary:
     """One bounded poll cycle (see the module doc); a held lock gives exit code 75. Raises ConfigError."""
     selected = select_tables(settings, tables or [])
     check_source_settings(settings)
     names = [t.name for t in selected]
     started = time.monotonic()
-    metrics = RunMetrics()
+    metrics = metrics or RunMetrics()  # the caller's, when it watches the counts (progress)
     summary = RunSummary(command="source_poll")
     summary.tables = {t.name: TableOutcome(t.name) for t in selected}
     stop = StopControl(max_seconds, parent=stop)

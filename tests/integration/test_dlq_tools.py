@@ -55,6 +55,7 @@ def dead_lettered(emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_top
     """A drain that dead-letters 3 records for a 403 table and 1 undecodable one."""
     emulator.state.insert("incident", {"sys_id": sid(9), "state": "1"})
     emulator.state.update_settings(denied_tables={"u_denied"})
+    emulator.state.define_table("u_denied", {"number": "string"})  # exists (else 400 Invalid table)
     create_topic(kafka_bootstrap, unique_topic, 1)
     route = [("sn.table", b"u_denied")]
     produce(kafka_bootstrap, unique_topic, [
@@ -285,6 +286,7 @@ def test_records_written_straight_to_the_dlq_cannot_use_another_topics_rights(
     hr, inc, dlq = (f"{n}-{uuid.uuid4().hex[:8]}" for n in ("hr-users", "incidents", "dlq"))
     emulator.state.insert("sys_user", {"sys_id": sid(50), "user_name": "alice"})
     emulator.state.update_settings(denied_tables={"u_denied"})
+    emulator.state.define_table("u_denied", {"number": "string"})  # exists (else 400 Invalid table)
     create_topic(kafka_bootstrap, inc, 1)
     create_topic(kafka_bootstrap, dlq, 1)
     hr_cfg = {"topic": hr, "table": "sys_user", "delete_on_tombstone": True, "sys_id_from": ["value", "header", "key"]}

@@ -88,12 +88,13 @@ def test_error_shapes(emulator: ServiceNowEmulator, session: requests.Session) -
     assert session.get(api(emulator, "incident"), params={"sysparm_limit": "ten"}).status_code == 400
 
 
-def test_unknown_table_is_empty_or_invalid_when_strict(emulator: ServiceNowEmulator, session: requests.Session) -> None:
-    r = session.get(api(emulator, "u_never_seen"))
-    assert r.status_code == 200 and r.json() == {"result": []} and r.headers["X-Total-Count"] == "0"
-    emulator.state.update_settings(strict_tables=True)
+def test_unknown_table_is_invalid_unless_lenient(emulator: ServiceNowEmulator, session: requests.Session) -> None:
     r = session.get(api(emulator, "u_never_seen"))
     assert r.status_code == 400 and r.json()["error"]["message"] == "Invalid table u_never_seen"
+    assert session.post(api(emulator, "u_never_seen"), json={"a": "b"}).status_code == 400
+    emulator.state.update_settings(strict_tables=False)
+    r = session.get(api(emulator, "u_never_seen"))
+    assert r.status_code == 200 and r.json() == {"result": []} and r.headers["X-Total-Count"] == "0"
 
 
 # ----------------------------------------------------------------------------- auth

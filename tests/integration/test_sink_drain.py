@@ -184,6 +184,7 @@ def test_metrics_are_pushed_with_the_sink_labels(
     create_topic(kafka_bootstrap, unique_topic, 1)
     produce(kafka_bootstrap, unique_topic, [(None, json_value({"n": "1"}), None), (None, b"nope", None)])
     table = f"u_{uuid.uuid4().hex[:8]}"
+    emulator.state.define_table(table, {"n": "string"})  # a table the instance has (else 400 Invalid table)
     data = config_dict(emulator.url, kafka_bootstrap, [{"topic": unique_topic, "table": table}],
                        pushgateway=pushgateway_url)
     metrics = RunMetrics()
@@ -255,6 +256,7 @@ def test_sink_counters_are_carried_across_drains_even_for_series_a_drain_did_not
 
     create_topic(kafka_bootstrap, unique_topic, 1)
     table = f"u_{uuid.uuid4().hex[:8]}"
+    emulator.state.define_table(table, {"n": "string"})  # a table the instance has (else 400 Invalid table)
     data = config_dict(emulator.url, kafka_bootstrap, [{"topic": unique_topic, "table": table}],
                        pushgateway=pushgateway_url)
     data["metrics"]["job"] = f"sncli-test-{uuid.uuid4().hex[:8]}"

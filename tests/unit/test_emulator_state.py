@@ -195,7 +195,7 @@ def test_reset_restores_a_fresh_emulator() -> None:
     state.update_settings(read_latency_ms=5, denied_tables=["sys_dictionary"])
     state.reset()
     assert state.count("incident") == 0
-    assert not state.has_table("incident")
+    assert state.tables().get("incident") is None  # gone (it still "exists" empty: an out-of-box table)
     assert state.settings.read_latency_ms == 0 and state.settings.denied_tables == set()
     assert not state.clock.frozen
     assert state.count("sys_user") == 1

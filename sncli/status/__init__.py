@@ -1,0 +1,1 @@
+"""``sncli status``: one screen per deployment (model: pure; pushed: the Pushgateway; gather: the reads)."""
