@@ -42,10 +42,10 @@ if Path(sys.prefix).resolve() != _VENV_PYTHON.parent.parent.resolve() and _VENV_
     os.execv(str(_VENV_PYTHON), [str(_VENV_PYTHON), __file__, *sys.argv[1:]])  # the project's venv has sncli
 sys.path.insert(0, str(_HERE))
 
+from bench_batch import scenario_batch  # noqa: E402
 from bench_env import DEFAULT_PORT_BASE, ROOT, Emulator, Services, log, machine, work_dir  # noqa: E402
 from bench_report import Row, Target, note_lines, table_lines  # noqa: E402
 from bench_scenarios import FULL, QUICK, SCENARIOS, Context, ScenarioError  # noqa: E402
-from bench_batch import scenario_batch  # noqa: E402
 from bench_verify import scenario_verify  # noqa: E402
 
 SCENARIOS[7] = scenario_verify  # issue 17: verify in sync and with records missing

@@ -33,8 +33,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from sncli.emulator import batch as batch_api
 from sncli.emulator import aggregate, control, physics
+from sncli.emulator import batch as batch_api
 from sncli.emulator.auth import Credentials, parse_basic, parse_bearer, token_grant
 from sncli.emulator.faults import Fault
 from sncli.emulator.limits import rate_limit_headers
