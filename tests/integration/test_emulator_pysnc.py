@@ -9,9 +9,9 @@ Differences pysnc found, fixed in the emulator: a misspelled table answered 200
 ``[]`` and a POST created it (the service: 400 "Invalid table"); a record
 created with a few fields came back without the table's other columns; a 429
 lacked the ``X-RateLimit-*`` headers (pysnc itself honours ``Retry-After``).
-Pinned as limits of the emulator (tests below): ``update_multiple`` and
-``delete_multiple`` (Batch API), ``display_value`` of references (the service
-shows the referenced record's display value).
+``update_multiple`` runs through the emulator's Batch API. Pinned as a limit of
+the emulator (test below): ``display_value`` of references (the service shows
+the referenced record's display value).
 """
 
 from __future__ import annotations
@@ -141,16 +141,24 @@ def test_429_tells_retry_after_and_the_rate_limit_rule(emulator: ServiceNowEmula
 # ----------------------------------------------------------------------------- documented limits
 
 
-def test_limit_update_multiple_needs_the_batch_api(emulator: ServiceNowEmulator, client: ServiceNowClient) -> None:
-    """LIMIT (until the emulator serves ``/api/now/v1/batch``): pysnc's update_multiple fails on it."""
-    seed(emulator)
+def test_update_multiple_goes_through_the_batch_api(emulator: ServiceNowEmulator, client: ServiceNowClient) -> None:
+    """pysnc's update_multiple (the Batch API, ``/api/now/v1/batch``) updates exactly the records it changed."""
+    rows = seed(emulator)
     gr = client.GlideRecord("incident")
     gr.add_query("priority", "1")
     gr.query()
+    changed = []
     for record in gr:
         record.urgency = "1"
-    with pytest.raises(RequestException, match="does not represent any resource"):
-        gr.update_multiple()
+        changed.append(record.get_value("sys_id"))
+    assert changed
+    assert gr.update_multiple() is True
+    after = {r["sys_id"]: r for r in emulator.state.records("incident")}
+    assert all(after[s]["urgency"] == "1" for s in changed)
+    untouched = [r for r in rows if r["priority"] != "1"]
+    assert all(after[r["sys_id"]]["urgency"] == r["urgency"] for r in untouched)
+    batches = [e for e in emulator.state.journal() if e.path.endswith("/batch")]
+    assert batches, "update_multiple did not use the Batch API"
 
 
 def test_limit_display_value_of_a_reference_is_its_sys_id(

@@ -4,8 +4,8 @@ Differences pysnow found, fixed in the emulator: a misspelled table answered
 200 ``[]`` (the service: 400 "Invalid table"); a created record came back
 without the table's other columns; an unordered list came back in
 ``sys_updated_on`` order; HEAD, OPTIONS and malformed requests dropped the
-connection (the handler crashed) instead of answering 501 / 400. Pinned as a
-limit: ``Request.count`` (Aggregate API, ``/api/now/stats``).
+connection (the handler crashed) instead of answering 501 / 400; ``Request.count``
+failed (no Aggregate API, ``/api/now/stats``, now served).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import warnings
 import pysnow
 import pytest
 import requests
-from pysnow.legacy_exceptions import UnexpectedResponse
 
 from sncli.emulator.server import ServiceNowEmulator
 from tests.integration.crosscheck_support import AUTH, RECORDS, seed, sncli_view
@@ -106,11 +105,11 @@ def test_head_options_and_malformed_requests_are_answered(emulator: ServiceNowEm
     assert requests.get(url, auth=AUTH, timeout=5).status_code == 200  # the server is still serving
 
 
-def test_limit_legacy_count_needs_the_aggregate_api(emulator: ServiceNowEmulator) -> None:
-    """LIMIT (until the emulator serves ``/api/now/stats``): pysnow's ``Request.count`` fails on it."""
-    seed(emulator)
+def test_legacy_count_goes_through_the_aggregate_api(emulator: ServiceNowEmulator) -> None:
+    """pysnow's ``Request.count`` (the Aggregate API, ``/api/now/stats``) counts the query's records."""
+    rows = seed(emulator)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        request = client_for(emulator).query(table="incident", query={})
-        with pytest.raises(UnexpectedResponse):
-            request.count  # noqa: B018  (a property that sends the request)
+        request = client_for(emulator).query(table="incident", query={"priority": "1"})
+        counted = request.count
+    assert counted == sum(1 for r in rows if r["priority"] == "1") > 0
