@@ -51,14 +51,12 @@ from sncli.config import FieldsKey, SourceTable
 from sncli.config.fingerprints import AUDIT_DELETE_TABLE, AUDIT_DELETE_TIME
 from sncli.source.keys import key_of
 from sncli.source.record import (
-    OPERATION_DELETE,
-    OPERATION_HEADER,
     Header,
     PageMessages,
     RecordShape,
     Refusal,
     TimestampCache,
-    iso_millis,
+    tombstone_headers,
 )
 
 #: The fields of a ``sys_audit_delete`` row the stream reads (the payload only when the key needs it).
@@ -118,10 +116,6 @@ def build_tombstones(
     rows: Sequence[dict[str, Any]], shape: RecordShape, *, extracted_at: datetime, cache: TimestampCache
 ) -> PageMessages:
     """A page of ``sys_audit_delete`` rows as tombstones (module doc); a row without a key is refused."""
-    table_h: Header = ("sn.table", shape.table.encode())
-    instance_h: Header = ("sn.instance", shape.instance.encode())
-    extracted_h: Header = ("sn.extracted_at", iso_millis(extracted_at).encode())
-    operation_h: Header = (OPERATION_HEADER, OPERATION_DELETE)
     keys: list[bytes] = []
     values: list[bytes | None] = []
     headers: list[list[Header]] = []
@@ -135,6 +129,6 @@ def build_tombstones(
             refused.append(Refusal(index, "encode", f"the key of deleted record {sys_id.decode()}: {exc}"))
         keys.append(key)
         values.append(None)
-        headers.append([table_h, instance_h, ("sn.sys_id", sys_id), extracted_h, operation_h])
+        headers.append(tombstone_headers(shape.table, sys_id.decode(), shape.instance, extracted_at))
     timestamps = [cache.millis(row.get(AUDIT_DELETE_TIME)) for row in rows]
     return PageMessages(keys, values, headers, timestamps, refused)

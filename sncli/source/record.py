@@ -54,6 +54,21 @@ def iso_millis(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def tombstone_headers(table: str, sys_id: str, instance: str, extracted_at: datetime) -> list[tuple[str, bytes]]:
+    """The headers of a tombstone (a delete): the record's headers with ``sn.operation: delete``.
+
+    The one home of a tombstone's headers: the poll's and backfill's deletes
+    (:mod:`sncli.source.deletes`) and ``verify --repair`` build them here.
+    """
+    return [
+        ("sn.table", table.encode()),
+        ("sn.instance", instance.encode()),
+        ("sn.sys_id", sys_id.encode()),
+        ("sn.extracted_at", iso_millis(extracted_at).encode()),
+        (OPERATION_HEADER, OPERATION_DELETE),
+    ]
+
+
 class TimestampCache:
     """'YYYY-MM-DD HH:MM:SS' (UTC) -> epoch milliseconds, parsed once per distinct second."""
 

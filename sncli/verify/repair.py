@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from sncli.kafka.errors import ProduceError
 from sncli.source.kafka_out import KafkaPageOutput
-from sncli.source.record import instance_name, iso_millis
+from sncli.source.record import instance_name, tombstone_headers
 from sncli.source.runkit import new_producer
 from sncli.verify.report import Repair, TableReport
 from sncli.verify.sn_side import ServiceNowSide
@@ -64,16 +64,6 @@ def _resend(settings: Settings, client: ServiceNowClient, metrics: RunMetrics, t
     finally:
         output.close()
     done.vanished = len(wanted) - done.resent
-
-
-def tombstone_headers(table: str, sys_id: str, instance: str, now: datetime) -> list[Header]:
-    return [
-        ("sn.table", table.encode()),
-        ("sn.sys_id", sys_id.encode()),
-        ("sn.instance", instance.encode()),
-        ("sn.extracted_at", iso_millis(now).encode()),
-        ("sn.operation", b"delete"),
-    ]
 
 
 def _tombstones(settings: Settings, table: SourceTable, report: TableReport) -> int:

@@ -215,6 +215,7 @@ def test_a_round_trip_to_another_table_carries_the_deletes(
 ) -> None:
     state = emulator.state
     state.clock.freeze(at(0))
+    state.define_table("incident_copy", {"number": "string", "short_description": "string"})  # the copy's table
     a, b, c, d = (state.insert("incident", {"number": f"INC{i}", "short_description": f"v{i}"}, at=at(1))["sys_id"]
                   for i in range(4))
     state.clock.set(at(10))
