@@ -93,21 +93,49 @@ def counter_total(counter: Counter) -> int:
     return int(sum(s.value for family in counter.collect() for s in family.samples if s.name.endswith("_total")))
 
 
-class _Watch:
-    """A daemon thread sampling ``count()`` into a rich bar (terminal) or JSON lines on stderr (otherwise)."""
+#: Blocks until the run has made progress: True, or False once the run ended without any.
+Progressed = Callable[[], bool]
+#: A run's total, or how to learn it beside the run (on a thread of its own, so the run never waits for
+#: it): a call given a ``Progressed`` it may wait on before it asks (the run's own requests go first).
+Total = int | None | Callable[[Progressed], int | None]
 
-    def __init__(self, label: str, total: int | None, count: Callable[[], int], tty: bool, interval: float) -> None:
-        self._label, self._total, self._count, self._interval = label, total, count, interval
+
+class _Watch:
+    """A daemon thread sampling ``count()`` into a rich bar (terminal) or JSON lines on stderr (otherwise).
+
+    A total given as a call is learned on another daemon thread: a count that
+    waits for a silent ServiceNow or a broker never delays the run, nor its stop.
+    """
+
+    def __init__(self, label: str, total: Total, count: Callable[[], int], tty: bool, interval: float) -> None:
+        self._label, self._count, self._interval = label, count, interval
+        self._total: int | None = None if callable(total) else total
+        self._shown_total: int | None = self._total
         self._stop = threading.Event()
         self._started = time.monotonic()
         self._bar: Progress | None = None
         if tty:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(""),
                                  TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
-            self._task = self._bar.add_task(label, total=total)
+            self._task = self._bar.add_task(label, total=self._total)
             self._bar.start()
         self._thread = threading.Thread(target=self._run, name=f"progress-{label}", daemon=True)
         self._thread.start()
+        if callable(total):
+            threading.Thread(target=self._learn_total, args=(total,), name=f"progress-total-{label}",
+                             daemon=True).start()
+
+    def _learn_total(self, total: Callable[[Progressed], int | None]) -> None:
+        try:
+            self._total = total(self._progressed)
+        except Exception:  # a total is a nicety: without it the display shows counts and rates
+            self._total = None
+
+    def _progressed(self) -> bool:
+        while self._count() == 0:
+            if self._stop.wait(_TICK_SECONDS):
+                return False
+        return True
 
     def _emit(self, done: int) -> None:
         line = progress_line(self._label, done, self._total, time.monotonic() - self._started)
@@ -119,17 +147,25 @@ class _Watch:
         while not self._stop.wait(_TICK_SECONDS):
             done = self._count()
             if self._bar is not None:
-                self._bar.update(self._task, completed=done)
+                self._update_bar(done)
             elif self._interval > 0 and time.monotonic() - last_line >= self._interval:
                 last_line = time.monotonic()
                 self._emit(done)
+
+    def _update_bar(self, done: int) -> None:
+        assert self._bar is not None
+        total = self._total
+        if total != self._shown_total:
+            self._shown_total = total
+            self._bar.update(self._task, total=total)
+        self._bar.update(self._task, completed=done)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2 * _TICK_SECONDS + 1)  # bounded: the loop wakes every tick
         done = self._count()
         if self._bar is not None:
-            self._bar.update(self._task, completed=done)
+            self._update_bar(done)
             self._bar.stop()
         elif self._interval > 0:
             self._emit(done)
@@ -137,10 +173,12 @@ class _Watch:
 
 @contextmanager
 def watch_progress(
-    label: str, total: int | None, count: Callable[[], int], *, tty: bool | None = None,
+    label: str, total: Total, count: Callable[[], int], *, tty: bool | None = None,
     interval: float | None = None,
 ) -> Iterator[None]:
     """Show ``count()`` growing while the block runs: a bar on a terminal, else a JSON line every ``interval``.
+
+    ``total``: a number, None, or a call that learns it in the background (the block starts at once).
 
     Both go to stderr, so a ``--json`` result on stdout is untouched. Off a terminal the
     lines say a Kubernetes log's job is alive and how far it is (``SNCLI_PROGRESS_SECONDS``).
@@ -165,11 +203,14 @@ def drain_backlog(kafka: KafkaSettings, group: str, topics: list[str]) -> int | 
     return None if any(v is None for v in lags) else sum(v for v in lags if v is not None)
 
 
-def poll_backlog(settings: Settings, tables: list[str]) -> int | None:
+def poll_backlog(settings: Settings, tables: list[str], progressed: Progressed) -> int | None:
     """A poll's total: the records after each table's stored cursor, up to now (``X-Total-Count``); None if unknown.
 
-    One ``sysparm_limit=1`` count per table, the same keyset query the poll's pages use
-    (so the base query and the cursor's second are counted as the poll reads them).
+    The cursors are read at once (as the run starts from them); the counts are asked
+    once ``progressed()`` says the run's first page is in, so they never delay it nor
+    take the place of its first request. One ``sysparm_limit=1`` count per table, the
+    same keyset query the poll's pages use (the base query and the cursor's second are
+    counted as the poll reads them).
     """
     from datetime import UTC, datetime
 
@@ -183,11 +224,16 @@ def poll_backlog(settings: Settings, tables: list[str]) -> int | None:
     once = settings.servicenow.retry.model_copy(update={"max_attempts": 1})  # a count never delays the run
     try:
         store = open_store(settings)
+        starts: dict[str, Cursor] = {}
+        for name in tables or settings.source.table_names():
+            stored = store.load(poll_key(name))
+            starts[name] = (Cursor(stored.timestamp, stored.sys_id) if stored
+                            else Cursor.at_start(settings.source.table(name).start))
+        if not progressed():
+            return None
         with ServiceNowClient(settings.servicenow.model_copy(update={"retry": once})) as client:
-            for name in tables or settings.source.table_names():
+            for name, cursor in starts.items():
                 table = settings.source.table(name)
-                stored = store.load(poll_key(name))
-                cursor = Cursor(stored.timestamp, stored.sys_id) if stored else Cursor.at_start(table.start)
                 query = page_query(cursor, upper_bound(datetime.now(UTC), 0), ts_field=table.timestamp_field,
                                    base_query=table.query)
                 page = client.list_page(name, query=query, fields=["sys_id"], limit=1, no_count=False)

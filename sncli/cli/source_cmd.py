@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,7 @@ def poll(
         from sncli.metrics import RunMetrics
 
         metrics = RunMetrics()
-        total = poll_backlog(current, table)
+        total = partial(poll_backlog, current, table)  # asked once the first page is in, beside the run
         with watch_progress("source poll", total, lambda: counter_total(metrics.source_records)):
             summary = guard(lambda: run_poll(current, tables=table, max_records=max_records,
                                              max_seconds=max_seconds, dry_run=dry_run, stop=stop, metrics=metrics))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -44,3 +45,43 @@ def test_interval_zero_turns_the_lines_off(capsys: pytest.CaptureFixture[str]) -
     with watch_progress("source poll", None, lambda: 1, tty=False, interval=0):
         time.sleep(0.3)
     assert capsys.readouterr().err == ""
+
+
+def test_a_total_learned_beside_the_run_waits_for_its_first_progress_and_never_delays_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A total that needs ServiceNow is asked on its own thread, after the run's first records, never before them."""
+    done = [0]
+    asked_at: list[int] = []
+
+    def total(progressed: Callable[[], bool]) -> int | None:
+        if not progressed():
+            return None
+        asked_at.append(done[0])
+        return 500
+
+    entered = time.monotonic()
+    with watch_progress("source poll", total, lambda: done[0], tty=False, interval=0.3):
+        assert time.monotonic() - entered < 0.2  # the block starts at once
+        time.sleep(0.6)
+        assert asked_at == []  # no progress yet: the total is not asked
+        done[0] = 100
+        time.sleep(0.8)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert asked_at == [100]
+    assert lines[0]["total"] is None and lines[-1]["total"] == 500
+
+
+def test_a_total_still_waiting_when_the_run_ends_without_progress_gives_up() -> None:
+    gave_up: list[bool] = []
+
+    def total(progressed: Callable[[], bool]) -> int | None:
+        gave_up.append(not progressed())
+        return None
+
+    with watch_progress("source poll", total, lambda: 0, tty=False, interval=0):
+        time.sleep(0.3)
+    deadline = time.monotonic() + 2
+    while not gave_up and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gave_up == [True]
