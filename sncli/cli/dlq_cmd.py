@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -170,7 +171,8 @@ def replay(
 
     stop = threading.Event()
     metrics = RunMetrics()
-    total = drain_backlog(settings.kafka, replay_group(settings.sink.group_id, group), [settings.sink.dlq_topic])
+    total = partial(drain_backlog, settings.kafka, replay_group(settings.sink.group_id, group),
+                    [settings.sink.dlq_topic])  # learned beside the run
     with stop_on_signals(stop), watch_progress("dlq replay", total, lambda: counter_total(metrics.sink_records)):
         summary = guard(
             lambda: run_replay(settings, filters, group_id=group, dry_run=dry_run, workers=workers, stop=stop,

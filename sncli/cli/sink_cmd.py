@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,8 +83,8 @@ def drain(
         from sncli.metrics import RunMetrics
 
         metrics = RunMetrics()
-        total = drain_backlog(current.kafka, current.sink.group_id,
-                              options.topics or [t.topic for t in current.sink.topics])
+        total = partial(drain_backlog, current.kafka, current.sink.group_id,
+                        options.topics or [t.topic for t in current.sink.topics])  # learned beside the run
         with watch_progress("sink drain", total, lambda: counter_total(metrics.sink_records)):
             summary = guard(lambda: run_drain(current, options, stop=stop, metrics=metrics))
         render_summary(summary, json_output=state.json_output)

@@ -61,5 +61,7 @@ def test_poll_and_drain_report_progress_with_their_totals(
     assert drain.returncode == 0, drain.stderr
     assert json.loads(drain.stdout)["messages"] == 60
     lines = progress_lines(drain.stderr, "sink drain")
-    assert len(lines) >= 2 and all(line["total"] == 60 for line in lines), lines
+    # learned beside the run, before its group has joined (a line before it may say None)
+    assert len(lines) >= 2 and {line["total"] for line in lines} <= {None, 60}, lines
+    assert lines[-1]["total"] == 60
     assert lines[-1]["done"] == 60

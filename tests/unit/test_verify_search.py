@@ -161,8 +161,10 @@ def test_counting_mode_reports_nothing_false_and_finds_a_lone_missing_or_extra(
     assert set(found.missing) <= set(truth.missing)
     assert set(found.extra) <= set(truth.extra)
     assert {s.sys_id for s in found.stale} <= {s.sys_id for s in truth.stale}
-    # A lone difference cannot be cancelled by another in its window: it is always found.
-    if len(truth.missing) + len(truth.extra) == 1 and not truth.stale:
+    # A lone difference cannot be cancelled by another in its window: it is always found. A record changed
+    # after the bound counts as one too (its older version sits in a window ServiceNow no longer counts it
+    # in), so it can cancel a missing record: the limit the README states (verify soon after a poll, or --exact).
+    if len(truth.missing) + len(truth.extra) == 1 and not truth.stale and not truth.pending:
         assert (found.missing, found.extra) == (truth.missing, truth.extra)
 
 
