@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import signal
@@ -17,7 +16,7 @@ import pytest
 
 from sncli.emulator.server import ServiceNowEmulator
 from tests.e2e.test_source_cli import sncli, start_sncli
-from tests.fixtures.kafka import KafkaRecord, read_all
+from tests.fixtures.kafka import describe_partitions, read_all
 from tests.integration.test_source_support import config_dict, keyset, stored_offsets, write_config
 
 pytestmark = pytest.mark.e2e
@@ -33,16 +32,6 @@ def _config(tmp_path: Path, emulator: ServiceNowEmulator, bootstrap: str, topic:
 
 def _window_cursors(offsets: Path) -> int:
     return sum(1 for k in stored_offsets(offsets) if k.startswith("backfill/") and ".plan/" not in k)
-
-
-def _print_partitions(got: list[KafkaRecord]) -> None:
-    """Per partition: records, first and last offset, and gaps (offsets the broker allocated but holds no record at)."""
-    by_partition: dict[int, list[int]] = {}
-    for r in got:
-        by_partition.setdefault(r.partition, []).append(r.offset)
-    for p, offsets in sorted(by_partition.items()):
-        gaps = [(a + 1, b - 1) for a, b in itertools.pairwise(offsets) if b != a + 1]
-        print(f"partition {p}: {len(offsets)} records, offsets {offsets[0]}..{offsets[-1]}, gaps {gaps[:10]}")
 
 
 def _crash_and_resume(
@@ -84,11 +73,11 @@ def _crash_and_resume(
                                                                       for r in dead), "of the missing keys")
         except Exception as exc:  # no DLQ topic: nothing was dead-lettered
             print("servicenow.dlq:", exc)
-        _print_partitions(got)
+        print(describe_partitions(got))
         again = read_all(bootstrap, topic, timeout=30, expected=records)  # a reading fault, or not in Kafka?
         found = {(v["sys_updated_on"], v["sys_id"]) for v in (orjson.loads(r.value) for r in again)}
         print("a second read of the topic finds", len(missing & found), "of the missing records")
-        _print_partitions(again)
+        print(describe_partitions(again))
     assert set(counts) == set(keyset(emulator.state.records("incident")))  # every record
     duplicates = sum(c - 1 for c in counts.values())
     assert duplicates <= kills * 4 * page_size  # at most one page per window per kill

@@ -24,7 +24,7 @@ from sncli.emulator.server import ServiceNowEmulator
 from sncli.errors import ExitCode
 from sncli.kafka.admin import topic_configs
 from sncli.source.cycle import run_poll
-from tests.fixtures.kafka import KafkaRecord, PrivateTansu, read_all
+from tests.fixtures.kafka import KafkaRecord, PrivateTansu, describe_partitions, read_all
 from tests.integration.test_source_support import config_dict, stored_cursor
 
 pytestmark = pytest.mark.integration
@@ -194,5 +194,11 @@ def test_a_backfill_dead_letters_the_record_and_finishes_its_windows(
     assert summary.exit_code == int(ExitCode.PARTIAL), summary.to_json()
     assert summary.tables["incident"].dlq == {"refused": 1} and summary.extra["range_done"] is True
     records = read_all(kafka_bootstrap, topic, timeout=30, expected=80)
+    missing = {s.encode() for s in every if s != bad} - {r.key for r in records}
+    if missing:  # seen once under the full suite (13 records, one partition's share of a page): say where
+        print("missing", len(missing), "; windows:", summary.extra.get("windows"))
+        print(describe_partitions(records))
+        again = read_all(kafka_bootstrap, topic, timeout=30, expected=80)
+        print("a second read finds", len(missing & {r.key for r in again}), "of them")
     assert sorted(r.key for r in records) == sorted(s.encode() for s in every if s != bad)
     assert [r.key for r in read_all(kafka_bootstrap, dlq, timeout=30, expected=1)] == [bad.encode()]
