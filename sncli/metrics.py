@@ -165,13 +165,20 @@ def push_groups(gateway: str | None, job: str, groups: Iterable[Group], timeout:
         if restarted and previous is not None:
             log.warning("metrics %s of %s: the pushed values cannot be carried forward (not a finite count, "
                         "or other buckets); they restart from this run's", ", ".join(restarted), _show(key))
-        registry = CollectorRegistry()
-        registry.register(_Families(carried))
-        try:
-            pushadd_to_gateway(gateway, job=job, registry=registry, grouping_key=dict(key), timeout=timeout)
-        except Exception as exc:
-            log.warning("could not push metrics to %s: %s", gateway, exc)
+        if not _pushadd(gateway, job, carried, dict(key), timeout):
             return False
+    return True
+
+
+def _pushadd(gateway: str, job: str, families: Sequence[Metric], key: dict[str, str], timeout: float) -> bool:
+    """One group's families added to the Pushgateway; False (logged, never raised) when it cannot be reached."""
+    registry = CollectorRegistry()
+    registry.register(_Families(families))
+    try:
+        pushadd_to_gateway(gateway, job=job, registry=registry, grouping_key=key, timeout=timeout)
+    except Exception as exc:
+        log.warning("could not push metrics to %s: %s", gateway, exc)
+        return False
     return True
 
 
@@ -191,13 +198,8 @@ def push_started(
         return False
     now = time.time()
     for table in sorted(set(tables)):
-        registry = CollectorRegistry()
-        registry.register(_Families([GaugeMetricFamily(STARTED, "When the run started (locks taken).", value=now)]))
-        try:
-            pushadd_to_gateway(gateway, job=job, registry=registry, timeout=timeout,
-                               grouping_key={"command": command, "table": table, **(extra_key or {})})
-        except Exception as exc:
-            log.warning("could not push metrics to %s: %s", gateway, exc)
+        started = GaugeMetricFamily(STARTED, "When the run started (locks taken).", value=now)
+        if not _pushadd(gateway, job, [started], {"command": command, "table": table, **(extra_key or {})}, timeout):
             return False
     return True
 
