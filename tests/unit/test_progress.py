@@ -79,9 +79,37 @@ def test_a_total_still_waiting_when_the_run_ends_without_progress_gives_up() -> 
         gave_up.append(not progressed())
         return None
 
-    with watch_progress("source poll", total, lambda: 0, tty=False, interval=0):
+    with watch_progress("source poll", total, lambda: 0, tty=False, interval=0.2):
         time.sleep(0.3)
     deadline = time.monotonic() + 2
     while not gave_up and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gave_up == [True]
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.6])
+def test_off_a_terminal_a_run_shorter_than_half_the_interval_never_asks_for_its_total(interval: float) -> None:
+    """A total nobody would see costs nothing: with lines off, or a run over before half the interval."""
+    asked: list[float] = []
+
+    def total(progressed: Callable[[], bool]) -> int | None:
+        asked.append(time.monotonic())
+        return 1
+
+    with watch_progress("source poll", total, lambda: 1, tty=False, interval=interval):
+        time.sleep(0.15)
+    time.sleep(0.5)  # a thread that would still ask has had the time to
+    assert asked == []
+
+
+def test_off_a_terminal_the_total_is_asked_once_half_the_interval_has_passed() -> None:
+    asked: list[float] = []
+
+    def total(progressed: Callable[[], bool]) -> int | None:
+        asked.append(time.monotonic())
+        return 1
+
+    entered = time.monotonic()
+    with watch_progress("source poll", total, lambda: 1, tty=False, interval=0.4):
+        time.sleep(0.6)
+    assert len(asked) == 1 and asked[0] - entered >= 0.2
