@@ -26,7 +26,8 @@ if [ "${#extra[@]}" -eq 0 ]; then
   .venv/bin/mypy sncli || status=1
 fi
 # The local broker's own errors, for a loss a test could not explain (README, the local broker's known
-# faults): Tansu logs at ERROR level by default, e.g. a produce it refused after moving a producer's sequence.
+# faults): services.sh runs Tansu at RUST_LOG=error, which logs e.g. a produce it refused after moving a
+# producer's sequence.
 services_dir="${SNCLI_SERVICES_DIR:-$root/.services}"
 for log in "$services_dir"/kafka-*.log; do
   [ -f "$log" ] || continue

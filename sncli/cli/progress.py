@@ -203,9 +203,9 @@ def drain_backlog(
 ) -> int | None:
     """A drain's total: the partitions' true high watermarks minus the group's commits; None if unknown.
 
-    Asked at once, beside the run (``progressed`` is not waited for): the drain's group join
-    takes seconds, so the commits read are the run's starting point; a broker that is down
-    delays only this thread.
+    Asked beside the run without waiting for ``progressed`` (on a terminal at once, else after
+    half the line interval, see ``_Watch``): the drain's group join takes seconds, so the
+    commits read are still the run's starting point; a broker that is down delays only this thread.
     """
     from confluent_kafka import KafkaException
 
