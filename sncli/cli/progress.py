@@ -105,8 +105,9 @@ class _Watch:
 
     A total given as a call is learned on another daemon thread: a count that
     waits for a silent ServiceNow or a broker never delays the run, nor its stop.
-    Off a terminal it is asked only once the run has lasted half the interval
-    between lines, and never when lines are off: a short run (a cron poll of a
+    Off a terminal, a total that waits for ``progressed`` (a poll's count) asks
+    only once the run has lasted half the interval between lines, having read
+    the run's start at once, and none is learned when lines are off: a short run (a cron poll of a
     caught-up table) spends no request, and no CPU beside its own pages, on a
     total nobody would see. Measured on benchmark scenario 1 (a 1.4 s poll of
     200 000 records on 2 cores), the count beside the run cost it 0.18 s.
@@ -118,6 +119,7 @@ class _Watch:
         self._shown_total: int | None = self._total
         self._stop = threading.Event()
         self._started = time.monotonic()
+        self._ask_after = 0.0
         self._bar: Progress | None = None
         if tty:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(""),
@@ -131,18 +133,18 @@ class _Watch:
                              name=f"progress-total-{label}", daemon=True).start()
 
     def _learn_total(self, total: Callable[[Progressed], int | None], after: float) -> None:
-        if after > 0 and self._stop.wait(after):
-            return  # the run ended first: nobody will see a total
+        self._ask_after = after  # the call reads the run's start at once, then waits in _progressed to ask
         try:
             self._total = total(self._progressed)
         except Exception:  # a total is a nicety: without it the display shows counts and rates
             self._total = None
 
     def _progressed(self) -> bool:
-        while self._count() == 0:
+        """Wait for the run's first progress and, off a terminal, half the line interval; False once it ended."""
+        while self._count() == 0 or time.monotonic() - self._started < self._ask_after:
             if self._stop.wait(_TICK_SECONDS):
                 return False
-        return True
+        return not self._stop.is_set()
 
     def _emit(self, done: int) -> None:
         line = progress_line(self._label, done, self._total, time.monotonic() - self._started)
@@ -203,9 +205,9 @@ def drain_backlog(
 ) -> int | None:
     """A drain's total: the partitions' true high watermarks minus the group's commits; None if unknown.
 
-    Asked beside the run without waiting for ``progressed`` (on a terminal at once, else after
-    half the line interval, see ``_Watch``): the drain's group join takes seconds, so the
-    commits read are still the run's starting point; a broker that is down delays only this thread.
+    Asked at once, beside the run (``progressed`` is not waited for): the drain's group join
+    takes seconds, so the commits read are the run's starting point; a broker that is down
+    delays only this thread.
     """
     from confluent_kafka import KafkaException
 

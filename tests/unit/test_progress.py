@@ -87,12 +87,14 @@ def test_a_total_still_waiting_when_the_run_ends_without_progress_gives_up() -> 
     assert gave_up == [True]
 
 
-@pytest.mark.parametrize("interval", [0.0, 0.6])
+@pytest.mark.parametrize("interval", [0.0, 2.0])
 def test_off_a_terminal_a_run_shorter_than_half_the_interval_never_asks_for_its_total(interval: float) -> None:
     """A total nobody would see costs nothing: with lines off, or a run over before half the interval."""
     asked: list[float] = []
 
     def total(progressed: Callable[[], bool]) -> int | None:
+        if not progressed():
+            return None
         asked.append(time.monotonic())
         return 1
 
@@ -106,6 +108,8 @@ def test_off_a_terminal_the_total_is_asked_once_half_the_interval_has_passed() -
     asked: list[float] = []
 
     def total(progressed: Callable[[], bool]) -> int | None:
+        if not progressed():
+            return None
         asked.append(time.monotonic())
         return 1
 
@@ -113,3 +117,22 @@ def test_off_a_terminal_the_total_is_asked_once_half_the_interval_has_passed() -
     with watch_progress("source poll", total, lambda: 1, tty=False, interval=0.4):
         time.sleep(0.6)
     assert len(asked) == 1 and asked[0] - entered >= 0.2
+
+
+def test_a_total_asked_late_still_counts_from_where_the_run_started(capsys: pytest.CaptureFixture[str]) -> None:
+    """The run stores its position per page; a total asked after half the interval must not count from there."""
+    stored = [0]  # the run's stored position (a poll's cursor, a drain's commits), moved as it goes
+    backlog_end = 1000
+
+    def total(progressed: Callable[[], bool]) -> int | None:
+        start = stored[0]  # read at once, as the run starts from it
+        if not progressed():
+            return None
+        return backlog_end - start
+
+    with watch_progress("source poll", total, lambda: stored[0], tty=False, interval=0.4):
+        for _ in range(10):
+            stored[0] += 100
+            time.sleep(0.06)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[-1]["done"] == 1000 and lines[-1]["total"] == 1000
