@@ -53,6 +53,7 @@ class TableReport:
     repair: Repair | None = None
     before_repair: dict[str, int] | None = None  # the counts the repair started from
     extra_keys: dict[str, bytes] = field(default_factory=dict)  # each extra's key in the topic (for its tombstone)
+    pending_complete: bool = True  # every record changed after the bound was listed (sncli.verify.search)
 
     @property
     def differences(self) -> int:
@@ -74,6 +75,7 @@ class TableReport:
         out: dict[str, Any] = {
             **self.counts(),
             "pending": len(f.pending),
+            "pending_complete": self.pending_complete,
             "in_sync": self.differences == 0 and self.error is None,
             "first_missing": f.missing[:FIRST_IDS],
             "first_stale": [

@@ -19,15 +19,24 @@ up in the Kafka index, which holds every record) and the records Kafka alone
 has that no leaf explains; :func:`resolve` sorts those, once ServiceNow was
 asked about their sys_ids, into ``extra`` / ``stale`` / ``pending`` (changed in
 ServiceNow after the bound: the next poll delivers them).
+
+Records changed after the bound are listed first (:func:`compare`): their older
+version in Kafka sits in a window where ServiceNow no longer counts them, so
+left in, each one would offset a missing record of its window. They are taken
+out of Kafka's counts and reported as ``pending``. A verify of a busy table long
+after its poll still finds a lone missing record; at most
+:data:`sncli.verify.sn_side.PAST_BOUND_MAX_ROWS` are listed (``past_complete``
+says whether that was all).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from sncli.verify.spans import Bound, Span
+from sncli.verify.spans import Bound, Span, cut, whole
+from sncli.verify.view import KafkaIndex, KafkaLatest
 
 Verdict = Literal["same", "cut", "diff"]
 
@@ -178,3 +187,63 @@ def resolve(found: Findings, unexplained: Mapping[str, int], in_sn: Mapping[str,
         elif there != kafka_ts:
             found.stale.append(Stale(sys_id, kafka_ts, there))
     return found.sort()
+
+
+class ServiceNowQueries(Protocol):
+    """What :func:`compare` asks ServiceNow (:class:`sncli.verify.sn_side.ServiceNowSide`)."""
+
+    def past_bound(self, bound: Bound) -> tuple[dict[str, int], bool]: ...
+
+    def count_many(self, spans: Sequence[Span]) -> list[int]: ...
+
+    def listing_many(self, spans: Sequence[Span]) -> list[dict[str, int]]: ...
+
+    def timestamps(self, sys_ids: Sequence[str]) -> dict[str, int]: ...
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` found, and how."""
+
+    index: KafkaIndex  # Kafka's alive records in the windows (without those changed after the bound)
+    result: SearchResult
+    findings: Findings
+    past_complete: bool  # every record changed after the bound was listed (module doc)
+
+
+def compare(
+    latest: KafkaLatest,
+    since: int,
+    bound: Bound,
+    sn: ServiceNowQueries,
+    policy: SearchPolicy,
+    on_phase: Callable[[str, int], None] | None = None,
+) -> Comparison:
+    """One table's comparison over ``[since, bound]``: past the bound, the window search, the leaves' diffs."""
+    phase = on_phase or (lambda what, n: None)
+    past, complete = sn.past_bound(bound)
+    index = latest.index(excluding=past)
+    phase("counting windows", 0)
+    first = cut(whole(since, bound), index.times, policy.first_windows)
+    result = search(first, index.count, sn.count_many, lambda s: cut(s, index.times, policy.fanout), policy,
+                    on_level=lambda depth, n: phase(f"compared level {depth}", n))
+    sides = OneSided()
+    leaves = result.leaves
+    phase("diffing windows by sys_id", len(leaves))
+    listings = iter(sn.listing_many([leaf.span for leaf in leaves if leaf.sn]))
+    for leaf in leaves:
+        diff_leaf(next(listings) if leaf.sn else {}, index.within(leaf.span), sides)
+    found, unexplained = classify(sides, index.latest_of)
+    found.pending.extend(changed_after(past, index.latest_of, whole(since, bound)))
+    in_sn = sn.timestamps(sorted(unexplained)) if unexplained else {}
+    return Comparison(index, result, resolve(found, unexplained, in_sn, bound), complete)
+
+
+def changed_after(past: Iterable[str], kafka_latest: Callable[[str], int | None], compared: Span) -> list[str]:
+    """The records changed after the bound whose latest alive message lies in the compared range: pending."""
+    out = []
+    for sys_id in past:
+        ts = kafka_latest(sys_id)
+        if ts is not None and compared.admits(ts, sys_id):
+            out.append(sys_id)
+    return out

@@ -8,7 +8,9 @@ Every request is counted (``requests``), so a run reports what it cost.
   ``(timestamp, sys_id)`` order inside the window (:func:`span_page_query`),
   never ``sysparm_offset``; a short page is not the end, an empty one is;
 - look-ups: ``sys_idIN`` batches of :data:`LOOKUP_BATCH`, with the table's base
-  query (a record that no longer matches it is not part of the mirror).
+  query (a record that no longer matches it is not part of the mirror);
+- past the bound: the records changed after the compared range's end, keyset
+  paged like a listing, at most :data:`PAST_BOUND_MAX_ROWS` of them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sncli.servicenow.query import Query, and_each_clause
 from sncli.source.cursor import field_value
 from sncli.source.windows import to_epoch
-from sncli.verify.spans import Span, span_page_query, span_query
+from sncli.verify.spans import Bound, Span, past_bound_query, span_page_query, span_query
 
 if TYPE_CHECKING:
     from sncli.config import SourceTable
@@ -31,6 +33,9 @@ COUNT_THREADS = 16
 LIST_THREADS = 4  # listings are heavier than counts: fewer at once
 LOOKUP_BATCH = 100
 LIST_PAGE = 10_000
+#: The most records changed after the bound that a verify lists (10 requests of LIST_PAGE): a ``--until``
+#: far in the past of a busy table would otherwise list most of the table.
+PAST_BOUND_MAX_ROWS = 100_000
 
 
 class ServiceNowSide:
@@ -80,6 +85,24 @@ class ServiceNowSide:
                 sys_id, ts = field_value(record, "sys_id"), to_epoch(field_value(record, self._ts))
                 found[sys_id] = ts
                 after = (ts, sys_id)
+
+    def past_bound(self, bound: Bound, *, limit: int = PAST_BOUND_MAX_ROWS) -> tuple[dict[str, int], bool]:
+        """The records changed after ``bound`` (sys_id -> timestamp), and whether that is all of them
+        (False: the listing stopped at ``limit`` records)."""
+        found: dict[str, int] = {}
+        after: tuple[int, str] | None = None
+        while len(found) < limit:
+            query = past_bound_query(bound, after, ts_field=self._ts, base_query=self._table.query)
+            self._count_request()
+            page = self._client.list_page(self._table.name, query=query, fields=["sys_id", self._ts],
+                                          limit=min(self._page, limit - len(found)))
+            if not page.records:
+                return found, True
+            for record in page.records:
+                sys_id, ts = field_value(record, "sys_id"), to_epoch(field_value(record, self._ts))
+                found[sys_id] = ts
+                after = (ts, sys_id)
+        return found, False
 
     def timestamps(self, sys_ids: Sequence[str]) -> dict[str, int]:
         """The timestamp of each of ``sys_ids`` ServiceNow has (and its base query admits), whatever its time."""

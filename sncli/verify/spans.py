@@ -147,3 +147,21 @@ def span_page_query(span: Span, after: tuple[int, str] | None, *, ts_field: str,
         if span.tail:
             clauses.append(Query().eq(ts_field, to_sn(span.hi)).le("sys_id", span.tail))
     return and_each_clause(base_query, clauses) + order
+
+
+def past_bound_query(bound: Bound, after: tuple[int, str] | None, *, ts_field: str, base_query: str | None) -> str:
+    """The next page of the records *past* ``bound`` (changed after it), in keyset order, after the record
+    ``after`` = (timestamp, sys_id) of the last page's last record (None: from the bound).
+
+    Past the bound: ``ts > T``, and ``ts == T`` with ``sys_id > tail`` (with no tail, all of second ``T``).
+    """
+    check_field(ts_field)
+    order = f"^ORDERBY{ts_field}^ORDERBYsys_id"
+    if after is None and bound.tail:
+        after = (bound.ts, bound.tail)  # the bound's own record is the last one before the past
+    if after is None:
+        clauses = [Query().ge(ts_field, to_sn(bound.ts))]
+    else:
+        ts, sys_id = after
+        clauses = [Query().eq(ts_field, to_sn(ts)).gt("sys_id", sys_id), Query().gt(ts_field, to_sn(ts))]
+    return and_each_clause(base_query, clauses) + order

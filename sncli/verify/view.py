@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 from sncli.verify.spans import Span
@@ -60,9 +60,20 @@ class KafkaLatest:
                 self.keys[sys_id] = key
         self.latest[sys_id] = ts_ms if alive else DELETED
 
-    def index(self) -> KafkaIndex:
-        """The alive records sorted by timestamp (seconds), for counting and listing windows."""
-        alive = sorted(((ts // 1000, sid) for sid, ts in self.latest.items() if ts != DELETED))
+    @property
+    def alive(self) -> int:
+        """Records whose latest message has a value."""
+        return sum(1 for ts in self.latest.values() if ts != DELETED)
+
+    def index(self, excluding: Collection[str] = ()) -> KafkaIndex:
+        """The alive records sorted by timestamp (seconds), for counting and listing windows.
+
+        ``excluding``: sys_ids left out of the windows (records ServiceNow changed
+        after the compared range: their older version here is not a difference);
+        :meth:`KafkaIndex.latest_of` still answers for them.
+        """
+        left_out = {sid.encode() for sid in excluding}
+        alive = sorted(((ts // 1000, sid) for sid, ts in self.latest.items() if ts != DELETED and sid not in left_out))
         times = array("q", (t for t, _ in alive))
         ids = [sid.decode("utf-8", "replace") for _, sid in alive]
         return KafkaIndex(times, ids, self)

@@ -48,7 +48,7 @@ def _at(record: dict[str, str], seconds: int) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def test_a_table_in_sync_costs_one_count_per_first_window_and_no_listing(
+def test_a_table_in_sync_costs_one_count_per_first_window_and_one_listing_past_the_bound(
     emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
 ) -> None:
     _seed(emulator)
@@ -58,8 +58,9 @@ def test_a_table_in_sync_costs_one_count_per_first_window_and_no_listing(
     assert report.error is None and report.counts() == {"missing": 0, "stale": 0, "extra": 0}
     assert (report.sn_records, report.kafka_alive, report.exit_code) == (2000, 2000, 0)
     paths = [e.path for e in emulator.state.journal()]
-    assert paths and all(p == "/api/now/stats/incident" for p in paths)
-    assert len(paths) == report.requests <= 64
+    # One listing of what changed after the cursor (nothing), then one count per first window.
+    assert paths[0] == "/api/now/table/incident" and all(p == "/api/now/stats/incident" for p in paths[1:])
+    assert len(paths) == report.requests <= 1 + 64
 
 
 def test_backdated_inserts_are_missing_and_repair_sends_them_without_moving_the_cursor(
@@ -87,6 +88,23 @@ def test_backdated_inserts_are_missing_and_repair_sends_them_without_moving_the_
     delivered = read_all(kafka_bootstrap, unique_topic, timeout=30, expected=2005)
     assert {r.key for r in delivered} >= {s.encode() for s in backdated}
     assert _verify(settings).exit_code == 0
+
+
+def test_a_record_changed_after_the_poll_is_pending_and_hides_no_missing_one(
+    emulator: ServiceNowEmulator, kafka_bootstrap: str, unique_topic: str, tmp_path: Path
+) -> None:
+    records = _seed(emulator)
+    settings = _polled(emulator, kafka_bootstrap, unique_topic, tmp_path)
+    changed = records[400]["sys_id"]
+    emulator.state.update("incident", changed, {"short_description": "changed after the poll"})
+    # Imported behind the cursor in the very second of the changed record's version in Kafka: one window
+    # holds both, and its counts agree (the older version counted in Kafka, the import in ServiceNow).
+    stamp = records[400]["sys_updated_on"]
+    emulator.state.insert("incident", {"sys_id": "d" * 32, "sys_created_on": stamp, "sys_updated_on": stamp})
+    report = _verify(settings)
+    assert (report.findings.missing, report.findings.pending) == (["d" * 32], [changed])
+    assert (report.findings.stale, report.findings.extra, report.exit_code) == ([], [], 3)
+    assert report.to_json()["pending_complete"] is True
 
 
 def test_records_deleted_in_servicenow_are_extra_and_repair_tombstones_them(
