@@ -17,7 +17,8 @@
 #   SNCLI_KAFKA_PORT SNCLI_PUSHGATEWAY_PORT SNCLI_S3_PORT SNCLI_REGISTRY_PORT SNCLI_SNOW_PORT
 #   SNCLI_PROMETHEUS_PORT one service's port; wins over SNCLI_PORT_BASE
 #                         (defaults 19092 19091 19000 18081 18080 19090)
-#   SNCLI_KAFKA_LOG       the broker's RUST_LOG filter (default error; its log is kafka-<port>.log)
+#   SNCLI_KAFKA_LOG       the broker's RUST_LOG filter (default: an exported RUST_LOG, else error;
+#                         its log is kafka-<port>.log)
 #   SNCLI_SERVICES_DIR    PID files, logs, Pushgateway persistence (default <repo>/.services)
 #   SNCLI_KAFKA_STORAGE   memory (default) or s3: the broker keeps its data in the local
 #                         S3 service (bucket "tansu"), so messages survive a broker restart
@@ -246,13 +247,13 @@ launch() {
       if [ "$storage" = s3 ]; then
         local s3port
         s3port="$(port_of s3)"
-        env RUST_LOG="${SNCLI_KAFKA_LOG:-error}" AWS_ENDPOINT="http://127.0.0.1:$s3port" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=test \
+        env RUST_LOG="${SNCLI_KAFKA_LOG:-${RUST_LOG:-error}}" AWS_ENDPOINT="http://127.0.0.1:$s3port" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=test \
           AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 \
           setsid "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
           --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine s3://tansu/ \
           </dev/null >>"$log" 2>&1 9>&- &
       else
-        RUST_LOG="${SNCLI_KAFKA_LOG:-error}" setsid "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+        RUST_LOG="${SNCLI_KAFKA_LOG:-${RUST_LOG:-error}}" setsid "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
           --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
           </dev/null >>"$log" 2>&1 9>&- &
       fi

@@ -18,6 +18,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+services_dir="${SNCLI_SERVICES_DIR:-$root/.services}"
+# Broker logs are appended across runs: remember where each one ends, so only this run's errors are counted.
+declare -A log_start=()
+for log in "$services_dir"/kafka-*.log; do
+  [ -f "$log" ] && log_start["$log"]="$(stat -c %s "$log")"
+done
+
 status=0
 .venv/bin/python -m pytest -q -p no:cacheprovider "${markers[@]}" "${extra[@]}" || status=$?
 if [ "${#extra[@]}" -eq 0 ]; then
@@ -26,14 +33,14 @@ if [ "${#extra[@]}" -eq 0 ]; then
   .venv/bin/mypy sncli || status=1
 fi
 # The local broker's own errors, for a loss a test could not explain (README, the local broker's known
-# faults): services.sh runs Tansu at RUST_LOG=error, which logs e.g. a produce it refused after moving a
+# faults): services.sh runs Tansu at RUST_LOG=error by default, which logs e.g. a produce it refused after moving a
 # producer's sequence.
-services_dir="${SNCLI_SERVICES_DIR:-$root/.services}"
 for log in "$services_dir"/kafka-*.log; do
   [ -f "$log" ] || continue
-  errors="$(grep -c ERROR "$log" || true)"
-  echo "--- broker log $(basename "$log"): $errors ERROR line(s)" >&2
-  grep ERROR "$log" | head -20 | cut -c1-400 >&2 || true
+  from=$(( ${log_start["$log"]:-0} + 1 ))
+  errors="$(tail -c +"$from" "$log" | grep -c ERROR || true)"
+  echo "--- broker log $(basename "$log"): $errors ERROR line(s) during this run" >&2
+  tail -c +"$from" "$log" | grep ERROR | head -20 | cut -c1-400 >&2 || true
 done
 bash scripts/services.sh stop all >/dev/null 2>&1 || true
 exit $status
