@@ -6,8 +6,9 @@ and ``dlq replay`` use :func:`watch_progress`, which samples the run's own
 counters (its RunMetrics) from a thread, so the engines need no hook: records,
 rate, and a total with ETA where one is known (a poll's backlog from
 ``X-Total-Count``, a drain's from the partitions' high watermarks minus the
-group's commits). Imported only by those commands when they run, so rich's
-import cost is not paid by ``--help``.
+group's commits). Imported only by those commands when they run, and rich
+(:mod:`sncli.cli.progress_bar`) only for a bar on a terminal: neither ``--help``
+nor a cron run pays its import.
 """
 
 from __future__ import annotations
@@ -19,31 +20,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import orjson
 from prometheus_client import Counter
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from sncli.config import KafkaSettings, Settings
 from sncli.source.backfill import LogProgress, ProgressReport
 
-
-class _Rate(TextColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:,.0f} rec/s")
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 class BarProgress:
     """A rich progress bar on stderr, advanced by the windows' threads."""
 
     def __init__(self, label: str, total: int) -> None:
+        from sncli.cli.progress_bar import new_bar  # rich only on a terminal
+
         self._lock = threading.Lock()
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(""),
-                             TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
-        self._task = self._bar.add_task(label, total=total or None)
-        self._bar.start()
+        self._bar, self._task = new_bar(label, total or None)
 
     def add(self, records: int) -> None:
         with self._lock:
@@ -122,10 +118,9 @@ class _Watch:
         self._ask_after = 0.0
         self._bar: Progress | None = None
         if tty:
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(""),
-                                 TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
-            self._task = self._bar.add_task(label, total=self._total)
-            self._bar.start()
+            from sncli.cli.progress_bar import new_bar  # rich only on a terminal
+
+            self._bar, self._task = new_bar(label, self._total)
         self._thread = threading.Thread(target=self._run, name=f"progress-{label}", daemon=True)
         self._thread.start()
         if callable(total) and (tty or interval > 0):
