@@ -9,7 +9,8 @@ machine to itself):
 2. the topic, read once into the latest message per record
    (:mod:`sncli.verify.kafka_read`);
 3. the records changed after the bound listed and taken out of Kafka's
-   counts (``pending``); the first windows at the Kafka side's quantiles; counts compared and
+   counts (``pending``; listed again after the counts, for the records changed
+   meanwhile); the first windows at the Kafka side's quantiles; counts compared and
    differing windows cut down (:func:`sncli.verify.search.search`), leaves
    diffed by sys_id; Kafka's unexplained records looked up by sys_id;
 4. with ``--repair``, differences re-sent (:mod:`sncli.verify.repair`), then
@@ -36,7 +37,7 @@ from sncli.source.runkit import finish_metrics, make_client, select_tables
 from sncli.source.windows import to_epoch, to_sn
 from sncli.verify.kafka_read import read_topic
 from sncli.verify.report import TableReport, VerifyReport, record_metrics
-from sncli.verify.search import SearchPolicy, compare
+from sncli.verify.search import RECHECK_ROUNDS, SearchPolicy, compare
 from sncli.verify.sn_side import PAST_BOUND_MAX_ROWS, ServiceNowSide
 from sncli.verify.spans import Bound
 
@@ -171,13 +172,17 @@ def _compare(settings: Settings, table: SourceTable, since: int, bound: Bound, p
     progress.update(name, "listing what changed after the bound", 0)
     done = compare(latest, since, bound, side, policy, on_phase=lambda phase, n: progress.update(name, phase, n))
     if not done.past_complete:
-        log.warning("%s: more than %d records changed after %s; only those were taken out of the counts, so a "
-                    "missing record may be hidden (run verify soon after a poll, or with --exact)",
-                    name, PAST_BOUND_MAX_ROWS, _bound_text(bound), extra={"table": name})
+        log.warning("%s: more than %d records changed after %s; only the first %d were taken out of the counts, "
+                    "so a missing record may be hidden (run verify soon after a poll, or with --exact)",
+                    name, PAST_BOUND_MAX_ROWS, _bound_text(bound), PAST_BOUND_MAX_ROWS, extra={"table": name})
+    elif not done.settled:
+        log.warning("%s: records kept changing after %s while the windows were counted (%d looks); a missing "
+                    "record may be hidden (run verify again, or with --exact)",
+                    name, _bound_text(bound), RECHECK_ROUNDS, extra={"table": name})
     report.windows = done.result.visited
     report.sn_records = sum(v.sn for v in done.result.top())
     report.findings = done.findings
-    report.pending_complete = done.past_complete
+    report.pending_complete = done.past_complete and done.settled
     report.extra_keys = {sys_id: done.index.key_of(sys_id) for sys_id in report.findings.extra}
 
 

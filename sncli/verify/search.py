@@ -23,10 +23,12 @@ ServiceNow after the bound: the next poll delivers them).
 Records changed after the bound are listed first (:func:`compare`): their older
 version in Kafka sits in a window where ServiceNow no longer counts them, so
 left in, each one would offset a missing record of its window. They are taken
-out of Kafka's counts and reported as ``pending``. A verify of a busy table long
-after its poll still finds a lone missing record; at most
-:data:`sncli.verify.sn_side.PAST_BOUND_MAX_ROWS` are listed (``past_complete``
-says whether that was all).
+out of Kafka's counts and reported as ``pending``, and listed again after the
+counts for the records changed meanwhile. A verify of a busy
+table long after its poll still finds a lone missing record, unless more than
+:data:`sncli.verify.sn_side.PAST_BOUND_MAX_ROWS` changed after the bound, or
+changes kept coming for :data:`RECHECK_ROUNDS` rounds (``past_complete`` or
+``settled`` False).
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ class Visited:
 @dataclass
 class SearchResult:
     visited: list[Visited] = field(default_factory=list)
+
+    def replace(self, windows: Sequence[Visited], search_again: Callable[[list[Span]], SearchResult]) -> None:
+        """Judge ``windows`` again: each one's entries give way to a new search of its span, at its depth."""
+        for depth in sorted({w.depth for w in windows}):
+            spans = [w.span for w in windows if w.depth == depth]
+            dropped = {id(w) for w in windows if w.depth == depth}
+            self.visited = [v for v in self.visited if id(v) not in dropped]
+            again = search_again(spans)
+            self.visited.extend(Visited(v.span, v.depth + depth, v.sn, v.kafka, v.verdict) for v in again.visited)
 
     @property
     def leaves(self) -> list[Visited]:
@@ -208,7 +219,12 @@ class Comparison:
     index: KafkaIndex  # Kafka's alive records in the windows (without those changed after the bound)
     result: SearchResult
     findings: Findings
-    past_complete: bool  # every record changed after the bound was listed (module doc)
+    past_complete: bool = True  # every record changed after the bound was listed (no more than the limit)
+    settled: bool = True  # a last look past the bound found nothing new (see compare)
+
+
+#: How many times :func:`compare` looks past the bound again for records changed while it counted.
+RECHECK_ROUNDS = 5
 
 
 def compare(
@@ -219,14 +235,35 @@ def compare(
     policy: SearchPolicy,
     on_phase: Callable[[str, int], None] | None = None,
 ) -> Comparison:
-    """One table's comparison over ``[since, bound]``: past the bound, the window search, the leaves' diffs."""
+    """One table's comparison over ``[since, bound]``: past the bound, the window search, the leaves' diffs.
+
+    A record ServiceNow changes while the windows are counted is not in the
+    first listing past the bound, and its window may have been counted after
+    the change (ServiceNow without it, Kafka with it). So once the windows are
+    judged, the records past the bound are listed again; each new one it finds
+    with a version in the compared range leaves Kafka's side, and the window
+    judged in sync that held it is compared again (new counts), until a look
+    finds nothing new (at most :data:`RECHECK_ROUNDS`; else ``settled`` is
+    False). A window diffed by sys_id needs nothing: its listing comes after.
+    """
     phase = on_phase or (lambda what, n: None)
-    past, complete = sn.past_bound(bound)
+    compared = whole(since, bound)
+    empty = compared.lo == compared.hi and not compared.tail
+    past, complete = ({}, True) if empty else sn.past_bound(bound)
     index = latest.index(excluding=past)
     phase("counting windows", 0)
-    first = cut(whole(since, bound), index.times, policy.first_windows)
-    result = search(first, index.count, sn.count_many, lambda s: cut(s, index.times, policy.fanout), policy,
-                    on_level=lambda depth, n: phase(f"compared level {depth}", n))
+
+    def cutter(span: Span) -> list[Span]:
+        return cut(span, index.times, policy.fanout)
+
+    def levels(depth: int, n: int) -> None:
+        phase(f"compared level {depth}", n)
+
+    result = search(cut(compared, index.times, policy.first_windows), index.count, sn.count_many, cutter, policy,
+                    on_level=levels)
+    settled = True
+    if not empty:
+        settled, complete = _look_again(past, complete, bound, compared, sn, index, result, cutter, policy)
     sides = OneSided()
     leaves = result.leaves
     phase("diffing windows by sys_id", len(leaves))
@@ -234,9 +271,30 @@ def compare(
     for leaf in leaves:
         diff_leaf(next(listings) if leaf.sn else {}, index.within(leaf.span), sides)
     found, unexplained = classify(sides, index.latest_of)
-    found.pending.extend(changed_after(past, index.latest_of, whole(since, bound)))
+    found.pending.extend(changed_after(past, index.latest_of, compared))
     in_sn = sn.timestamps(sorted(unexplained)) if unexplained else {}
-    return Comparison(index, result, resolve(found, unexplained, in_sn, bound), complete)
+    return Comparison(index, result, resolve(found, unexplained, in_sn, bound), complete, settled)
+
+
+def _look_again(past: dict[str, int], complete: bool, bound: Bound, compared: Span, sn: ServiceNowQueries,
+                index: KafkaIndex, result: SearchResult, cutter: Callable[[Span], list[Span]],
+                policy: SearchPolicy) -> tuple[bool, bool]:
+    """The rounds of :func:`compare`'s doc: (settled, every record past the bound listed)."""
+    for _ in range(RECHECK_ROUNDS):
+        if not complete:
+            return True, False  # the listing stopped at its limit: the rest is left to the leaves' look-ups
+        # All over again from the bound: a change need not carry a later time than what was listed (a clock
+        # step, an import), and a table with a few records past its bound answers in one request.
+        more, complete = sn.past_bound(bound)
+        moved = changed_after([s for s in more if s not in past], index.latest_of, compared)
+        past.update(more)
+        if not moved:
+            return True, complete
+        index.remove(moved)
+        points = [(ts, s) for s in moved if (ts := index.latest_of(s)) is not None]
+        again = [v for v in result.visited if v.verdict == "same" and any(v.span.admits(t, s) for t, s in points)]
+        result.replace(again, lambda spans: search(spans, index.count, sn.count_many, cutter, policy))
+    return False, complete
 
 
 def changed_after(past: Iterable[str], kafka_latest: Callable[[str], int | None], compared: Span) -> list[str]:

@@ -87,22 +87,23 @@ class ServiceNowSide:
                 after = (ts, sys_id)
 
     def past_bound(self, bound: Bound, *, limit: int = PAST_BOUND_MAX_ROWS) -> tuple[dict[str, int], bool]:
-        """The records changed after ``bound`` (sys_id -> timestamp), and whether that is all of them
-        (False: the listing stopped at ``limit`` records)."""
-        found: dict[str, int] = {}
+        """The records changed after ``bound`` (sys_id -> timestamp), and whether that is all of them (False:
+        more than ``limit``; the first ``limit`` in keyset order are returned)."""
         after: tuple[int, str] | None = None
-        while len(found) < limit:
+        found: dict[str, int] = {}
+        while True:
             query = past_bound_query(bound, after, ts_field=self._ts, base_query=self._table.query)
             self._count_request()
             page = self._client.list_page(self._table.name, query=query, fields=["sys_id", self._ts],
-                                          limit=min(self._page, limit - len(found)))
+                                          limit=min(self._page, limit + 1 - len(found)))
             if not page.records:
                 return found, True
             for record in page.records:
+                if len(found) == limit:
+                    return found, False  # one more than the limit is there
                 sys_id, ts = field_value(record, "sys_id"), to_epoch(field_value(record, self._ts))
                 found[sys_id] = ts
                 after = (ts, sys_id)
-        return found, False
 
     def timestamps(self, sys_ids: Sequence[str]) -> dict[str, int]:
         """The timestamp of each of ``sys_ids`` ServiceNow has (and its base query admits), whatever its time."""

@@ -108,6 +108,18 @@ class KafkaIndex:
         for i in range(start, stop):
             yield self.ids[i], self.times[i]
 
+    def remove(self, sys_ids: Collection[str]) -> None:
+        """Take these records out of the windows (found changed after the bound once the index was made)."""
+        for sys_id in sys_ids:
+            ts = self.latest_of(sys_id)
+            if ts is None:
+                continue
+            start, stop = bisect_left(self.times, ts), bisect_right(self.times, ts)
+            i = bisect_left(self.ids, sys_id, start, stop)
+            if i < stop and self.ids[i] == sys_id:
+                del self.times[i]
+                del self.ids[i]
+
     def latest_of(self, sys_id: str) -> int | None:
         """The timestamp (seconds) of the record's latest message when it is alive; None if absent or deleted."""
         ts = self.source.latest.get(sys_id.encode())

@@ -35,18 +35,29 @@ TABLE = SourceTable(name="incident", topic="t")
 
 
 class FakeClient:
-    """The two calls ServiceNowSide makes, answered by an EmulatorState."""
+    """The two calls ServiceNowSide makes, answered by an EmulatorState.
 
-    def __init__(self, state: EmulatorState) -> None:
+    ``changes``: (call number, sys_id, new timestamp): the record is changed in
+    ServiceNow just before that call is answered (a table changing while it is verified).
+    """
+
+    def __init__(self, state: EmulatorState, changes: list[tuple[int, str, int]] | None = None) -> None:
         self.state = state
         self.calls = 0
+        self.changes = sorted(changes or [])
+
+    def _call(self) -> None:
+        self.calls += 1
+        while self.changes and self.changes[0][0] <= self.calls:
+            _, sys_id, ts = self.changes.pop(0)
+            self.state.update("incident", sys_id, {"short_description": "changed"}, at=to_sn(ts))
 
     def count(self, table: str, query: str) -> int:
-        self.calls += 1
+        self._call()
         return self.state.count_matching(table, query)
 
     def list_page(self, table: str, *, query: str, fields: list[str] | None, limit: int, **_: Any) -> Page:
-        self.calls += 1
+        self._call()
         rows = self.state.select(table, query, limit=limit, offset=0, want_count=False).records
         return Page([{f: r.fields[f] for f in (fields or r.fields)} for r in rows], None, None)
 
@@ -61,16 +72,21 @@ class World:
     kafka: dict[str, int]  # sys_id -> timestamp of the latest message, DELETED for a tombstone
 
 
-def run(world: World, since: int, bound: Bound, policy: SearchPolicy) -> tuple[Findings, int]:
+def run(world: World, since: int, bound: Bound, policy: SearchPolicy,
+        changes: list[tuple[int, str, int]] | None = None) -> tuple[Findings, int]:
+    """Compare ``world``; each of ``changes`` moves a record in ServiceNow during the run (and in ``world.sn``)."""
     state = EmulatorState()
     state.bulk_insert("incident", [{"sys_id": s, "sys_updated_on": to_sn(t)} for s, t in world.sn.items()])
     latest = KafkaLatest()
     for s, t in world.kafka.items():
         latest.record(s.encode(), s.encode(), 0 if t == DELETED else t * 1000, t != DELETED)
-    client = FakeClient(state)
+    client = FakeClient(state, changes)
     side = ServiceNowSide(client, TABLE, page_size=3)  # type: ignore[arg-type]
     done = compare(latest, since, bound, side, policy)
-    assert done.past_complete
+    assert done.past_complete and done.settled
+    for _, sys_id, ts in changes or []:
+        if sys_id not in {s for _, s, _ in client.changes}:  # made before the run ended
+            world.sn[sys_id] = ts
     return done.findings, client.calls
 
 
@@ -158,12 +174,74 @@ def test_counting_mode_reports_nothing_false_and_finds_a_lone_missing_or_extra(
         assert (found.missing, found.extra) == (truth.missing, truth.extra)
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=worlds, end=st.integers(5, 35), windows=st.integers(1, 5), leaf=st.integers(1, 6),
+       moves=st.lists(st.tuples(st.integers(1, 12), st.integers(0, 39), st.integers(1, 20)), max_size=4))
+def test_records_changed_while_it_counts_give_nothing_false(
+    data: tuple[list[int], list[str], list[int], list[int]], end: int, windows: int, leaf: int,
+    moves: list[tuple[int, int, int]],
+) -> None:
+    world = build(data)
+    bound = Bound(T0 + end)
+    # Records Kafka holds as ServiceNow does, changed (past the bound) before the given ServiceNow call.
+    same = [s for s, t in world.sn.items() if world.kafka.get(s) == t]
+    changes = [(call, same[i % len(same)], bound.ts + later) for call, i, later in moves] if same else []
+    changes = list({c[1]: c for c in changes}.values())  # one change per record
+    found, _ = run(world, T0, bound, SearchPolicy(first_windows=windows, fanout=2, leaf_records=leaf), changes)
+    truth = expected(world, T0, bound)  # with the changes made during the run
+    assert set(found.missing) <= set(truth.missing) and set(found.extra) <= set(truth.extra)
+    assert {s.sys_id for s in found.stale} <= {s.sys_id for s in truth.stale}
+    assert set(found.pending) <= set(truth.pending)
+    if len(truth.missing) + len(truth.extra) == 1 and not truth.stale:
+        assert (found.missing, found.extra) == (truth.missing, truth.extra)
+
+
+lone_worlds = st.integers(2, 30).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(0, 30), min_size=n, max_size=n),  # ServiceNow timestamps, all in Kafka alike...
+    st.integers(0, n - 1),  # ...but this one: missing from Kafka, or the time of an extra in Kafka
+    st.booleans(),  # missing (True) or extra
+    st.lists(st.tuples(st.integers(1, 8), st.integers(0, n - 1), st.integers(1, 20)), min_size=1, max_size=4),
+))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=lone_worlds, windows=st.integers(1, 4), leaf=st.integers(1, 6))
+def test_records_changed_while_it_counts_hide_no_lone_missing_or_extra(
+    data: tuple[list[int], int, bool, list[tuple[int, int, int]]], windows: int, leaf: int,
+) -> None:
+    times, odd, missing, moves = data
+    world = World({sid(i): T0 + t for i, t in enumerate(times)}, {})
+    world.kafka = dict(world.sn)
+    if missing:
+        del world.kafka[sid(odd)]
+    else:
+        world.kafka[sid(1000)] = T0 + times[odd]
+    bound = Bound(T0 + 31)
+    # Records Kafka holds as ServiceNow does, changed (past the bound) before one of the first ServiceNow calls.
+    changes = list({sid(i): (call, sid(i), bound.ts + later) for call, i, later in moves
+                    if not (missing and i == odd)}.values())
+    found, _ = run(world, T0, bound, SearchPolicy(first_windows=windows, fanout=2, leaf_records=leaf), changes)
+    truth = expected(world, T0, bound)
+    assert (found.missing, found.extra, found.stale) == (truth.missing, truth.extra, [])
+    assert set(found.pending) <= set(truth.pending)
+
+
+def test_a_record_changed_after_the_first_look_past_the_bound_hides_no_missing_one() -> None:
+    # r5 changes after the first look past the bound (call 1, nothing there) and before its window is counted
+    # (call 2): ServiceNow counts the window without it, Kafka with it, and the counts agree though r3 is missing.
+    world = World({sid(i): T0 + i for i in range(10)}, {})
+    world.kafka = {s: t for s, t in world.sn.items() if s != sid(3)}
+    found, _ = run(world, T0, Bound(T0 + 20), SearchPolicy(first_windows=1, leaf_records=100),
+                   changes=[(2, sid(5), T0 + 30)])
+    assert (found.missing, found.pending, found.extra, found.stale) == ([sid(3)], [sid(5)], [], [])
+
+
 def test_in_sync_costs_one_count_per_first_window_and_nothing_else() -> None:
     world = World({sid(i): T0 + i // 10 for i in range(500)}, {})
     world.kafka = dict(world.sn)
     found, calls = run(world, T0, Bound(T0 + 100), SearchPolicy(first_windows=16))
     assert found == Findings()
-    assert calls == 16 + 1  # the first level and one (empty) listing of what changed after the bound
+    assert calls == 1 + 16 + 1  # past the bound (nothing), the first level, past the bound again (nothing)
 
 
 def test_one_missing_record_among_many_is_found_with_few_requests() -> None:
@@ -172,7 +250,7 @@ def test_one_missing_record_among_many_is_found_with_few_requests() -> None:
     del world.kafka[sid(1234)]
     found, calls = run(world, T0, Bound(T0 + 1000), SearchPolicy(first_windows=16, fanout=4, leaf_records=50))
     assert found.missing == [sid(1234)] and not found.extra and not found.stale
-    assert calls <= 1 + 16 + 4 * 4 + 4  # past the bound, the first level, a few cut levels, one listing
+    assert calls <= 2 + 16 + 4 * 4 + 4  # past the bound twice, the first level, a few cut levels, one listing
 
 
 def test_a_record_changed_after_the_bound_does_not_hide_a_missing_one_in_its_window() -> None:
@@ -184,7 +262,9 @@ def test_a_record_changed_after_the_bound_does_not_hide_a_missing_one_in_its_win
     world.kafka[sid(99)] = T0 + 3
     found, calls = run(world, T0, Bound(T0 + 20), SearchPolicy(first_windows=1, leaf_records=100))
     assert (found.missing, found.pending, found.extra, found.stale) == ([sid(3)], [sid(99)], [], [])
-    assert calls == 2 + 1 + 5  # past the bound (a page, the empty one), the window, its listing in pages of 3
+    # Past the bound (a page, the empty one), the window, past it again (its last second, the empty page),
+    # the window's listing in pages of 3.
+    assert calls == 2 + 1 + 2 + 5
 
 
 def test_past_the_bound_is_listed_in_pages_up_to_a_limit() -> None:
@@ -199,6 +279,15 @@ def test_past_the_bound_is_listed_in_pages_up_to_a_limit() -> None:
     assert (sorted(past), complete) == ([sid(i) for i in range(8, 20)], True)
     past, complete = side.past_bound(Bound(T0 + 4), limit=5)
     assert (sorted(past), complete) == ([sid(i) for i in range(8, 13)], False)
+    past, complete = side.past_bound(Bound(T0 + 4), limit=12)  # exactly the limit: all of them
+    assert (sorted(past), complete) == ([sid(i) for i in range(8, 20)], True)
+
+
+def test_an_empty_range_lists_nothing_past_its_bound() -> None:
+    world = World({sid(i): T0 + i for i in range(10)}, {})
+    world.kafka = dict(world.sn)
+    found, calls = run(world, T0 + 50, Bound(T0 + 5), SearchPolicy())  # --since after the bound
+    assert (found, calls) == (Findings(), 1)  # the empty window's count, as before: no listing past the bound
 
 
 def test_judge() -> None:
