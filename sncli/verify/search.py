@@ -24,15 +24,16 @@ Records changed after the bound are listed first (:func:`compare`): their older
 version in Kafka sits in a window where ServiceNow no longer counts them, so
 left in, each one would offset a missing record of its window. They are taken
 out of Kafka's counts and reported as ``pending``, and listed again after the
-counts for the records changed meanwhile. A verify of a busy
-table long after its poll still finds a lone missing record, unless more than
-:data:`sncli.verify.sn_side.PAST_BOUND_MAX_ROWS` changed after the bound, or
-changes kept coming for :data:`RECHECK_ROUNDS` rounds (``past_complete`` or
-``settled`` False).
+counts for the records changed meanwhile (:func:`compare`'s doc). A verify of
+a busy table long after its poll still finds a lone missing record, unless
+more than :data:`sncli.verify.sn_side.PAST_BOUND_MAX_ROWS` changed after the
+bound, or changes kept coming for :data:`RECHECK_ROUNDS` rounds
+(``past_complete`` or ``settled`` False).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -66,6 +67,7 @@ class Visited:
     sn: int
     kafka: int
     verdict: Verdict
+    epoch: int = 0  # looks past the bound begun before its counts were asked (see compare)
 
 
 @dataclass
@@ -79,7 +81,8 @@ class SearchResult:
             dropped = {id(w) for w in windows if w.depth == depth}
             self.visited = [v for v in self.visited if id(v) not in dropped]
             again = search_again(spans)
-            self.visited.extend(Visited(v.span, v.depth + depth, v.sn, v.kafka, v.verdict) for v in again.visited)
+            self.visited.extend(Visited(v.span, v.depth + depth, v.sn, v.kafka, v.verdict, v.epoch)
+                                for v in again.visited)
 
     @property
     def leaves(self) -> list[Visited]:
@@ -96,8 +99,10 @@ def search(
     cutter: Callable[[Span], list[Span]],
     policy: SearchPolicy,
     on_level: Callable[[int, int], None] | None = None,
+    epoch: int = 0,
 ) -> SearchResult:
-    """Compare ``first`` and cut down every window whose counts differ (module doc)."""
+    """Compare ``first`` and cut down every window whose counts differ (module doc); each window
+    visited is stamped with ``epoch``."""
     result = SearchResult()
     level, depth = list(first), 0
     while level:
@@ -108,7 +113,7 @@ def search(
         for span, sn in zip(level, sn_counts, strict=True):
             kafka = kafka_count(span)
             verdict = judge(span, sn, kafka, policy)
-            result.visited.append(Visited(span, depth, sn, kafka, verdict))
+            result.visited.append(Visited(span, depth, sn, kafka, verdict, epoch))
             if verdict == "cut":
                 following.extend(cutter(span))
         if on_level is not None:
@@ -165,7 +170,7 @@ class Findings:
         self.missing.sort()
         self.stale.sort(key=lambda s: s.sys_id)
         self.extra.sort()
-        self.pending.sort()
+        self.pending = sorted(set(self.pending))
         return self
 
 
@@ -240,11 +245,26 @@ def compare(
     A record ServiceNow changes while the windows are counted is not in the
     first listing past the bound, and its window may have been counted after
     the change (ServiceNow without it, Kafka with it). So once the windows are
-    judged, the records past the bound are listed again; each new one it finds
-    with a version in the compared range leaves Kafka's side, and the window
-    judged in sync that held it is compared again (new counts), until a look
-    finds nothing new (at most :data:`RECHECK_ROUNDS`; else ``settled`` is
-    False). A window diffed by sys_id needs nothing: its listing comes after.
+    judged, the records past the bound are listed again (a *look*), and again,
+    until a look asks for nothing more (at most :data:`RECHECK_ROUNDS`; else
+    ``settled`` is False). Each look is compared with the one before:
+
+    - a record it lists that the one before did not (*arrived*) changed after
+      that look began: it leaves Kafka's side, and each window judged in sync
+      that holds its Kafka version *and was counted after that look began* is
+      searched again (an older count had it on both sides);
+    - a record the one before listed that it does not (*gone*: deleted, or its
+      time set back into the range) comes back into Kafka's side; it is looked
+      up, and the windows judged in sync that hold its Kafka version or its
+      ServiceNow one, counted after that look began, are searched again; it is
+      then sorted like Kafka's unexplained records (extra, stale, or nothing).
+
+    A round that searches nothing again ends the looks: no window was counted
+    after the last look began, so nothing a later one could find skews a count.
+    Windows searched again are counted anew, so only they are judged by the
+    next look, and on a busy table the rounds die out instead of chasing every
+    change. The records of the last look are ``pending``. A window diffed by
+    sys_id needs nothing: its listing comes after every look.
     """
     phase = on_phase or (lambda what, n: None)
     compared = whole(since, bound)
@@ -260,10 +280,11 @@ def compare(
         phase(f"compared level {depth}", n)
 
     result = search(cut(compared, index.times, policy.first_windows), index.count, sn.count_many, cutter, policy,
-                    on_level=levels)
-    settled = True
+                    on_level=levels, epoch=1)
+    looks = _Looks(past, complete)
     if not empty:
-        settled, complete = _look_again(past, complete, bound, compared, sn, index, result, cutter, policy)
+        looks.again(bound, compared, sn, index, result, lambda epoch, spans: search(
+            spans, index.count, sn.count_many, cutter, policy, epoch=epoch))
     sides = OneSided()
     leaves = result.leaves
     phase("diffing windows by sys_id", len(leaves))
@@ -271,30 +292,52 @@ def compare(
     for leaf in leaves:
         diff_leaf(next(listings) if leaf.sn else {}, index.within(leaf.span), sides)
     found, unexplained = classify(sides, index.latest_of)
-    found.pending.extend(changed_after(past, index.latest_of, compared))
+    for sys_id in changed_after(looks.gone, index.latest_of, compared):  # sorted by what ServiceNow holds now
+        kafka_ts = index.latest_of(sys_id)
+        if kafka_ts is not None and sys_id not in sides.sn_only:
+            unexplained.setdefault(sys_id, kafka_ts)
+    # A record changed after the last look and listed by a leaf since is reported as the leaf found it.
+    found.pending.extend(s for s in changed_after(looks.past, index.latest_of, compared) if s not in sides.sn_only)
     in_sn = sn.timestamps(sorted(unexplained)) if unexplained else {}
-    return Comparison(index, result, resolve(found, unexplained, in_sn, bound), complete, settled)
+    return Comparison(index, result, resolve(found, unexplained, in_sn, bound), looks.complete, looks.settled)
 
 
-def _look_again(past: dict[str, int], complete: bool, bound: Bound, compared: Span, sn: ServiceNowQueries,
-                index: KafkaIndex, result: SearchResult, cutter: Callable[[Span], list[Span]],
-                policy: SearchPolicy) -> tuple[bool, bool]:
-    """The rounds of :func:`compare`'s doc: (settled, every record past the bound listed)."""
-    for _ in range(RECHECK_ROUNDS):
-        if not complete:
-            return True, False  # the listing stopped at its limit: the rest is left to the leaves' look-ups
-        # All over again from the bound: a change need not carry a later time than what was listed (a clock
-        # step, an import), and a table with a few records past its bound answers in one request.
-        more, complete = sn.past_bound(bound)
-        moved = changed_after([s for s in more if s not in past], index.latest_of, compared)
-        past.update(more)
-        if not moved:
-            return True, complete
-        index.remove(moved)
-        points = [(ts, s) for s in moved if (ts := index.latest_of(s)) is not None]
-        again = [v for v in result.visited if v.verdict == "same" and any(v.span.admits(t, s) for t, s in points)]
-        result.replace(again, lambda spans: search(spans, index.count, sn.count_many, cutter, policy))
-    return False, complete
+@dataclass
+class _Looks:
+    """The looks past the bound of one :func:`compare` (its doc): what the last one listed, and what left."""
+
+    past: dict[str, int]  # sys_id -> timestamp: the records past the bound, as the last look listed them
+    complete: bool  # the last look listed every one (no more than its limit)
+    gone: set[str] = field(default_factory=set)  # listed by an earlier look, not by the last one
+    settled: bool = True  # a round searched nothing again (or there was nothing to look at)
+
+    def again(self, bound: Bound, compared: Span, sn: ServiceNowQueries, index: KafkaIndex, result: SearchResult,
+              search_again: Callable[[int, list[Span]], SearchResult]) -> None:
+        self.settled = False
+        for look in range(1, RECHECK_ROUNDS + 1):
+            if not self.complete:
+                self.settled = True  # the listing stopped at its limit: the rest is left to the leaves' look-ups
+                return
+            # All over again from the bound: a change need not carry a later time than what was listed (a clock
+            # step, an import), and a table with a few records past its bound answers in one request.
+            listed, self.complete = sn.past_bound(bound)
+            arrived = [s for s in listed if s not in self.past]
+            gone = [s for s in self.past if s not in listed] if self.complete else []
+            self.past = listed if self.complete else {**self.past, **listed}
+            self.gone = (self.gone | set(gone)) - set(arrived)
+            moved = changed_after(arrived, index.latest_of, compared)
+            back = changed_after(gone, index.latest_of, compared)
+            index.remove(moved)
+            index.add(back)
+            points = [(ts, s) for s in moved + back if (ts := index.latest_of(s)) is not None]
+            points += [(ts, s) for s, ts in (sn.timestamps(gone) if gone else {}).items()]
+            # A window counted before the previous look began saw every record here as that look found it.
+            again = [v for v in result.visited
+                     if v.verdict == "same" and v.epoch >= look and any(v.span.admits(t, s) for t, s in points)]
+            if not again:
+                self.settled = True
+                return
+            result.replace(again, functools.partial(search_again, look + 1))
 
 
 def changed_after(past: Iterable[str], kafka_latest: Callable[[str], int | None], compared: Span) -> list[str]:

@@ -120,6 +120,18 @@ class KafkaIndex:
                 del self.times[i]
                 del self.ids[i]
 
+    def add(self, sys_ids: Collection[str]) -> None:
+        """Put these records back into the windows (at their latest alive message), where they are not."""
+        for sys_id in sys_ids:
+            ts = self.latest_of(sys_id)
+            if ts is None:
+                continue
+            start, stop = bisect_left(self.times, ts), bisect_right(self.times, ts)
+            i = bisect_left(self.ids, sys_id, start, stop)
+            if i == stop or self.ids[i] != sys_id:
+                self.times.insert(i, ts)
+                self.ids.insert(i, sys_id)
+
     def latest_of(self, sys_id: str) -> int | None:
         """The timestamp (seconds) of the record's latest message when it is alive; None if absent or deleted."""
         ts = self.source.latest.get(sys_id.encode())
