@@ -39,7 +39,7 @@ def test_poll_and_drain_report_progress_with_their_totals(
     data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "offsets.json",
                        [{"name": "incident", "topic": f"progress-src-{suffix}"}], page_size=100)
     sink_topic = f"progress-sink-{suffix}"
-    data["kafka"]["client"] = {"session.timeout.ms": 6000}
+    data["kafka"]["client"] = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
     data["sink"] = {"group_id": f"progress-{suffix}", "dlq_topic": f"progress-dlq-{suffix}", "workers": 1,
                     "topics": [{"topic": sink_topic, "table": "incident"}]}
     config = write_config(tmp_path / "sncli.yaml", data)

@@ -38,7 +38,7 @@ def test_status_before_and_after_a_poll_and_a_drain_with_a_dlq_record(
     data = config_dict(emulator.url, kafka_bootstrap, tmp_path / "offsets.json",
                        [{"name": "incident", "topic": source_topic}], pushgateway=pushgateway_url)
     data["metrics"]["job"] = f"sncli-status-{suffix}"  # groups of this test only
-    data["kafka"]["client"] = {"session.timeout.ms": 6000}
+    data["kafka"]["client"] = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
     data["sink"] = {"group_id": f"status-{suffix}", "dlq_topic": dlq,
                     "topics": [{"topic": sink_topic, "table": "incident"}]}
     config = write_config(tmp_path / "sncli.yaml", data)

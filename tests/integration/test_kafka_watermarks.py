@@ -78,7 +78,7 @@ def test_end_tracker_finishes_exactly_at_the_true_end(kafka_bootstrap: str, uniq
 
     _produce_in_batches(kafka_bootstrap, unique_topic, partitions=3)
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    consumer = Consumer(consumer_config(kafka, f"g-{unique_topic}", session_timeout_ms=6000))
+    consumer = Consumer(consumer_config(kafka, f"g-{unique_topic}", session_timeout_ms=2000, heartbeat_interval_ms=500))
     tracker = EndTracker()
     consumer.subscribe([unique_topic], **rebalance_callbacks(tracker))
     data: list[tuple[int, int]] = []
@@ -146,13 +146,13 @@ def test_start_positions_take_the_groups_commits_and_the_reset_policy_elsewhere(
     _produce_in_batches(kafka_bootstrap, unique_topic, partitions=2)
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     group = f"g-{unique_topic}"
-    committer = Consumer(consumer_config(kafka, group, session_timeout_ms=6000))
+    committer = Consumer(consumer_config(kafka, group, session_timeout_ms=2000, heartbeat_interval_ms=500))
     try:
         committer.commit(offsets=[TopicPartition(unique_topic, 0, 7)], asynchronous=False)
     finally:
         committer.close()
 
-    consumer = Consumer(consumer_config(kafka, group, session_timeout_ms=6000))
+    consumer = Consumer(consumer_config(kafka, group, session_timeout_ms=2000, heartbeat_interval_ms=500))
     try:
         parts = [TopicPartition(unique_topic, 0), TopicPartition(unique_topic, 1)]
         earliest = {p.partition: p.offset for p in start_positions(consumer, parts, "earliest")}

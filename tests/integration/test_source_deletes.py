@@ -221,7 +221,7 @@ def test_a_round_trip_to_another_table_carries_the_deletes(
     state.clock.set(at(10))
     entry = {"name": "incident", "topic": unique_topic, "deletes": "audit"}
     config = config_dict(emulator.url, kafka_bootstrap, tmp_path / "o.json", [entry], page_size=2)
-    config["kafka"]["client"] = {"session.timeout.ms": 6000}
+    config["kafka"]["client"] = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}
     config["sink"] = {"group_id": f"g-{unique_topic}", "dlq_topic": f"{unique_topic}-dlq", "workers": 2,
                       "dlq_signing_key": "test-dlq-signing-key-0123456789abcdef",
                       "topics": [{"topic": unique_topic, "table": "incident_copy", "delete_on_tombstone": True}]}

@@ -80,7 +80,7 @@ def _config(emu_url: str, bootstrap: str, tmp_path: Path, *, registry: str, push
         },
         "kafka": {
             "bootstrap_servers": bootstrap,
-            "client": {"session.timeout.ms": 6000, "message.timeout.ms": 5000,
+            "client": {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500, "message.timeout.ms": 5000,
                        "sasl.password": "${KAFKA_SASL_PASSWORD}"},
             "schema_registry": {"url": registry, "basic_auth_user_info": "${SR_USER_INFO}"},
             "topics": {"partitions": 1},
