@@ -108,29 +108,29 @@ class KafkaIndex:
         for i in range(start, stop):
             yield self.ids[i], self.times[i]
 
+    def _slot(self, sys_id: str, ts: int) -> tuple[int, bool]:
+        """Where ``(ts, sys_id)`` is or would go in the order, and whether it is there."""
+        start, stop = bisect_left(self.times, ts), bisect_right(self.times, ts)
+        i = bisect_left(self.ids, sys_id, start, stop)
+        return i, i < stop and self.ids[i] == sys_id
+
     def remove(self, sys_ids: Collection[str]) -> None:
         """Take these records out of the windows (found changed after the bound once the index was made)."""
         for sys_id in sys_ids:
-            ts = self.latest_of(sys_id)
-            if ts is None:
-                continue
-            start, stop = bisect_left(self.times, ts), bisect_right(self.times, ts)
-            i = bisect_left(self.ids, sys_id, start, stop)
-            if i < stop and self.ids[i] == sys_id:
-                del self.times[i]
-                del self.ids[i]
+            if (ts := self.latest_of(sys_id)) is not None:
+                i, there = self._slot(sys_id, ts)
+                if there:
+                    del self.times[i]
+                    del self.ids[i]
 
     def add(self, sys_ids: Collection[str]) -> None:
         """Put these records back into the windows (at their latest alive message), where they are not."""
         for sys_id in sys_ids:
-            ts = self.latest_of(sys_id)
-            if ts is None:
-                continue
-            start, stop = bisect_left(self.times, ts), bisect_right(self.times, ts)
-            i = bisect_left(self.ids, sys_id, start, stop)
-            if i == stop or self.ids[i] != sys_id:
-                self.times.insert(i, ts)
-                self.ids.insert(i, sys_id)
+            if (ts := self.latest_of(sys_id)) is not None:
+                i, there = self._slot(sys_id, ts)
+                if not there:
+                    self.times.insert(i, ts)
+                    self.ids.insert(i, sys_id)
 
     def latest_of(self, sys_id: str) -> int | None:
         """The timestamp (seconds) of the record's latest message when it is alive; None if absent or deleted."""
